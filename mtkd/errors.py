@@ -21,9 +21,12 @@ class Problem:
     path: str
     message: str
     fix: str = ""
+    where: str = ""
+    """File and line the value came from, e.g. ``exp.yaml:12`` (empty if unknown)."""
 
     def __str__(self) -> str:
-        text = f"{self.path}: {self.message}"
+        place = f" ({self.where})" if self.where else ""
+        text = f"{self.path}{place}: {self.message}"
         return f"{text} (fix: {self.fix})" if self.fix else text
 
 

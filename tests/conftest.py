@@ -1,0 +1,42 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from s3server import S3Server, start_seaweedfs
+
+# ------------------------------------------------------------------------ S3 (SeaweedFS)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """One ``weed mini`` S3 server for the session (127.0.0.1, free ports, random keys)."""
+    server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
+    """AWS_* variables pointing at ``s3_server`` and a fresh bucket: ``s3://<bucket>/prefix``."""
+    for var in ("AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint_url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    return f"s3://{s3_server.create_bucket()}/prefix"
+
+
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
+def storage_uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty storage root: a local folder, then an S3 prefix (same tests for both)."""
+    if request.param == "s3":
+        return str(request.getfixturevalue("s3_env"))
+    return str(tmp_path / "store")

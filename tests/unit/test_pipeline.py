@@ -1,0 +1,129 @@
+"""Stage chaining: manifests, skipping, fingerprints, --only/--from/--force, crashes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mtkd.config import config_from_dict
+from mtkd.errors import MtkdError
+from mtkd.pipeline import Stage, StageContext, read_manifest, run_pipeline, select_stages
+from mtkd.storage import Storage
+
+
+class Recorder:
+    """Real stages that write an artifact and record each call (for assertions)."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.fail_in: str | None = None
+
+    def stage(self, name: str, slice_key: str) -> Stage:
+        def run(ctx: StageContext) -> dict:
+            self.calls.append(name)
+            if self.fail_in == name:
+                raise RuntimeError(f"{name} crashed")
+            ctx.store.write_text(f"{name}/out.txt", f"{name} seed={ctx.config.seed}")
+            return {"artifacts": [f"{name}/out.txt"]}
+
+        return Stage(name, run, lambda c: getattr(c, slice_key), f"the {name} stage")
+
+
+def make_config(tmp_path: Path, **extra):
+    data = {"name": "exp", "storage_path": str(tmp_path / "runs"),
+            "tasks": [{"name": "rotten_tomatoes"}], **extra}
+    return config_from_dict(data)
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
+def stages(rec: Recorder) -> list[Stage]:
+    return [rec.stage("a", "tasks"), rec.stage("b", "teachers"), rec.stage("c", "student")]
+
+
+def test_runs_all_then_skips_all(tmp_path: Path, recorder: Recorder) -> None:
+    config = make_config(tmp_path)
+    first = run_pipeline(config, stages=stages(recorder))
+    assert [o.status for o in first] == ["ran", "ran", "ran"]
+    store = Storage.from_uri(str(tmp_path / "runs")).child("exp")
+    assert store.read_text("b/out.txt") == "b seed=0"
+    manifest = read_manifest(store, "b")
+    assert manifest["status"] == "complete" and manifest["artifacts"] == ["b/out.txt"]
+    assert "config.yaml" in store.list()
+    second = run_pipeline(config, stages=stages(recorder))
+    assert [o.status for o in second] == ["skipped"] * 3
+    assert recorder.calls == ["a", "b", "c"]
+
+
+def test_changed_slice_reruns_that_stage_and_later_ones(tmp_path: Path,
+                                                        recorder: Recorder) -> None:
+    run_pipeline(make_config(tmp_path), stages=stages(recorder))
+    recorder.calls.clear()
+    changed = make_config(tmp_path, teachers={"size": 4})
+    outcomes = run_pipeline(changed, stages=stages(recorder))
+    assert [o.status for o in outcomes] == ["skipped", "ran", "ran"]
+    assert recorder.calls == ["b", "c"]
+
+
+def test_crash_leaves_no_manifest_and_rerun_resumes(tmp_path: Path, recorder: Recorder) -> None:
+    config = make_config(tmp_path)
+    recorder.fail_in = "b"
+    with pytest.raises(RuntimeError, match="b crashed"):
+        run_pipeline(config, stages=stages(recorder))
+    store = Storage.from_uri(str(tmp_path / "runs")).child("exp")
+    assert read_manifest(store, "a") is not None
+    assert read_manifest(store, "b") is None
+    recorder.fail_in = None
+    recorder.calls.clear()
+    outcomes = run_pipeline(config, stages=stages(recorder))
+    assert [o.status for o in outcomes] == ["skipped", "ran", "ran"]
+    assert recorder.calls == ["b", "c"]
+
+
+def test_only_from_and_force(tmp_path: Path, recorder: Recorder) -> None:
+    config = make_config(tmp_path)
+    with pytest.raises(MtkdError, match="stage 'a' has not run yet"):
+        run_pipeline(config, only="b", stages=stages(recorder))
+    run_pipeline(config, only="a", stages=stages(recorder))
+    assert [o.name for o in run_pipeline(config, only="b", stages=stages(recorder))] == ["b"]
+    assert recorder.calls == ["a", "b"]
+    outcomes = run_pipeline(config, from_stage="b", stages=stages(recorder))
+    assert [(o.name, o.status) for o in outcomes] == [("b", "skipped"), ("c", "ran")]
+    outcomes = run_pipeline(config, only="b", force=True, stages=stages(recorder))
+    assert [(o.name, o.status) for o in outcomes] == [("b", "ran")]
+    assert recorder.calls == ["a", "b", "c", "b"]
+
+
+def test_unknown_stage_name_is_a_user_error(recorder: Recorder) -> None:
+    with pytest.raises(MtkdError, match="use one of: a, b, c"):
+        select_stages(stages(recorder), only="teacher", from_stage=None)
+    with pytest.raises(MtkdError, match="no such stage"):
+        select_stages(stages(recorder), only=None, from_stage="zzz")
+
+
+def test_always_run_stage_with_unchanged_output_keeps_later_stages(tmp_path: Path,
+                                                                   recorder: Recorder) -> None:
+    """An always-run stage (external inputs) re-runs; later stages re-run only when its
+    reported output fingerprint changes."""
+    output = {"fp": "v1"}
+
+    def prepare(ctx: StageContext) -> dict:
+        recorder.calls.append("prep")
+        return {"output_fingerprint": output["fp"]}
+
+    def make() -> list[Stage]:
+        return [Stage("prep", prepare, lambda c: None, always_run=True),
+                recorder.stage("b", "teachers")]
+
+    config = make_config(tmp_path)
+    run_pipeline(config, stages=make())
+    outcomes = run_pipeline(config, stages=make())
+    assert [(o.name, o.status) for o in outcomes] == [("prep", "ran"), ("b", "skipped")]
+    output["fp"] = "v2"
+    outcomes = run_pipeline(config, stages=make())
+    assert [(o.name, o.status) for o in outcomes] == [("prep", "ran"), ("b", "ran")]
+    assert recorder.calls == ["prep", "b", "prep", "prep", "b"]
