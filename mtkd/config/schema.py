@@ -8,6 +8,7 @@ returns every finding instead of raising at the first.
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass, field
 from typing import Literal
@@ -16,6 +17,8 @@ from mtkd.errors import Problem
 
 Precision = Literal["fp32", "bf16", "fp16"]
 TaskType = Literal["classification", "pair_classification", "regression", "ranking"]
+BUNDLED_TASK_NAMES = ("rotten_tomatoes", "boolq", "trec", "vader_movies", "lp50", "sms_spam")
+"""Names of the bundled tasks (mtkd.tasks.bundled.BUNDLED; a test keeps them equal)."""
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -132,7 +135,7 @@ class TaskConfig:
     max_train_examples: int | None = None
     """Use a deterministic subset of at most this many training examples (null: all)."""
     max_dev_examples: int | None = None
-    """Use a deterministic subset of at most this many dev examples (null: all)."""
+    """Use a deterministic subset of at most this many dev and test examples (null: all)."""
     teacher: bool = True
     """Whether the task gets a teacher ensemble; without one the student uses hard labels."""
     bad_rows: Literal["error", "skip"] = "error"
@@ -146,6 +149,12 @@ class TaskConfig:
                 Problem(f"{path}.name", f"{self.name!r} is not a valid task name",
                         "use letters, digits, '_', '.', '-' (it becomes a folder name)")
             )
+        if self.source == "bundled" and self.name not in BUNDLED_TASK_NAMES:
+            close = difflib.get_close_matches(self.name, BUNDLED_TASK_NAMES, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            found.append(Problem(f"{path}.name", f"{self.name!r} is not a bundled task",
+                                 f"{hint}bundled tasks: {', '.join(BUNDLED_TASK_NAMES)}; "
+                                 "for your own data set source: files"))
         if self.source == "files":
             if self.type is None:
                 found.append(Problem(f"{path}.type", "is required for source 'files'",

@@ -144,10 +144,15 @@ def test_list_and_mapping_types_checked_per_item() -> None:
 
 @pytest.mark.parametrize(("data", "path", "needle"), [
     (minimal(teachers={"size": 2, "min_members": 3}), "teachers.min_members", "exceeds"),
-    (minimal(tasks=[{"name": "a"}, {"name": "a"}]), "tasks.1.name", "listed twice"),
+    (minimal(tasks=[{"name": "trec"}, {"name": "trec"}]), "tasks.1.name", "listed twice"),
+    (minimal(tasks=[{"name": "rotten_tomato"}]), "tasks.0.name",
+     "did you mean 'rotten_tomatoes'"),
+    (minimal(tasks=[{"name": "mine", "source": "files", "type": "regression",
+                     "files": {"train": "t.csv"}, "metrics": ["auc"]}]), "tasks.0.metrics.0",
+     "unknown metric"),
     (minimal(student={"training": {"precision": "fp16"}}), "student.training.precision",
      "needs a GPU"),
-    (minimal(tasks=[{"name": "a", "teacher": False}]), "student.distill", "no task has"),
+    (minimal(tasks=[{"name": "trec", "teacher": False}]), "student.distill", "no task has"),
     (minimal(storage_path="s3://AKIA:secret@bucket/x"), "storage_path", "credentials"),
     (minimal(storage_path="gs://bucket"), "storage_path", "not supported"),
     (minimal(name="my exp/1"), "name", "not a valid"),
@@ -162,9 +167,10 @@ def test_list_and_mapping_types_checked_per_item() -> None:
      "(0, 1)"),
 ])
 def test_value_rules(data: dict, path: str, needle: str) -> None:
-    found = problems_of(data)
-    assert path in found, found
-    assert needle in found[path]
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(data)
+    messages = [f"{p.message} | {p.fix}" for p in info.value.problems if p.path == path]
+    assert any(needle in m for m in messages), info.value.problems
 
 
 def test_fp16_allowed_on_gpu() -> None:
@@ -228,3 +234,10 @@ def test_experiment_config_default_construction_is_invalid_without_name() -> Non
     found = problems_of({"tasks": [{"name": "rotten_tomatoes"}]})
     assert "name" in found
     assert isinstance(ExperimentConfig(), ExperimentConfig)
+
+
+def test_bundled_task_names_match_the_registry() -> None:
+    from mtkd.config.schema import BUNDLED_TASK_NAMES
+    from mtkd.tasks.bundled import BUNDLED
+
+    assert set(BUNDLED_TASK_NAMES) == set(BUNDLED)

@@ -1,0 +1,1 @@
+"""Training data: the multi-task batch sampler and the collate function."""

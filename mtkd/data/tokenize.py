@@ -1,0 +1,68 @@
+"""Tokenize canonical example tables with the encoder's tokenizer (``datasets.map``).
+
+Output columns of a tokenized split:
+
+* ``uid`` (str) and ``label`` (int64 or float32), carried over unchanged;
+* ``input_ids``, ``token_type_ids``: list[int] of length ``length`` — or, for ranking
+  tasks, one list per candidate (list[list[int]]);
+* ``length`` (int): tokens of the example (the longest candidate for ranking), what the
+  sampler buckets on.
+
+Padding is left to the collator (dynamic per batch); truncation is per task
+(``max_length``), and for a pair the longer side is cut first (``longest_first``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import datasets
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from mtkd.tasks.examples import CANDIDATES, LABEL, TEXT, TEXT_PAIR, UID
+from mtkd.tasks.spec import TaskSpec
+
+TOKEN_COLUMNS = ("input_ids", "token_type_ids", "length")
+
+
+def load_tokenizer(encoder_dir: Path) -> PreTrainedTokenizerBase:
+    """The encoder's tokenizer, loaded from a local directory only (never a hub)."""
+    return AutoTokenizer.from_pretrained(str(encoder_dir), local_files_only=True)
+
+
+def _encode(tokenizer: PreTrainedTokenizerBase, first: list[str], second: list[str] | None,
+            max_length: int) -> tuple[list[list[int]], list[list[int]]]:
+    encoded = tokenizer(first, second, truncation="longest_first" if second else True,
+                        max_length=max_length, return_attention_mask=False)
+    ids = encoded["input_ids"]
+    types = encoded.get("token_type_ids") or [[0] * len(x) for x in ids]
+    return ids, types
+
+
+def _tokenize_batch(batch: dict[str, list[Any]], tokenizer: PreTrainedTokenizerBase,
+                    spec: TaskSpec) -> dict[str, list[Any]]:
+    if spec.kind.head == "ranking":
+        all_ids, all_types, lengths = [], [], []
+        for query, candidates in zip(batch[TEXT], batch[CANDIDATES], strict=True):
+            ids, types = _encode(tokenizer, [query] * len(candidates), list(candidates),
+                                 spec.max_length)
+            all_ids.append(ids)
+            all_types.append(types)
+            lengths.append(max(len(x) for x in ids))
+        return {"input_ids": all_ids, "token_type_ids": all_types, "length": lengths}
+    pairs = batch[TEXT_PAIR]
+    is_pair = spec.kind.pair if spec.kind.pair is not None else any(pairs)
+    second = pairs if is_pair else None
+    ids, types = _encode(tokenizer, batch[TEXT], second, spec.max_length)
+    return {"input_ids": ids, "token_type_ids": types, "length": [len(x) for x in ids]}
+
+
+def tokenize_split(split: datasets.Dataset, spec: TaskSpec,
+                   tokenizer: PreTrainedTokenizerBase) -> datasets.Dataset:
+    """Tokenize one split; keeps ``uid`` and ``label``, drops the raw text columns."""
+    drop = [c for c in split.column_names if c not in (UID, LABEL)]
+    return split.map(_tokenize_batch, batched=True, batch_size=1000,
+                     fn_kwargs={"tokenizer": tokenizer, "spec": spec},
+                     remove_columns=drop, desc=f"tokenize {spec.name}",
+                     load_from_cache_file=False, keep_in_memory=True)

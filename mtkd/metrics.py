@@ -1,0 +1,179 @@
+"""Dev metrics as GLUE reports them, and the scores built from them.
+
+Every metric takes ``(predictions, labels)``, two 1-D arrays of shape ``[N]``, and returns
+a Python float **scaled to 0-100** as on the GLUE leaderboard (accuracy 75.0, not 0.75;
+MCC and correlations ×100, so they range over -100..100). The metrics are computed with
+scikit-learn and scipy:
+
+* ``accuracy``: share of exact matches;
+* ``f1``: F1 of the positive class (label 1) for a two-class task, macro-F1 over the
+  classes present otherwise; an undefined precision or recall counts as 0;
+* ``mcc``: Matthews correlation; 0 when either side is constant;
+* ``pearson`` / ``spearman``: correlation of scores; 0.0 (not NaN) when either side is
+  constant (e.g. the mean-predicting baseline), or has fewer than two values.
+
+A task's score is the mean of its metrics (GLUE style: STS-B counts
+``(pearson + spearman) / 2``), and an experiment's one number is the mean over tasks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+from scipy import stats
+from sklearn import metrics as skm
+
+from mtkd.tasks.spec import TaskSpec
+
+
+def _pair(predictions: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both arrays as 1-D ``[N]``; ValueError when lengths differ or N is 0."""
+    p, y = np.asarray(predictions).reshape(-1), np.asarray(labels).reshape(-1)
+    if p.shape != y.shape:
+        raise ValueError(f"{p.shape[0]} predictions for {y.shape[0]} labels")
+    if p.size == 0:
+        raise ValueError("no examples to score")
+    return p, y
+
+
+def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
+    """Accuracy ×100 of class predictions ``[N]`` against labels ``[N]``."""
+    p, y = _pair(predictions, labels)
+    return 100.0 * float(skm.accuracy_score(y, p))
+
+
+def f1(predictions: np.ndarray, labels: np.ndarray, *, num_classes: int | None = None) -> float:
+    """F1 ×100: binary F1 of class 1 for two classes, macro-F1 otherwise.
+
+    ``num_classes`` is the task's class count when known; without it a task is two-class
+    when every prediction and label is 0 or 1.
+    """
+    p, y = _pair(predictions, labels)
+    binary = num_classes == 2 if num_classes else set(np.unique(np.concatenate([p, y]))) <= {0, 1}
+    average = "binary" if binary else "macro"
+    return 100.0 * float(skm.f1_score(y, p, average=average, pos_label=1, zero_division=0))
+
+
+def mcc(predictions: np.ndarray, labels: np.ndarray) -> float:
+    """Matthews correlation ×100 of class predictions ``[N]``; 0 for constant predictions."""
+    p, y = _pair(predictions, labels)
+    return 100.0 * float(skm.matthews_corrcoef(y, p))
+
+
+def _correlation(fn: Callable[..., Any], predictions: np.ndarray, labels: np.ndarray) -> float:
+    p, y = _pair(predictions, labels)
+    p, y = p.astype(np.float64), y.astype(np.float64)
+    if p.size < 2 or np.ptp(p) == 0 or np.ptp(y) == 0:
+        return 0.0  # undefined (NaN in scipy); GLUE-style reports count it as no correlation
+    return 100.0 * float(fn(p, y).statistic)
+
+
+def pearson(predictions: np.ndarray, labels: np.ndarray) -> float:
+    """Pearson correlation ×100 of scores ``[N]``; 0.0 when either side is constant."""
+    return _correlation(stats.pearsonr, predictions, labels)
+
+
+def spearman(predictions: np.ndarray, labels: np.ndarray) -> float:
+    """Spearman rank correlation ×100 (ties get average ranks); 0.0 when constant."""
+    return _correlation(stats.spearmanr, predictions, labels)
+
+
+METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+    "accuracy": accuracy,
+    "f1": f1,
+    "mcc": mcc,
+    "pearson": pearson,
+    "spearman": spearman,
+}
+
+
+def predictions_from_outputs(spec: TaskSpec, outputs: np.ndarray) -> np.ndarray:
+    """Model outputs → predictions ``[N]``.
+
+    * classification: logits or probabilities ``[N, C]`` → class index (argmax) ``[N]``;
+    * regression: scores ``[N, 1]`` or ``[N]`` → float64 ``[N]``;
+    * ranking: candidate scores ``[N, K]`` (padding may be -inf) → best candidate ``[N]``.
+    """
+    out = np.asarray(outputs)
+    kind = spec.kind
+    if kind.is_regression:
+        if out.ndim == 2 and out.shape[1] == 1:
+            out = out[:, 0]
+        if out.ndim != 1:
+            raise ValueError(f"{spec.name}: regression outputs must be [N] or [N, 1], "
+                             f"got shape {out.shape}")
+        return out.astype(np.float64)
+    if out.ndim != 2 or out.shape[1] == 0:
+        what = "candidate scores" if kind.head == "ranking" else "logits"
+        raise ValueError(f"{spec.name}: {kind.name} outputs must be {what} [N, K>0], "
+                         f"got shape {out.shape}")
+    return np.argmax(out, axis=-1).astype(np.int64)
+
+
+def compute_task_metrics(spec: TaskSpec, outputs: np.ndarray,
+                         labels: np.ndarray) -> dict[str, float]:
+    """The task's metrics (``spec.metrics``, else its type's) of ``outputs`` against labels.
+
+    ``outputs`` as for :func:`predictions_from_outputs`; ``labels`` ``[N]``. Unlabelled rows
+    (label -1, or NaN for regression) are left out; ValueError if none is labelled.
+    """
+    preds = predictions_from_outputs(spec, outputs)
+    gold = np.asarray(labels).reshape(-1)
+    if gold.shape[0] != preds.shape[0]:
+        raise ValueError(f"{spec.name}: {preds.shape[0]} outputs for {gold.shape[0]} labels")
+    if spec.kind.is_regression:
+        gold = gold.astype(np.float64)
+        keep = ~np.isnan(gold)
+    else:
+        keep = gold != -1
+        gold = gold.astype(np.int64)
+    if not keep.any():
+        raise ValueError(f"{spec.name}: no labelled examples to score")
+    preds, gold = preds[keep], gold[keep]
+    result: dict[str, float] = {}
+    for name in spec.metrics or spec.kind.metrics:
+        if name not in METRICS:
+            raise ValueError(f"{spec.name}: unknown metric {name!r}; valid: {', '.join(METRICS)}")
+        if name == "f1" and spec.labels:
+            result[name] = f1(preds, gold, num_classes=len(spec.labels))
+        else:
+            result[name] = METRICS[name](preds, gold)
+    return result
+
+
+def task_score(metrics: Mapping[str, float]) -> float:
+    """A task's score: the mean of its metrics (GLUE style)."""
+    if not metrics:
+        raise ValueError("no metrics to average")
+    return float(np.mean(list(metrics.values())))
+
+
+def average_score(per_task: Mapping[str, Mapping[str, float]]) -> float:
+    """The experiment's average: the mean over tasks of :func:`task_score`."""
+    if not per_task:
+        raise ValueError("no tasks to average")
+    return float(np.mean([task_score(m) for m in per_task.values()]))
+
+
+def majority_baseline(spec: TaskSpec, train_labels: np.ndarray,
+                      dev_labels: np.ndarray) -> dict[str, float]:
+    """Metrics on dev of always predicting the most frequent train class (the lowest on a
+    tie; for ranking, the most frequent right-candidate index) or, for regression, the train
+    mean. ``train_labels`` ``[M]`` and ``dev_labels`` ``[N]`` may hold unlabelled rows."""
+    train = np.asarray(train_labels).reshape(-1)
+    n_dev = np.asarray(dev_labels).reshape(-1).shape[0]
+    if spec.kind.is_regression:
+        train = train.astype(np.float64)
+        train = train[~np.isnan(train)]
+        if train.size == 0:
+            raise ValueError(f"{spec.name}: no labelled training examples")
+        return compute_task_metrics(spec, np.full(n_dev, train.mean()), dev_labels)
+    train = train[train != -1].astype(np.int64)
+    if train.size == 0:
+        raise ValueError(f"{spec.name}: no labelled training examples")
+    majority = int(np.argmax(np.bincount(train)))
+    outputs = np.zeros((n_dev, max(len(spec.labels), majority + 1)))
+    outputs[:, majority] = 1.0
+    return compute_task_metrics(spec, outputs, dev_labels)

@@ -1,0 +1,49 @@
+"""TaskSpec: a task as the model, losses and metrics see it, resolved from the config.
+
+A TaskSpec is what gets saved with a model (``tasks.json``), so it holds only plain
+data: name, type name, label list, metrics, maximum length and whether a teacher exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from mtkd.tasks.types import TaskType, task_type
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One resolved task."""
+
+    name: str
+    type: str
+    """Task type name, a key of ``mtkd.tasks.types.TASK_TYPES``."""
+    labels: tuple[str, ...] = ()
+    """Class labels in head order; empty for regression and ranking."""
+    metrics: tuple[str, ...] = ()
+    """Reported dev metrics; the task's score is their mean."""
+    max_length: int = 128
+    teacher: bool = True
+
+    @property
+    def kind(self) -> TaskType:
+        return task_type(self.type)
+
+    @property
+    def num_outputs(self) -> int:
+        """Width of the head's output: classes, or 1 for a score / candidate score."""
+        return self.kind.num_outputs(len(self.labels))
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["labels"] = list(self.labels)
+        data["metrics"] = list(self.metrics)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TaskSpec:
+        return cls(name=data["name"], type=data["type"], labels=tuple(data.get("labels", ())),
+                   metrics=tuple(data.get("metrics", ())),
+                   max_length=int(data.get("max_length", 128)),
+                   teacher=bool(data.get("teacher", True)))

@@ -1,0 +1,250 @@
+"""GLUE-style metrics against values worked out by hand, predictions, scores, baselines."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from mtkd.metrics import (
+    METRICS,
+    accuracy,
+    average_score,
+    compute_task_metrics,
+    f1,
+    majority_baseline,
+    mcc,
+    pearson,
+    predictions_from_outputs,
+    spearman,
+    task_score,
+)
+from mtkd.tasks.spec import TaskSpec
+
+# scipy's ConstantInputWarning or sklearn's UndefinedMetricWarning would mean a case is
+# not handled explicitly.
+pytestmark = pytest.mark.filterwarnings("error")
+
+BINARY = TaskSpec(name="sst2", type="classification", labels=("negative", "positive"))
+THREE = TaskSpec(name="mnli", type="pair_classification",
+                 labels=("entailment", "neutral", "contradiction"))
+COLA = TaskSpec(name="cola", type="classification", labels=("bad", "good"), metrics=("mcc",))
+STSB = TaskSpec(name="stsb", type="regression")
+QNLI = TaskSpec(name="qnli", type="ranking")
+
+
+def a(*values: float) -> np.ndarray:
+    return np.array(values)
+
+
+def one_hot(classes: list[int], width: int) -> np.ndarray:
+    out = np.zeros((len(classes), width))
+    out[np.arange(len(classes)), classes] = 1.0
+    return out
+
+
+# ------------------------------------------------------------------------------ metrics
+
+
+def test_metric_names_and_float_results() -> None:
+    assert set(METRICS) == {"accuracy", "f1", "mcc", "pearson", "spearman"}
+    for fn in METRICS.values():
+        assert type(fn(a(0, 1, 1, 0), a(0, 1, 0, 1))) is float
+
+
+def test_accuracy_is_scaled_to_100() -> None:
+    assert accuracy(a(0, 1, 1, 0), a(0, 1, 0, 0)) == 75.0  # 3 of 4
+    assert accuracy(a(2, 1), a(2, 1)) == 100.0
+
+
+def test_binary_f1_of_class_one() -> None:
+    # TP=2 FP=1 FN=2: precision 2/3, recall 1/2, F1 = 2TP/(2TP+FP+FN) = 4/7
+    assert f1(a(1, 1, 0, 0, 1, 0), a(1, 1, 1, 1, 0, 0)) == pytest.approx(400 / 7)
+    # swapping the roles of the classes changes binary F1: TP=1 FP=2 FN=1 → 2/5
+    assert f1(a(0, 0, 1, 1, 0, 1), a(0, 0, 0, 0, 1, 1)) == pytest.approx(40.0)
+
+
+def test_multiclass_macro_f1() -> None:
+    # class 0: TP1 FP1 FN1 → 1/2; class 1: TP2 FP1 FN0 → 4/5; class 2: TP1 FP0 FN1 → 2/3
+    got = f1(a(0, 1, 1, 1, 2, 0), a(0, 0, 1, 1, 2, 2))
+    assert got == pytest.approx(100 * (1 / 2 + 4 / 5 + 2 / 3) / 3)
+
+
+def test_f1_uses_known_class_count() -> None:
+    preds, gold = a(0, 1, 0, 0), a(0, 1, 1, 0)
+    assert f1(preds, gold, num_classes=2) == pytest.approx(200 / 3)  # class 1: TP1 FN1
+    # a 3-class task whose dev slice only holds 0/1 is still macro: (4/5 + 2/3) / 2
+    assert f1(preds, gold, num_classes=3) == pytest.approx(100 * (4 / 5 + 2 / 3) / 2)
+
+
+def test_mcc_by_the_2x2_formula() -> None:
+    preds = a(1, 1, 1, 0, 0, 1, 0, 0)
+    gold = a(1, 1, 1, 1, 1, 0, 0, 0)
+    tp, tn, fp, fn = 3, 2, 1, 2
+    expected = (tp * tn - fp * fn) / math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    assert mcc(preds, gold) == pytest.approx(100 * expected)
+    assert mcc(gold, gold) == pytest.approx(100.0)
+    assert mcc(1 - gold, gold) == pytest.approx(-100.0)
+
+
+def test_pearson_by_hand() -> None:
+    # x deviations (-1, 0, 1), y = (1, 2, 4) deviations (-4/3, -1/3, 5/3):
+    # r = 3 / (sqrt(2) * sqrt(42) / 3) = 9 / sqrt(84)
+    assert pearson(a(1, 2, 3), a(1, 2, 4)) == pytest.approx(100 * 9 / math.sqrt(84))
+    assert pearson(a(1, 2, 3), a(3, 2, 1)) == pytest.approx(-100.0)
+
+
+def test_spearman_with_ties() -> None:
+    # ranks (1, 2.5, 2.5, 4) vs (1, 2, 3, 4): r = 4.5 / sqrt(4.5 * 5) = sqrt(0.9)
+    assert spearman(a(1, 2, 2, 3), a(1, 2, 3, 4)) == pytest.approx(100 * math.sqrt(0.9))
+    # monotone but not linear: Spearman 100, Pearson below
+    assert spearman(a(1, 2, 3, 4), a(1, 4, 9, 100)) == pytest.approx(100.0)
+    assert pearson(a(1, 2, 3, 4), a(1, 4, 9, 100)) < 100.0
+
+
+@pytest.mark.parametrize("fn", [pearson, spearman])
+def test_correlation_of_a_constant_is_zero(fn) -> None:
+    assert fn(a(2.5, 2.5, 2.5), a(1, 2, 3)) == 0.0
+    assert fn(a(1, 2, 3), a(4, 4, 4)) == 0.0
+    assert fn(a(1.0), a(2.0)) == 0.0
+
+
+def test_constant_class_predictions() -> None:
+    gold = a(0, 1, 1, 0)
+    assert mcc(a(1, 1, 1, 1), gold) == 0.0
+    assert mcc(a(0, 0, 0, 0), gold) == 0.0
+    assert f1(a(0, 0, 0, 0), gold) == 0.0  # never predicts the positive class
+    assert f1(a(1, 1, 1, 1), gold) == pytest.approx(200 / 3)  # P 1/2, R 1
+    assert accuracy(a(1, 1, 1, 1), gold) == 50.0
+
+
+def test_metrics_reject_mismatched_or_empty_input() -> None:
+    with pytest.raises(ValueError, match="3 predictions for 2 labels"):
+        accuracy(a(0, 1, 1), a(0, 1))
+    with pytest.raises(ValueError, match="no examples"):
+        pearson(a(), a())
+
+
+# ------------------------------------------------------------------------- predictions
+
+
+def test_predictions_classification_argmax() -> None:
+    logits = np.array([[0.1, 2.0], [3.0, -1.0], [0.0, 0.5]], dtype=np.float32)
+    np.testing.assert_array_equal(predictions_from_outputs(BINARY, logits), [1, 0, 1])
+    probs = np.array([[0.2, 0.3, 0.5], [0.6, 0.3, 0.1]])
+    got = predictions_from_outputs(THREE, probs)
+    np.testing.assert_array_equal(got, [2, 0])
+    assert got.shape == (2,) and got.dtype == np.int64
+
+
+def test_predictions_regression_squeeze() -> None:
+    for outputs in (np.array([[1.5], [2.0], [0.25]], dtype=np.float32), a(1.5, 2.0, 0.25)):
+        got = predictions_from_outputs(STSB, outputs)
+        assert got.shape == (3,) and got.dtype == np.float64
+        np.testing.assert_allclose(got, [1.5, 2.0, 0.25])
+
+
+def test_predictions_ranking_with_padding() -> None:
+    scores = np.array([[0.1, 0.9, -np.inf], [2.0, -np.inf, -np.inf], [-1.0, -3.0, -0.5]])
+    np.testing.assert_array_equal(predictions_from_outputs(QNLI, scores), [1, 0, 2])
+
+
+@pytest.mark.parametrize(("spec", "outputs"), [
+    (BINARY, a(0.1, 0.9)),
+    (BINARY, np.zeros((2, 0))),
+    (QNLI, np.zeros((2, 3, 1))),
+    (STSB, np.zeros((4, 2))),
+])
+def test_predictions_reject_bad_shapes(spec: TaskSpec, outputs: np.ndarray) -> None:
+    with pytest.raises(ValueError, match=spec.name):
+        predictions_from_outputs(spec, outputs)
+
+
+# ------------------------------------------------------------------------ task metrics
+
+
+def test_task_metrics_use_type_defaults_and_spec_override() -> None:
+    outputs = one_hot([0, 1, 1, 0], 2)
+    gold = a(0, 1, 0, 0)
+    got = compute_task_metrics(BINARY, outputs, gold)
+    assert got == {"accuracy": 75.0, "f1": pytest.approx(200 / 3)}  # TP1 FP1 FN0
+    assert set(compute_task_metrics(COLA, outputs, gold)) == {"mcc"}
+    assert set(compute_task_metrics(STSB, a(1, 2, 3), a(1, 2, 4))) == {"pearson", "spearman"}
+    assert set(compute_task_metrics(QNLI, np.eye(3), a(0, 1, 1))) == {"accuracy"}
+
+
+def test_task_f1_follows_the_label_count() -> None:
+    outputs, gold = one_hot([0, 1, 0, 0], 3), a(0, 1, 1, 0)
+    assert compute_task_metrics(THREE, outputs, gold)["f1"] == pytest.approx(
+        100 * (4 / 5 + 2 / 3) / 2)
+    assert compute_task_metrics(BINARY, outputs[:, :2], gold)["f1"] == pytest.approx(200 / 3)
+
+
+def test_unlabelled_rows_are_ignored() -> None:
+    # rows 1 and 3 are unlabelled and predicted "wrong"; only rows 0 and 2 count
+    got = compute_task_metrics(BINARY, one_hot([1, 1, 0, 0], 2), a(1, -1, 0, -1))
+    assert got["accuracy"] == 100.0
+    got = compute_task_metrics(STSB, a(1, 9, 2, 3), a(1, np.nan, 2, 4))
+    assert got["pearson"] == pytest.approx(100 * 9 / math.sqrt(84))
+    scores = np.array([[0.0, 1.0, -np.inf], [5.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    assert compute_task_metrics(QNLI, scores, a(1, -1, 0))["accuracy"] == 50.0
+
+
+def test_nothing_labelled_or_bad_input_raises() -> None:
+    with pytest.raises(ValueError, match="no labelled"):
+        compute_task_metrics(BINARY, one_hot([0, 1], 2), a(-1, -1))
+    with pytest.raises(ValueError, match="no labelled"):
+        compute_task_metrics(STSB, a(1, 2), a(np.nan, np.nan))
+    with pytest.raises(ValueError, match="3 outputs for 2 labels"):
+        compute_task_metrics(BINARY, one_hot([0, 1, 1], 2), a(0, 1))
+    bogus = TaskSpec(name="x", type="classification", labels=("a", "b"), metrics=("bleu",))
+    with pytest.raises(ValueError, match="unknown metric 'bleu'"):
+        compute_task_metrics(bogus, one_hot([0, 1], 2), a(0, 1))
+
+
+# ------------------------------------------------------------------------------ scores
+
+
+def test_task_score_is_the_mean_of_its_metrics() -> None:
+    assert task_score({"pearson": 80.0, "spearman": 90.0}) == 85.0
+    assert task_score({"mcc": 40.0}) == 40.0
+    with pytest.raises(ValueError):
+        task_score({})
+
+
+def test_average_score_is_the_mean_of_task_scores() -> None:
+    per_task = {"mrpc": {"accuracy": 90.0, "f1": 80.0}, "cola": {"mcc": 40.0}}
+    assert average_score(per_task) == 62.5  # (85 + 40) / 2, not the mean of 3 metrics
+    with pytest.raises(ValueError):
+        average_score({})
+
+
+# --------------------------------------------------------------------------- baselines
+
+
+def test_majority_baseline_classification() -> None:
+    got = majority_baseline(BINARY, a(0, 1, 1, -1, 1), a(1, 0, 1, 1, -1))
+    assert got["accuracy"] == 75.0
+    assert got["f1"] == pytest.approx(600 / 7)  # TP3 FP1 FN0
+    assert majority_baseline(COLA, a(1, 1, 0), a(1, 0, 1)) == {"mcc": 0.0}
+
+
+def test_majority_baseline_ties_and_absent_classes() -> None:
+    # tie between 0 and 2 → the lower class; class 1 never appears in train
+    got = majority_baseline(THREE, a(2, 0, 0, 2), a(0, 1, 2, 0))
+    assert got["accuracy"] == 50.0
+
+
+def test_majority_baseline_regression_and_ranking() -> None:
+    got = majority_baseline(STSB, a(1.0, 3.0, np.nan), a(0.0, 2.0, 5.0))
+    assert got == {"pearson": 0.0, "spearman": 0.0}
+    got = majority_baseline(QNLI, a(2, 2, 0, -1), a(2, 1, 2, -1))
+    assert got["accuracy"] == pytest.approx(200 / 3)
+
+
+def test_majority_baseline_needs_train_labels() -> None:
+    with pytest.raises(ValueError, match="no labelled training"):
+        majority_baseline(BINARY, a(-1, -1), a(0, 1))
+    with pytest.raises(ValueError, match="no labelled training"):
+        majority_baseline(STSB, a(np.nan), a(0.5, 1.0))
