@@ -40,3 +40,14 @@ def storage_uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "s3":
         return str(request.getfixturevalue("s3_env"))
     return str(tmp_path / "store")
+
+
+# ------------------------------------------------------------------------ tiny models
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random 2-layer, hidden-32 BERT with a word-level tokenizer (see tests/tiny.py)."""
+    from tiny import make_tiny_bert
+
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))

@@ -1,0 +1,65 @@
+"""Where a pretrained encoder's files are: bundled asset, local folder, or s3:// folder.
+
+Every model-loading path goes through :func:`resolve_encoder_dir`, so the rest of the
+code only ever sees a local directory that ``AutoModel``/``AutoTokenizer`` can read
+offline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+from mtkd import assets
+from mtkd.errors import MtkdError
+
+BUNDLED_PREFIX = "bundled:"
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "merges.txt", "spm.model",
+                   "sentencepiece.bpe.model", "tokenizer_config.json",
+                   "special_tokens_map.json", "added_tokens.json")
+
+
+def resolve_encoder_dir(path: str, cache: str | Path | None = None) -> Path:
+    """A local directory holding the encoder's config, weights and tokenizer.
+
+    ``bundled:NAME`` is a pinned asset (fetched on first use); ``s3://...`` is copied
+    once into the cache; anything else must be an existing local directory.
+    """
+    if path.startswith(BUNDLED_PREFIX):
+        name = path[len(BUNDLED_PREFIX):]
+        if name not in assets.ASSETS:
+            raise MtkdError(f"unknown bundled encoder {name!r} (fix: use "
+                            f"bundled:all-MiniLM-L6-v2 or a checkpoint directory)")
+        return assets.asset_dir(name, cache)
+    if path.startswith("s3://"):
+        from mtkd.storage import Storage
+
+        digest = hashlib.sha256(path.encode()).hexdigest()[:16]
+        local = assets.cache_dir(cache) / "encoders" / digest
+        if not (local / "config.json").exists():
+            tmp = local.with_name(f".{digest}.tmp-{os.getpid()}")
+            Storage.from_uri(path).download_dir("", tmp)
+            if local.exists():  # another process won the race
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.replace(local)
+        return local
+    local = Path(path).expanduser()
+    if not (local / "config.json").is_file():
+        raise MtkdError(f"encoder directory {local} has no config.json (fix: point "
+                        "encoder.path at a transformers checkpoint saved with "
+                        "save_pretrained, or use bundled:all-MiniLM-L6-v2)")
+    return local
+
+
+def tokenizer_fingerprint(encoder_dir: Path) -> str:
+    """Content hash of the tokenizer files, so re-tokenization happens only when they change."""
+    digest = hashlib.sha256()
+    for name in TOKENIZER_FILES:
+        file = encoder_dir / name
+        if file.is_file():
+            digest.update(name.encode())
+            digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]

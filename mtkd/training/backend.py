@@ -1,0 +1,101 @@
+"""How a training step is executed: plain PyTorch here, DeepSpeed in the student worker.
+
+The loop (:mod:`mtkd.training.loop`) only calls ``forward``, ``backward`` and ``step``;
+a backend owns the model on its device, the optimizer, the schedule, mixed precision,
+gradient accumulation and clipping. The DeepSpeed adapter implements the same four
+methods around ``deepspeed.initialize``'s engine, so no loop code is copied.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+
+from mtkd.config import TrainingConfig
+from mtkd.training.evaluate import autocast
+from mtkd.training.optim import build_adamw, build_scheduler
+
+
+class Backend(Protocol):
+    """What the training loop needs from an execution backend."""
+
+    model: torch.nn.Module
+    """The bare model (for evaluation and saving), already on ``device``."""
+    device: torch.device
+    precision: str
+
+    def forward(self, task: str, inputs: dict[str, torch.Tensor]) -> torch.Tensor: ...
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backpropagate one micro-batch's loss (scaled for accumulation by the backend)."""
+
+    def step(self) -> bool:
+        """Optimizer step at an accumulation boundary; returns whether it stepped."""
+
+    def learning_rate(self) -> float: ...
+
+
+def warmup_steps(config: TrainingConfig, total_steps: int) -> int:
+    return round(config.warmup_ratio * total_steps)
+
+
+class TorchBackend:
+    """Single-process PyTorch: AdamW, linear schedule, autocast, accumulation, clipping."""
+
+    def __init__(self, model: torch.nn.Module, config: TrainingConfig, total_steps: int,
+                 device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.precision = config.precision
+        self.grad_accum = config.grad_accum
+        self.grad_clip = config.grad_clip
+        self.optimizer = build_adamw(self.model, config.learning_rate, config.weight_decay)
+        self.scheduler = build_scheduler(self.optimizer, warmup_steps(config, total_steps),
+                                         total_steps)
+        # fp16 needs loss scaling; bf16 has fp32's range and does not.
+        self.scaler = (torch.amp.GradScaler(self.device.type)
+                       if self.precision == "fp16" else None)
+        self.micro_steps = 0
+
+    def forward(self, task: str, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        with autocast(self.device, self.precision):
+            return self.model(task, **inputs)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        scaled = loss / self.grad_accum
+        (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+        self.micro_steps += 1
+
+    def step(self) -> bool:
+        if self.micro_steps % self.grad_accum:
+            return False
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        if self.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return True
+
+    def learning_rate(self) -> float:
+        return float(self.scheduler.get_last_lr()[0])
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume (load with torch.load(weights_only=True))."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "micro_steps": self.micro_steps,
+                "scaler": self.scaler.state_dict() if self.scaler else {}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.micro_steps = int(state["micro_steps"])
+        if self.scaler and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])

@@ -1,0 +1,83 @@
+"""Predict and evaluate on tokenized splits, in length-sorted batches (little padding)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+
+from mtkd.data.collate import collate
+from mtkd.metrics import average_score, compute_task_metrics
+from mtkd.tasks.spec import TaskSpec
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Mixed-precision context for ``precision`` ("fp32" → no autocast)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=DTYPES[precision])
+
+
+def model_inputs(batch: Mapping[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
+    """The collated tensors the model's forward takes, moved to ``device``."""
+    names = ("input_ids", "attention_mask", "token_type_ids", "candidate_mask")
+    return {k: batch[k].to(device, non_blocking=True) for k in names if k in batch}
+
+
+def _pad_candidates(chunks: list[np.ndarray]) -> np.ndarray:
+    """Ranking outputs of different widths K → one [N, K_max] array (padding very negative)."""
+    width = max(c.shape[1] for c in chunks)
+    fill = np.finfo(np.float32).min / 2
+    return np.concatenate([np.pad(c, ((0, 0), (0, width - c.shape[1])), constant_values=fill)
+                           for c in chunks])
+
+
+@torch.no_grad()
+def predict_outputs(model: torch.nn.Module, spec: TaskSpec, split: datasets.Dataset, *,
+                    batch_size: int = 64, device: torch.device | str = "cpu",
+                    precision: str = "fp32", pad_id: int = 0) -> np.ndarray:
+    """Model outputs for every row of a tokenized split, in the split's row order.
+
+    Returns float32 [N, C] logits (classification), [N] scores (regression) or [N, K]
+    candidate scores (ranking).
+    """
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    uids, ids, types = split["uid"], split["input_ids"], split["token_type_ids"]
+    lengths = split["length"]
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    chunks: list[np.ndarray] = []
+    try:
+        for start in range(0, len(order), batch_size):
+            rows = [{"uid": uids[i], "input_ids": ids[i], "token_type_ids": types[i]}
+                    for i in order[start:start + batch_size]]
+            batch = collate(rows, pad_id)
+            with autocast(device, precision):
+                out = model(spec.name, **model_inputs(batch, device))
+            chunks.append(out.float().cpu().numpy())
+    finally:
+        model.train(was_training)
+    if not chunks:
+        return np.zeros((0,), dtype=np.float32)
+    merged = _pad_candidates(chunks) if spec.kind.head == "ranking" else np.concatenate(chunks)
+    result = np.empty_like(merged)
+    result[order] = merged
+    return result
+
+
+def evaluate(model: torch.nn.Module, specs: Mapping[str, TaskSpec],
+             splits: Mapping[str, datasets.Dataset], **kwargs: Any) -> dict[str, Any]:
+    """Dev metrics per task plus their average: {"tasks": {task: {metric: value}},
+    "average": float}. ``kwargs`` go to :func:`predict_outputs`."""
+    per_task = {}
+    for task, split in splits.items():
+        outputs = predict_outputs(model, specs[task], split, **kwargs)
+        per_task[task] = compute_task_metrics(specs[task], outputs, np.asarray(split["label"]))
+    return {"tasks": per_task, "average": average_score(per_task)}

@@ -1,0 +1,280 @@
+"""The multi-task training loop: one core for teachers, the student and the baseline.
+
+Each micro-batch comes from one task (MT-DNN); the loss is the task's hard loss, or, for
+a task with teacher targets, the weighted mean of hard and soft losses. The loop owns
+progress (steps, epochs, position in the epoch, RNG), dev evaluation, keep-best and early
+stopping; a :class:`~mtkd.training.backend.Backend` owns the optimizer step. Everything
+needed to resume (the JSON-able :class:`LoopState` plus :func:`capture_rng`) is handed to
+the ``on_checkpoint`` hook, so a resumed run continues at the same batch of the same epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+
+from mtkd.config import KDConfig, TrainingConfig
+from mtkd.data.sampler import MultiTaskBatchSampler
+from mtkd.losses import TeacherTargets, task_loss
+from mtkd.tasks.spec import TaskSpec
+from mtkd.training.backend import Backend
+from mtkd.training.data import CollateFn, MultiTaskRows, TeacherArrays, epoch_loader
+from mtkd.training.evaluate import evaluate, model_inputs
+
+log = logging.getLogger("mtkd")
+
+
+@dataclass
+class LoopState:
+    """Progress of a run; plain data, saved in every checkpoint."""
+
+    step: int = 0
+    """Optimizer steps done."""
+    epoch: int = 0
+    position: int = 0
+    """Micro-batches of ``epoch`` already consumed."""
+    examples: int = 0
+    tokens: int = 0
+    train_seconds: float = 0.0
+    best_score: float | None = None
+    best_step: int | None = None
+    best_metrics: dict[str, Any] | None = None
+    evals_since_best: int = 0
+    stopped_early: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+    """One record per evaluation: step, epoch, loss, metrics, average."""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> LoopState:
+        return cls(**data)
+
+
+@dataclass
+class LoopHooks:
+    """Callbacks: Ray Tune/Train reporting and checkpointing plug in here."""
+
+    on_eval: Callable[[LoopState, dict[str, Any]], None] | None = None
+    """After every evaluation, with its record."""
+    on_best: Callable[[LoopState, dict[str, Any]], None] | None = None
+    """When an evaluation beats the best score so far."""
+    on_checkpoint: Callable[[LoopState], None] | None = None
+    """Every ``checkpoint_every`` optimizer steps and at the end."""
+    checkpoint_every: int = 0
+
+
+@dataclass
+class LoopData:
+    """What one run trains and evaluates on."""
+
+    specs: Mapping[str, TaskSpec]
+    train: Mapping[str, datasets.Dataset]
+    """Tokenized train split per task."""
+    dev: Mapping[str, datasets.Dataset]
+    """Tokenized dev split per task (evaluated; may be empty for no evaluation)."""
+    teachers: Mapping[str, TeacherArrays] = field(default_factory=dict)
+    """Soft targets aligned with ``train`` rows, for tasks that have a teacher."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def capture_rng() -> dict[str, Any]:
+    """Python, numpy and torch RNG states as tensors/lists (torch.load weights_only-safe)."""
+    np_state = np.random.get_state()
+    state = {"python": list(random.getstate()[1]), "python_pos": random.getstate()[2],
+             "numpy": torch.from_numpy(np_state[1].astype(np.int64)), "numpy_pos": np_state[2],
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: Mapping[str, Any]) -> None:
+    random.setstate((3, tuple(state["python"]), state["python_pos"]))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32),
+                         int(state["numpy_pos"]), 0, 0.0))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def total_optimizer_steps(config: TrainingConfig, batches_per_epoch: int) -> int:
+    """Optimizer steps of the whole run: epochs × batches / accumulation, capped by max_steps."""
+    steps = math.ceil(config.epochs * batches_per_epoch / config.grad_accum)
+    return max(1, min(steps, config.max_steps) if config.max_steps else steps)
+
+
+def _teacher_targets(arrays: TeacherArrays | None, rows: list[int],
+                     device: torch.device) -> TeacherTargets | None:
+    if arrays is None:
+        return None
+    gathered = {k: v.to(device, non_blocking=True) for k, v in arrays.gather(rows).items()}
+    return TeacherTargets(**gathered)
+
+
+class TrainingLoop:
+    """Runs ``config`` on ``data`` through ``backend``; resumable via ``state``/``rng``."""
+
+    def __init__(self, backend: Backend, data: LoopData, config: TrainingConfig, *,
+                 sampler: MultiTaskBatchSampler, kd: KDConfig | None = None,
+                 hooks: LoopHooks | None = None, name: str = "train", log_every: int = 50,
+                 eval_batch_size: int = 64, score: Callable[[dict[str, Any]], float] | None = None,
+                 keep_best_in_memory: bool = True, pad_id: int = 0) -> None:
+        self.backend, self.data, self.config = backend, data, config
+        self.sampler, self.kd = sampler, kd or KDConfig()
+        self.hooks = hooks or LoopHooks()
+        self.name, self.log_every, self.eval_batch_size = name, log_every, eval_batch_size
+        self.score = score or (lambda result: float(result["average"]))
+        self.keep_best_in_memory = keep_best_in_memory
+        self.rows = MultiTaskRows(data.train)
+        self.collate = CollateFn(data.specs, pad_id)
+        self.total_steps = total_optimizer_steps(config, len(sampler))
+        self._best_weights: dict[str, torch.Tensor] | None = None
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self) -> dict[str, Any]:
+        return evaluate(self.backend.model, self.data.specs, self.data.dev,
+                        batch_size=self.eval_batch_size, device=self.backend.device,
+                        precision=self.backend.precision)
+
+    def _after_eval(self, state: LoopState, loss: float) -> bool:
+        """Evaluate, record, keep the best; returns True when early stopping triggers."""
+        result = self.evaluate()
+        score = self.score(result)
+        record = {"step": state.step, "epoch": state.epoch, "loss": loss, "score": score,
+                  "metrics": result["tasks"], "average": result["average"]}
+        state.history.append(record)
+        improved = state.best_score is None or score > state.best_score
+        if improved:
+            state.best_score, state.best_step = score, state.step
+            state.best_metrics = result["tasks"]
+            state.evals_since_best = 0
+            if self.keep_best_in_memory:
+                self._best_weights = {k: v.detach().to("cpu", copy=True)
+                                      for k, v in self.backend.model.state_dict().items()}
+            if self.hooks.on_best:
+                self.hooks.on_best(state, record)
+        else:
+            state.evals_since_best += 1
+        log.info("[%s] eval step %d: score %.2f%s  %s", self.name, state.step, score,
+                 " (best)" if improved else f" (best {state.best_score:.2f} at step "
+                 f"{state.best_step})", _format_metrics(result["tasks"]))
+        if self.hooks.on_eval:
+            self.hooks.on_eval(state, record)
+        patience = self.config.early_stop_patience
+        return bool(patience and state.evals_since_best >= patience)
+
+    # ------------------------------------------------------------------ training
+    def run(self, state: LoopState | None = None, rng: Mapping[str, Any] | None = None,
+            seed: int = 0) -> LoopState:
+        """Train to ``total_steps`` (or early stop) from ``state``; returns the final state.
+
+        A fresh run seeds every RNG with ``seed``; a resumed one restores ``rng``.
+        """
+        state = state or LoopState()
+        if rng is not None:
+            restore_rng(rng)
+        elif state.step == 0 and state.position == 0:
+            seed_everything(seed)
+        backend, device = self.backend, self.backend.device
+        backend.model.train()
+        eval_every = self.config.eval_every
+        running, window_start, window = 0.0, time.time(), {"ex": 0, "tok": 0, "n": 0}
+        last_eval_step = state.history[-1]["step"] if state.history else -1
+        last_loss = float("nan")
+
+        def timed_eval(loss: float) -> bool:
+            # Evaluation time is not training time: shift the throughput window past it.
+            nonlocal window_start
+            started = time.time()
+            stop = self._after_eval(state, loss)
+            window_start += time.time() - started
+            return stop
+
+        while state.step < self.total_steps and not state.stopped_early:
+            loader = epoch_loader(self.rows, self.sampler, self.collate, state.epoch,
+                                  state.position, pin_memory=device.type == "cuda")
+            for batch in loader:
+                task, spec = batch["task"], self.data.specs[batch["task"]]
+                outputs = backend.forward(task, model_inputs(batch, device))
+                labels = batch["labels"].to(device, non_blocking=True)
+                teacher = _teacher_targets(self.data.teachers.get(task), batch["indices"],
+                                           device)
+                loss = task_loss(spec, outputs, labels, teacher, self.kd).total
+                backend.backward(loss)
+                state.position += 1
+                last_loss = float(loss.detach())
+                running += last_loss
+                window["n"] += 1
+                window["ex"] += len(batch["uids"])
+                window["tok"] += int(batch["attention_mask"].sum())
+                if not backend.step():
+                    continue
+                state.step += 1
+                if state.step % self.log_every == 0 or state.step == self.total_steps:
+                    self._log_progress(state, running / window["n"], window, window_start)
+                    running, window_start = 0.0, time.time()
+                    window = {"ex": 0, "tok": 0, "n": 0}
+                if eval_every and state.step % eval_every == 0 and self.data.dev:
+                    last_eval_step = state.step
+                    state.stopped_early = timed_eval(last_loss)
+                every = self.hooks.checkpoint_every
+                if self.hooks.on_checkpoint and every and state.step % every == 0:
+                    self.hooks.on_checkpoint(state)
+                if state.step >= self.total_steps or state.stopped_early:
+                    break
+            else:  # the epoch ran out: next epoch from its first batch
+                state.epoch, state.position = state.epoch + 1, 0
+                if not eval_every and self.data.dev and state.step != last_eval_step:
+                    last_eval_step = state.step
+                    state.stopped_early = timed_eval(last_loss)
+        self._account(state, window, window_start)
+        if self.data.dev and state.step != last_eval_step:
+            self._after_eval(state, last_loss)
+        if self.hooks.on_checkpoint:
+            self.hooks.on_checkpoint(state)
+        if self.keep_best_in_memory and self._best_weights is not None:
+            backend.model.load_state_dict(self._best_weights)
+        return state
+
+    def _account(self, state: LoopState, window: dict[str, int], started: float) -> None:
+        state.examples += window["ex"]
+        state.tokens += window["tok"]
+        state.train_seconds += time.time() - started
+
+    def _log_progress(self, state: LoopState, loss: float, window: dict[str, int],
+                      started: float) -> None:
+        self._account(state, window, started)
+        seconds = max(time.time() - started, 1e-9)
+        rate = state.step / max(state.train_seconds, 1e-9)
+        eta = (self.total_steps - state.step) / max(rate, 1e-9)
+        log.info("[%s] step %d/%d (%3.0f%%) epoch %d loss %.4f lr %.2e | %.1f ex/s %.0f tok/s"
+                 " | eta %s", self.name, state.step, self.total_steps,
+                 100 * state.step / self.total_steps, state.epoch, loss,
+                 self.backend.learning_rate(), window["ex"] / seconds, window["tok"] / seconds,
+                 _duration(eta))
+
+
+def _format_metrics(per_task: Mapping[str, Mapping[str, float]]) -> str:
+    return " ".join(f"{task}[" + ",".join(f"{m}={v:.1f}" for m, v in metrics.items()) + "]"
+                    for task, metrics in per_task.items())
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"

@@ -1,0 +1,178 @@
+"""The shared training loop on a tiny random BERT and synthetic, learnable tasks."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tiny import synthetic_task
+
+from mtkd.config import KDConfig, TrainingConfig
+from mtkd.data.sampler import MultiTaskBatchSampler
+from mtkd.errors import DataError
+from mtkd.model.mtdnn import build_mtdnn
+from mtkd.tasks.spec import TaskSpec
+from mtkd.training.backend import TorchBackend
+from mtkd.training.data import TeacherArrays, align_by_uid
+from mtkd.training.loop import (
+    LoopData,
+    LoopHooks,
+    LoopState,
+    TrainingLoop,
+    capture_rng,
+    total_optimizer_steps,
+)
+from mtkd.training.optim import linear_warmup_decay
+
+SPECS = {"cls": TaskSpec("cls", "classification", ("neg", "pos"), ("accuracy",), 16),
+         "reg": TaskSpec("reg", "regression", (), ("pearson",), 16)}
+
+
+def make_data(teachers: dict | None = None) -> LoopData:
+    train = {"cls": synthetic_task(96, 0, prefix="c"),
+             "reg": synthetic_task(64, 1, regression=True, prefix="r")}
+    dev = {"cls": synthetic_task(48, 2, prefix="cd"),
+           "reg": synthetic_task(32, 3, regression=True, prefix="rd")}
+    return LoopData(SPECS, train, dev, teachers or {})
+
+
+def make_loop(encoder_dir: Path, config: TrainingConfig, data: LoopData | None = None,
+              hooks: LoopHooks | None = None, kd: KDConfig | None = None,
+              **loop_kwargs) -> TrainingLoop:
+    data = data or make_data()
+    torch.manual_seed(0)
+    model = build_mtdnn(encoder_dir, list(SPECS.values()), dropout=config.dropout, seed=0)
+    sampler = MultiTaskBatchSampler({t: d["length"] for t, d in data.train.items()},
+                                    config.batch_size, seed=0)
+    total = total_optimizer_steps(config, len(sampler))
+    backend = TorchBackend(model, config, total)
+    return TrainingLoop(backend, data, config, sampler=sampler, kd=kd, hooks=hooks,
+                        log_every=5, **loop_kwargs)
+
+
+def weights(loop: TrainingLoop) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in loop.backend.model.state_dict().items()}
+
+
+def test_learns_both_tasks_and_beats_majority(tiny_encoder_dir: Path) -> None:
+    config = TrainingConfig(epochs=6, batch_size=16, learning_rate=3e-3, warmup_ratio=0.1,
+                            dropout=0.0)
+    loop = make_loop(tiny_encoder_dir, config)
+    state = loop.run(seed=0)
+    assert state.step == loop.total_steps == total_optimizer_steps(config, len(loop.sampler))
+    assert len(state.history) == 6  # one evaluation per epoch (eval_every 0)
+    final = loop.evaluate()["tasks"]
+    assert final["cls"]["accuracy"] > 75.0  # majority is about 50
+    assert final["reg"]["pearson"] > 50.0  # a constant predictor scores 0
+    assert state.examples == 6 * 160 and state.tokens > 0
+
+
+def test_same_seed_same_result(tiny_encoder_dir: Path) -> None:
+    config = TrainingConfig(epochs=1, batch_size=16, learning_rate=1e-3, dropout=0.1)
+    first = make_loop(tiny_encoder_dir, config)
+    first.run(seed=3)
+    second = make_loop(tiny_encoder_dir, config)
+    second.run(seed=3)
+    for key, value in weights(first).items():
+        assert torch.equal(value, weights(second)[key]), key
+
+
+def test_resume_from_checkpoint_matches_uninterrupted_run(tiny_encoder_dir: Path) -> None:
+    """Stop after step 4, restore model/optimizer/schedule/RNG/position: same final weights."""
+    config = TrainingConfig(epochs=2, batch_size=16, learning_rate=1e-3, dropout=0.1,
+                            eval_every=3)
+    full = make_loop(tiny_encoder_dir, config)
+    full_state = full.run(seed=1)
+
+    saved: dict = {}
+
+    def checkpoint(state: LoopState) -> None:
+        if state.step == 4:
+            saved.update(state=copy.deepcopy(state.to_json()), rng=capture_rng(),
+                         backend=copy.deepcopy(first.backend.state_dict()))
+
+    first = make_loop(tiny_encoder_dir, config,
+                      hooks=LoopHooks(on_checkpoint=checkpoint, checkpoint_every=4))
+    first.run(seed=1)
+    resumed = make_loop(tiny_encoder_dir, config)
+    resumed.backend.load_state_dict(saved["backend"])
+    state = resumed.run(LoopState.from_json(saved["state"]), rng=saved["rng"])
+    assert state.step == full.total_steps
+    assert [h["step"] for h in state.history] == [h["step"] for h in full_state.history]
+    assert [h["score"] for h in state.history] == pytest.approx(
+        [h["score"] for h in full_state.history], abs=1e-4)
+    for key, value in weights(full).items():
+        assert torch.allclose(value, weights(resumed)[key], atol=1e-6), key
+
+
+def test_gradient_accumulation_divides_optimizer_steps(tiny_encoder_dir: Path) -> None:
+    config = TrainingConfig(epochs=1, batch_size=8, grad_accum=2, learning_rate=1e-3)
+    loop = make_loop(tiny_encoder_dir, config)
+    state = loop.run(seed=0)
+    assert state.step == -(-len(loop.sampler) // 2)
+    assert loop.backend.micro_steps == len(loop.sampler)
+
+
+def test_early_stop_and_keep_best(tiny_encoder_dir: Path) -> None:
+    config = TrainingConfig(epochs=5, batch_size=16, learning_rate=1e-3, eval_every=2,
+                            early_stop_patience=2)
+    scores = iter([5.0, 4.0, 3.0, 2.0, 1.0, 0.0])
+    best: dict = {}
+    hooks = LoopHooks(on_best=lambda state, record: best.update(step=state.step))
+    loop = make_loop(tiny_encoder_dir, config, hooks=hooks,
+                     score=lambda result: next(scores))
+    captured: dict = {}
+    original = loop.hooks.on_best
+
+    def on_best(state: LoopState, record: dict) -> None:
+        captured.update(weights(loop))
+        original(state, record)
+
+    loop.hooks.on_best = on_best
+    state = loop.run(seed=0)
+    assert state.stopped_early and state.step == 6 and len(state.history) == 3
+    assert state.best_step == 2 == best["step"]
+    for key, value in weights(loop).items():  # the best weights were restored at the end
+        assert torch.equal(value, captured[key]), key
+
+
+def test_bf16_autocast_trains_on_cpu(tiny_encoder_dir: Path) -> None:
+    config = TrainingConfig(epochs=1, batch_size=16, learning_rate=1e-3, precision="bf16")
+    state = make_loop(tiny_encoder_dir, config).run(seed=0)
+    assert all(np.isfinite(h["loss"]) for h in state.history)
+
+
+def test_distillation_uses_teacher_targets(tiny_encoder_dir: Path) -> None:
+    data = make_data()
+    n_cls, n_reg = len(data.train["cls"]), len(data.train["reg"])
+    # Teachers that insist on the wrong answer: KD must pull the student away from it.
+    wrong = np.array([[1.0, 0.0] if y else [0.0, 1.0] for y in data.train["cls"]["label"]],
+                     dtype=np.float32)
+    teachers = {"cls": TeacherArrays(probs=wrong),
+                "reg": TeacherArrays(score=np.zeros(n_reg, dtype=np.float32))}
+    config = TrainingConfig(epochs=4, batch_size=16, learning_rate=3e-3, dropout=0.0)
+    loop = make_loop(tiny_encoder_dir, config, data=LoopData(SPECS, data.train, data.dev,
+                                                                teachers),
+                     kd=KDConfig(soft_weight=1.0), keep_best_in_memory=False)
+    loop.run(seed=0)
+    assert loop.evaluate()["tasks"]["cls"]["accuracy"] < 40.0
+    assert n_cls == 96
+
+
+def test_align_by_uid_joins_on_uid_not_row_order() -> None:
+    aligned = align_by_uid(["b", "a"], ["a", "b", "c"], "t",
+                           probs=np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]]))
+    assert aligned.probs.tolist() == [[0.0, 1.0], [1.0, 0.0]]
+    with pytest.raises(DataError, match="uid 'z'"):
+        align_by_uid(["a", "z"], ["a"], "t", probs=np.ones((1, 2)))
+
+
+def test_linear_warmup_then_decay() -> None:
+    values = [linear_warmup_decay(s, 2, 10) for s in range(11)]
+    assert values[:2] == [0.5, 1.0]
+    assert values[2] == 1.0 and values[10] == 0.0
+    assert all(a >= b for a, b in itertools.pairwise(values[2:]))
