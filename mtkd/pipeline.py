@@ -62,7 +62,9 @@ class StageOutcome:
 
 def registered_stages() -> list[Stage]:
     """The pipeline's stages in order. Later stages are appended here as they land."""
-    return []
+    from mtkd.stages.prepare import PREPARE  # imported late: `mtkd validate` stays fast
+
+    return [PREPARE]
 
 
 def manifest_path(stage: str) -> str:

@@ -1,0 +1,1 @@
+"""The pipeline stages, one module each: ``run_<stage>(ctx) -> manifest fields``."""
