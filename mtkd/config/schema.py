@@ -106,6 +106,25 @@ class EncoderConfig:
 
 
 @dataclass
+class HeadsConfig:
+    """The task heads on top of the shared encoder."""
+
+    san: bool = False
+    """Use MT-DNN's stochastic answer network (SAN) for classification tasks instead of
+    pooled → dropout → linear."""
+    san_steps: int = 5
+    """Reasoning steps of the SAN."""
+    san_step_dropout: float = 0.1
+    """Probability of dropping a whole SAN step's prediction during training."""
+
+    def problems(self, path: str) -> list[Problem]:
+        found: list[Problem] = []
+        _at_least(found, f"{path}.san_steps", self.san_steps, 1)
+        _in_range(found, f"{path}.san_step_dropout", self.san_step_dropout, 0.0, 0.9)
+        return found
+
+
+@dataclass
 class TaskConfig:
     """One task: a bundled dataset, user files, or a GLUE task."""
 
@@ -493,6 +512,8 @@ class ExperimentConfig:
     """Where the pipeline runs."""
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     """The pretrained encoder of the teachers."""
+    heads: HeadsConfig = field(default_factory=HeadsConfig)
+    """The task heads (linear or SAN)."""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     """Multi-task batch sampling."""
     tasks: list[TaskConfig] = field(default_factory=list)

@@ -1,0 +1,106 @@
+"""One MT-DNN training run on prepared data: the recipe teachers, student and baseline share.
+
+Reads the tokenized splits the prepare stage wrote, builds the model (encoder, first k
+layers, heads), the sampler and a backend, and runs :class:`TrainingLoop`. Teacher
+trials call :func:`train_mtdnn` directly; the student's DeepSpeed worker uses the same
+pieces with its own backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import datasets
+import torch
+
+from mtkd.config import ExperimentConfig, KDConfig, TrainingConfig
+from mtkd.data.sampler import MultiTaskBatchSampler
+from mtkd.data.tokenize import load_tokenizer
+from mtkd.model.mtdnn import MTDNN, build_mtdnn
+from mtkd.pretrained import resolve_encoder_dir
+from mtkd.stages.prepare import read_prepared, read_task_spec
+from mtkd.storage import Storage
+from mtkd.tasks.spec import TaskSpec
+from mtkd.training.backend import TorchBackend
+from mtkd.training.data import TeacherArrays
+from mtkd.training.loop import (
+    LoopData,
+    LoopHooks,
+    LoopState,
+    TrainingLoop,
+    total_optimizer_steps,
+)
+
+
+@dataclass
+class PreparedTasks:
+    """Tokenized train and dev splits of some tasks, with their specs."""
+
+    specs: dict[str, TaskSpec]
+    train: dict[str, datasets.Dataset]
+    dev: dict[str, datasets.Dataset]
+
+
+def load_prepared_tasks(store: Storage, names: Sequence[str]) -> PreparedTasks:
+    """Read what the prepare stage wrote for ``names`` (``store`` = experiment root)."""
+    return PreparedTasks(
+        specs={n: read_task_spec(store, n) for n in names},
+        train={n: read_prepared(store, n, "train") for n in names},
+        dev={n: read_prepared(store, n, "dev") for n in names},
+    )
+
+
+def make_sampler(train: Mapping[str, datasets.Dataset], config: ExperimentConfig,
+                 training: TrainingConfig, seed: int, num_shards: int = 1,
+                 shard_index: int = 0) -> MultiTaskBatchSampler:
+    return MultiTaskBatchSampler.from_config(
+        {name: split["length"] for name, split in train.items()}, training.batch_size,
+        config.sampling, seed=seed, num_shards=num_shards, shard_index=shard_index)
+
+
+def build_model(config: ExperimentConfig, specs: Sequence[TaskSpec], *, encoder: str,
+                num_layers: int | None, dropout: float, seed: int) -> MTDNN:
+    """An MT-DNN from the experiment's head settings and the given encoder."""
+    return build_mtdnn(resolve_encoder_dir(encoder), list(specs), num_layers=num_layers,
+                       dropout=dropout, pooling=config.encoder.pooling, san=config.heads.san,
+                       seed=seed, san_steps=config.heads.san_steps,
+                       san_step_dropout=config.heads.san_step_dropout)
+
+
+@dataclass
+class TrainResult:
+    """A trained model (best dev weights), its tokenizer and the loop's final state."""
+
+    model: MTDNN
+    tokenizer: object
+    state: LoopState
+    loop: TrainingLoop = field(repr=False)
+
+
+def train_mtdnn(config: ExperimentConfig, data: PreparedTasks, *, encoder: str,
+                num_layers: int | None, training: TrainingConfig, seed: int,
+                device: torch.device | str = "cpu", teachers: Mapping[str, TeacherArrays]
+                | None = None, kd: KDConfig | None = None, hooks: LoopHooks | None = None,
+                resume: tuple[dict, LoopState, dict] | None = None, name: str = "train",
+                log_every: int = 50) -> TrainResult:
+    """Train one MT-DNN with plain PyTorch on ``device``.
+
+    ``resume`` = (backend state, loop state, RNG state) from a checkpoint continues a run
+    at its exact batch.
+    """
+    model = build_model(config, list(data.specs.values()), encoder=encoder,
+                        num_layers=num_layers, dropout=training.dropout, seed=seed)
+    sampler = make_sampler(data.train, config, training, seed)
+    backend = TorchBackend(model, training, total_optimizer_steps(training, len(sampler)),
+                           device)
+    loop = TrainingLoop(backend, LoopData(data.specs, data.train, data.dev, teachers or {}),
+                        training, sampler=sampler, kd=kd, hooks=hooks, name=name,
+                        log_every=log_every)
+    state, rng = None, None
+    if resume is not None:
+        backend_state, state, rng = resume
+        backend.load_state_dict(backend_state)
+    final = loop.run(state, rng=rng, seed=seed)
+    tokenizer = load_tokenizer(resolve_encoder_dir(encoder))
+    return TrainResult(backend.model, tokenizer, final, loop)
