@@ -62,9 +62,11 @@ class StageOutcome:
 
 def registered_stages() -> list[Stage]:
     """The pipeline's stages in order. Later stages are appended here as they land."""
-    from mtkd.stages.prepare import PREPARE  # imported late: `mtkd validate` stays fast
+    # Imported late, so that `mtkd validate` stays fast.
+    from mtkd.stages.prepare import PREPARE
+    from mtkd.teachers.stage import TEACHERS
 
-    return [PREPARE]
+    return [PREPARE, TEACHERS]
 
 
 def manifest_path(stage: str) -> str:

@@ -358,6 +358,11 @@ class TeachersConfig:
         if self.min_members > self.size:
             found.append(Problem(f"{path}.min_members", f"({self.min_members}) exceeds "
                                  f"teachers.size ({self.size})", "lower it or raise size"))
+        listed = len(self.variation.members)
+        if self.variation.strategy == "list" and 0 < listed < self.size:
+            found.append(Problem(f"{path}.size", f"({self.size}) exceeds the {listed} member(s) "
+                                 "listed in teachers.variation.members",
+                                 "list more members or lower teachers.size"))
         _at_least(found, f"{path}.max_concurrent", self.max_concurrent, 1)
         _at_least(found, f"{path}.workers_per_member", self.workers_per_member, 1)
         _at_least(found, f"{path}.max_failures", self.max_failures, 0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import datasets
 import torch
@@ -78,29 +79,41 @@ class TrainResult:
     loop: TrainingLoop = field(repr=False)
 
 
-def train_mtdnn(config: ExperimentConfig, data: PreparedTasks, *, encoder: str,
-                num_layers: int | None, training: TrainingConfig, seed: int,
-                device: torch.device | str = "cpu", teachers: Mapping[str, TeacherArrays]
-                | None = None, kd: KDConfig | None = None, hooks: LoopHooks | None = None,
-                resume: tuple[dict, LoopState, dict] | None = None, name: str = "train",
-                log_every: int = 50) -> TrainResult:
-    """Train one MT-DNN with plain PyTorch on ``device``.
-
-    ``resume`` = (backend state, loop state, RNG state) from a checkpoint continues a run
-    at its exact batch.
-    """
+def build_training_loop(config: ExperimentConfig, data: PreparedTasks, *, encoder: str,
+                        num_layers: int | None, training: TrainingConfig, seed: int,
+                        device: torch.device | str = "cpu",
+                        teachers: Mapping[str, TeacherArrays] | None = None,
+                        kd: KDConfig | None = None, hooks: LoopHooks | None = None,
+                        name: str = "train", log_every: int = 50) -> TrainingLoop:
+    """Model, sampler and plain-PyTorch backend for one run, ready to ``run``."""
     model = build_model(config, list(data.specs.values()), encoder=encoder,
                         num_layers=num_layers, dropout=training.dropout, seed=seed)
     sampler = make_sampler(data.train, config, training, seed)
     backend = TorchBackend(model, training, total_optimizer_steps(training, len(sampler)),
                            device)
-    loop = TrainingLoop(backend, LoopData(data.specs, data.train, data.dev, teachers or {}),
+    return TrainingLoop(backend, LoopData(data.specs, data.train, data.dev, teachers or {}),
                         training, sampler=sampler, kd=kd, hooks=hooks, name=name,
                         log_every=log_every)
+
+
+def run_training(loop: TrainingLoop, encoder: str, seed: int,
+                 resume: tuple[dict, LoopState, dict] | None = None) -> TrainResult:
+    """Run ``loop``; ``resume`` = (backend state, loop state, RNG state) from a checkpoint
+    continues at its exact batch. The returned model holds the best dev weights."""
     state, rng = None, None
     if resume is not None:
         backend_state, state, rng = resume
-        backend.load_state_dict(backend_state)
+        loop.backend.load_state_dict(backend_state)
     final = loop.run(state, rng=rng, seed=seed)
     tokenizer = load_tokenizer(resolve_encoder_dir(encoder))
-    return TrainResult(backend.model, tokenizer, final, loop)
+    return TrainResult(loop.backend.model, tokenizer, final, loop)
+
+
+def train_mtdnn(config: ExperimentConfig, data: PreparedTasks, *, encoder: str,
+                num_layers: int | None, training: TrainingConfig, seed: int,
+                resume: tuple[dict, LoopState, dict] | None = None,
+                **loop_kwargs: Any) -> TrainResult:
+    """Build and run one plain-PyTorch training (see :func:`build_training_loop`)."""
+    loop = build_training_loop(config, data, encoder=encoder, num_layers=num_layers,
+                               training=training, seed=seed, **loop_kwargs)
+    return run_training(loop, encoder, seed, resume)

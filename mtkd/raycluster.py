@@ -1,0 +1,56 @@
+"""Connect to Ray as the config says: a local Ray on a laptop, or an existing cluster.
+
+Stages call :func:`ensure_ray` before using Ray Tune, Data or Train. Environment
+variables from ``ray.env_vars`` reach every worker through the runtime environment;
+credentials are never put there by mtkd (workers inherit them from the cluster).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from mtkd.config import RayConfig
+from mtkd.errors import MtkdError
+
+log = logging.getLogger("mtkd")
+# Keep Ray's own console output for what matters; its deprecation chatter goes to the log.
+QUIET_ENV = {"RAY_DEDUP_LOGS": "1", "RAY_AIR_NEW_OUTPUT": "0",
+             "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
+
+
+def worker_env(config: RayConfig) -> dict[str, str]:
+    """Environment for Ray workers: the config's env_vars plus mtkd's asset cache."""
+    env = dict(config.env_vars)
+    if "MTKD_CACHE_DIR" in os.environ and "MTKD_CACHE_DIR" not in env:
+        env["MTKD_CACHE_DIR"] = os.environ["MTKD_CACHE_DIR"]
+    return env
+
+
+def ensure_ray(config: RayConfig) -> None:
+    """Start or join Ray once per process (a second call is a no-op)."""
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    import ray
+
+    if ray.is_initialized():
+        return
+    kwargs: dict = {"runtime_env": {"env_vars": worker_env(config)},
+                    "log_to_driver": True, "logging_level": logging.WARNING,
+                    "include_dashboard": False}
+    if config.address is None:
+        kwargs.update(num_cpus=config.num_cpus, num_gpus=config.num_gpus)
+        if config.object_store_memory_gb:
+            kwargs["object_store_memory"] = int(config.object_store_memory_gb * 2**30)
+    else:
+        kwargs["address"] = config.address
+        kwargs.pop("include_dashboard")
+    try:
+        ray.init(**kwargs)
+    except ConnectionError as err:
+        raise MtkdError(f"cannot connect to the Ray cluster at ray.address={config.address!r}: "
+                        f"{err} (fix: start it with `ray start --head`, check the address, or "
+                        "set ray.address: null for a local Ray)") from None
+    resources = ray.cluster_resources()
+    log.info("Ray %s: %s CPU, %s GPU", "local" if config.address is None else config.address,
+             resources.get("CPU", 0), resources.get("GPU", 0))

@@ -1,0 +1,1 @@
+"""Stage 1: the teacher ensemble, one Ray Tune trial per member."""

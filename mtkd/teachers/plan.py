@@ -1,0 +1,112 @@
+"""Which ensemble members to train: names, variants and tasks, from the config alone.
+
+Member i's variant depends only on i (and the variation settings), never on the
+ensemble size, so raising ``teachers.size`` from 3 to 50 keeps members 0-2 identical and
+only adds new ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mtkd.config import ExperimentConfig, TrainingConfig, stable_hash
+
+GRID_FIELDS = ("dropout", "learning_rate", "encoder", "epochs")
+SEED_STRIDE = 1000
+"""When a grid is shorter than the ensemble it repeats, with seeds shifted by this."""
+
+
+@dataclass(frozen=True)
+class Member:
+    """One ensemble member: what varies, and which tasks it learns."""
+
+    name: str
+    index: int
+    tasks: tuple[str, ...]
+    seed: int
+    dropout: float
+    learning_rate: float
+    encoder: str
+    epochs: float
+
+    def variant(self) -> dict[str, Any]:
+        return {"seed": self.seed, "dropout": self.dropout,
+                "learning_rate": self.learning_rate, "encoder": self.encoder,
+                "epochs": self.epochs}
+
+    def training(self, base: TrainingConfig) -> TrainingConfig:
+        """The member's training hyper-parameters: the shared ones with its variant."""
+        return dataclasses.replace(base, dropout=self.dropout,
+                                   learning_rate=self.learning_rate, epochs=self.epochs)
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["tasks"] = list(self.tasks)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Member:
+        return cls(**{**data, "tasks": tuple(data["tasks"])})
+
+
+def _variants(config: ExperimentConfig) -> list[dict[str, Any]]:
+    """One variant per member index 0..size-1 (seed, dropout, lr, encoder, epochs)."""
+    teachers, vary = config.teachers, config.teachers.variation
+    base = {"dropout": teachers.training.dropout,
+            "learning_rate": teachers.training.learning_rate,
+            "encoder": config.encoder.path, "epochs": teachers.training.epochs}
+    choices = {name: list(getattr(vary, name)) or [base[name]] for name in GRID_FIELDS}
+    variants = []
+    if vary.strategy == "list":
+        for i, listed in enumerate(vary.members[: teachers.size]):
+            given = {k: v for k, v in dataclasses.asdict(listed).items() if v is not None}
+            variants.append({**base, "seed": config.seed + i, **given})
+        return variants
+    if vary.strategy == "grid":
+        seeds = list(vary.seed) or [None]
+        grid = list(itertools.product(seeds, *(choices[n] for n in GRID_FIELDS)))
+        for i in range(teachers.size):
+            seed, *values = grid[i % len(grid)]
+            repeat = i // len(grid)
+            seed = config.seed + i if seed is None else seed + repeat * SEED_STRIDE
+            variants.append({"seed": seed, **dict(zip(GRID_FIELDS, values, strict=True))})
+        return variants
+    for i in range(teachers.size):  # random: member i draws from its own generator
+        rng = np.random.default_rng([vary.sample_seed, i])
+        drawn = {n: choices[n][int(rng.integers(len(choices[n])))] for n in GRID_FIELDS}
+        seed = int(vary.seed[int(rng.integers(len(vary.seed)))]) if vary.seed else None
+        variants.append({"seed": config.seed + i if seed is None else seed, **drawn})
+    return variants
+
+
+def plan_members(config: ExperimentConfig) -> list[Member]:
+    """Every member of the ensemble, in a stable order.
+
+    multitask: ``size`` members, each over all tasks that have a teacher;
+    per_task: ``size`` members per such task, named ``<task>.m<i>``.
+    """
+    tasks = tuple(t.name for t in config.tasks if t.teacher)
+    variants = _variants(config)
+    if config.teachers.shape == "multitask":
+        return [Member(f"m{i:03d}", i, tasks, **v) for i, v in enumerate(variants)]
+    return [Member(f"{task}.m{i:03d}", i, (task,), **v)
+            for task in tasks for i, v in enumerate(variants)]
+
+
+def member_fingerprint(member: Member, config: ExperimentConfig,
+                       data_fingerprints: dict[str, str]) -> str:
+    """Changes when anything that shapes this member's model changes."""
+    teachers = config.teachers
+    return stable_hash({
+        "member": member.to_json(),
+        "training": dataclasses.asdict(member.training(teachers.training)),
+        "data": {t: data_fingerprints.get(t) for t in member.tasks},
+        "heads": dataclasses.asdict(config.heads), "pooling": config.encoder.pooling,
+        "num_layers": config.encoder.num_layers, "sampling": dataclasses.asdict(config.sampling),
+        "init_from_multitask": teachers.init_from_multitask and teachers.shape == "per_task",
+    })

@@ -1,0 +1,176 @@
+"""Stage ``teachers``: train the ensemble members as parallel Ray Tune trials.
+
+Finished members (``teachers/<member>/member.json`` with a matching fingerprint) are
+reused, so raising ``teachers.size`` trains only the new ones and a re-run after a crash
+trains only what had not finished. Ray Tune runs one trial per remaining member, as
+many at once as ``resources_per_member`` and ``max_concurrent`` allow, retries a failed
+trial ``max_failures`` times from its last checkpoint, and optionally stops weak
+members early with ASHA.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any
+
+from mtkd.config import ExperimentConfig, config_to_dict, stable_hash
+from mtkd.errors import MtkdError
+from mtkd.pipeline import Stage, StageContext, read_manifest
+from mtkd.raycluster import ensure_ray
+from mtkd.storage import Storage
+from mtkd.teachers.member import member_dir, train_member_trial
+from mtkd.teachers.plan import Member, member_fingerprint, plan_members
+
+log = logging.getLogger("mtkd")
+
+
+def _data_fingerprints(store: Storage) -> dict[str, str]:
+    prepared = read_manifest(store, "prepare") or {}
+    return {task: info["fingerprint"] for task, info in prepared.get("tasks", {}).items()}
+
+
+def finished_member(store: Storage, member: Member, fingerprint: str) -> dict[str, Any] | None:
+    """The member's summary if it finished with this fingerprint, else None."""
+    path = f"{member_dir(member.name)}/member.json"
+    if not store.exists(path):
+        return None
+    summary = store.read_json(path)
+    return summary if summary.get("fingerprint") == fingerprint else None
+
+
+def _describe(summary: dict[str, Any]) -> str:
+    metrics = " ".join(f"{task}[" + ",".join(f"{k}={v:.1f}" for k, v in m.items()) + "]"
+                       for task, m in (summary.get("metrics") or {}).items())
+    return (f"{summary['name']}: average {summary['average']:.2f} {metrics} "
+            f"({summary['wall_seconds']:.0f} s, {summary['train_examples_per_s']:.0f} ex/s)")
+
+
+def _progress_callback(store: Storage, total: int, already: int) -> Any:
+    from ray import tune
+
+    class MemberProgress(tune.Callback):
+        """One line per finished or failed member, with a running count."""
+
+        def __init__(self) -> None:
+            self.done = already
+
+        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                            **info: Any) -> None:
+            if not result.get("finished"):
+                name = trial.config["trial"]["member"]["name"]
+                log.info("[teachers] %s step %s: dev score %.2f", name, result.get("step"),
+                         result.get("score", float("nan")))
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any,
+                              **info: Any) -> None:
+            self.done += 1
+            name = trial.config["trial"]["member"]["name"]
+            path = f"{member_dir(name)}/member.json"
+            text = _describe(store.read_json(path)) if store.exists(path) else name
+            log.info("[teachers] %d/%d members done: %s", self.done, total, text)
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any,
+                           **info: Any) -> None:
+            log.warning("[teachers] member %s failed for good after its retries: %s",
+                        trial.config["trial"]["member"]["name"], trial.error_file or "see Ray logs")
+
+    return MemberProgress()
+
+
+def _run_trials(ctx: StageContext, todo: list[tuple[Member, str]], total: int,
+                already: int) -> dict[str, str]:
+    """Train ``todo`` with Ray Tune; returns {member name: error} for failed members."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    config, store = ctx.config, ctx.store
+    teachers = config.teachers
+    resources = {"cpu": teachers.resources_per_member.cpu,
+                 "gpu": teachers.resources_per_member.gpu}
+    if teachers.resources_per_member.memory_gb:
+        resources["memory"] = int(teachers.resources_per_member.memory_gb * 2**30)
+    experiment = config_to_dict(config, redact=False)
+    space = [{"experiment": experiment, "member": m.to_json(), "fingerprint": fp,
+              # Absolute: Tune runs trials in their own working directories.
+              "storage": Storage.from_uri(config.storage_path).uri} for m, fp in todo]
+    scheduler = (ASHAScheduler(metric="score", mode="max", grace_period=1)
+                 if teachers.early_stopping == "asha" else None)
+    run_name = "run-" + stable_hash(sorted(fp for _, fp in todo))[:10]
+    tuner = tune.Tuner(
+        tune.with_resources(train_member_trial, resources),
+        param_space={"trial": tune.grid_search(space)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=teachers.max_concurrent,
+                                    scheduler=scheduler, reuse_actors=False,
+                                    trial_dirname_creator=_trial_dirname),
+        run_config=tune.RunConfig(
+            name=run_name, storage_path=store.full_path("teachers/_tune"),
+            storage_filesystem=store.filesystem, verbose=teachers.verbose,
+            failure_config=tune.FailureConfig(max_failures=teachers.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            callbacks=[_progress_callback(store, total, already)]),
+    )
+    results = tuner.fit()
+    failed = {}
+    for result in results:
+        if result.error is not None:
+            name = result.config["trial"]["member"]["name"]
+            failed[name] = f"{type(result.error).__name__}: {result.error}"
+    return failed
+
+
+def _trial_dirname(trial: Any) -> str:
+    return trial.config["trial"]["member"]["name"] + "-" + trial.trial_id
+
+
+def run_teachers(ctx: StageContext) -> dict[str, Any]:
+    """Train the members that are not finished yet; summarise all of them."""
+    config, store = ctx.config, ctx.store
+    started = time.time()
+    fingerprints = _data_fingerprints(store)
+    members = plan_members(config)
+    planned = [(m, member_fingerprint(m, config, fingerprints)) for m in members]
+    done = {m.name: s for m, fp in planned if (s := finished_member(store, m, fp))}
+    todo = [(m, fp) for m, fp in planned if m.name not in done]
+    log.info("[teachers] %d member(s) planned (%s): %d finished before, %d to train",
+             len(members), config.teachers.shape, len(done), len(todo))
+    failed: dict[str, str] = {}
+    if todo:
+        ensure_ray(config.ray)
+        failed = _run_trials(ctx, todo, len(members), len(done))
+    summaries, missing = [], []
+    for member, fp in planned:
+        summary = done.get(member.name) or finished_member(store, member, fp)
+        if summary is None:
+            missing.append(member.name)
+            failed.setdefault(member.name, "finished without writing member.json")
+        else:
+            summaries.append(summary)
+    for name, error in failed.items():
+        log.warning("[teachers] member %s failed: %s", name, error)
+    report = {"members": [{k: v for k, v in s.items() if k != "history"} for s in summaries],
+              "failed": failed, "shape": config.teachers.shape}
+    store.write_json_atomic("teachers/teachers.json", report)
+    need = config.teachers.min_members * (1 if config.teachers.shape == "multitask"
+                                          else len({t for m in members for t in m.tasks}))
+    if len(summaries) < need:
+        raise MtkdError(f"only {len(summaries)} of {len(members)} teacher members finished, "
+                        f"fewer than teachers.min_members requires ({need}); failed: "
+                        + "; ".join(f"{k}: {v}" for k, v in failed.items())
+                        + " (fix: see the errors above; re-running resumes the rest)")
+    log.info("[teachers] %d/%d members ready in %.0f s; summary %s", len(summaries),
+             len(members), time.time() - started, store.uri_of("teachers/teachers.json"))
+    return {"members": [s["name"] for s in summaries], "failed": sorted(failed),
+            "output_fingerprint": stable_hash(sorted(s["fingerprint"] for s in summaries)),
+            "artifacts": ["teachers/teachers.json"]}
+
+
+def _config_slice(config: ExperimentConfig) -> Any:
+    return {"teachers": dataclasses.asdict(config.teachers), "heads": config.heads,
+            "encoder": config.encoder, "sampling": config.sampling,
+            "tasks": [(t.name, t.teacher) for t in config.tasks]}
+
+
+TEACHERS = Stage("teachers", run_teachers, _config_slice,
+                 "train the teacher ensemble with Ray Tune")

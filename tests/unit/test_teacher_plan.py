@@ -1,0 +1,62 @@
+"""Ensemble member planning: grid, list, random; stable under scaling; per-task shape."""
+
+from __future__ import annotations
+
+from mtkd.config import config_from_dict
+from mtkd.teachers.plan import SEED_STRIDE, member_fingerprint, plan_members
+
+
+def config(**teachers):
+    return config_from_dict({"name": "e", "seed": 10,
+                             "tasks": [{"name": "trec"}, {"name": "rotten_tomatoes"},
+                                       {"name": "sms_spam", "teacher": False}],
+                             "teachers": teachers})
+
+
+def test_grid_cycles_with_shifted_seeds() -> None:
+    members = plan_members(config(size=5, variation={"strategy": "grid", "seed": [1, 2],
+                                                     "dropout": [0.1, 0.3]}))
+    assert [(m.seed, m.dropout) for m in members] == [
+        (1, 0.1), (1, 0.3), (2, 0.1), (2, 0.3), (1 + SEED_STRIDE, 0.1)]
+    assert [m.name for m in members] == ["m000", "m001", "m002", "m003", "m004"]
+    assert all(m.tasks == ("trec", "rotten_tomatoes") for m in members)  # no sms_spam
+
+
+def test_grid_without_seeds_uses_experiment_seed_plus_index() -> None:
+    members = plan_members(config(size=3, variation={"strategy": "grid"}))
+    assert [m.seed for m in members] == [10, 11, 12]
+
+
+def test_list_strategy_takes_members_verbatim_with_defaults() -> None:
+    members = plan_members(config(size=2, training={"learning_rate": 3e-5}, variation={
+        "strategy": "list", "members": [{"seed": 7}, {"learning_rate": 1e-4, "epochs": 1}]}))
+    assert (members[0].seed, members[0].learning_rate) == (7, 3e-5)
+    assert (members[1].seed, members[1].learning_rate, members[1].epochs) == (11, 1e-4, 1.0)
+
+
+def test_random_members_do_not_change_when_the_ensemble_grows() -> None:
+    variation = {"strategy": "random", "sample_seed": 3, "dropout": [0.05, 0.1, 0.2],
+                 "learning_rate": [1e-5, 3e-5, 5e-5, 1e-4]}
+    small = plan_members(config(size=3, variation=variation))
+    large = plan_members(config(size=50, variation=variation))
+    assert large[:3] == small
+    assert len({(m.dropout, m.learning_rate) for m in large}) > 3
+
+
+def test_per_task_shape_names_members_by_task() -> None:
+    members = plan_members(config(size=2, shape="per_task"))
+    assert [m.name for m in members] == ["trec.m000", "trec.m001", "rotten_tomatoes.m000",
+                                         "rotten_tomatoes.m001"]
+    assert members[2].tasks == ("rotten_tomatoes",)
+
+
+def test_fingerprint_tracks_member_data_and_training() -> None:
+    cfg = config(size=2)
+    member = plan_members(cfg)[0]
+    base = member_fingerprint(member, cfg, {"trec": "a", "rotten_tomatoes": "b"})
+    assert base == member_fingerprint(member, cfg, {"trec": "a", "rotten_tomatoes": "b",
+                                                    "sms_spam": "zzz"})
+    assert base != member_fingerprint(member, cfg, {"trec": "a2", "rotten_tomatoes": "b"})
+    other = config(size=2, training={"batch_size": 8})
+    assert base != member_fingerprint(plan_members(other)[0], other,
+                                      {"trec": "a", "rotten_tomatoes": "b"})
