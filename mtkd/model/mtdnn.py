@@ -154,6 +154,17 @@ class MTDNN(nn.Module):
         return self.heads[task]
 
 
+def keep_tasks(model: MTDNN, tasks: Sequence[str]) -> MTDNN:
+    """The same model with only ``tasks``' heads (shares the encoder; for per-task
+    fine-tuning from a multi-task checkpoint)."""
+    missing = [t for t in tasks if t not in model.specs]
+    if missing:
+        raise MtkdError(f"the model has no task(s) {', '.join(missing)} "
+                        f"(it has: {', '.join(model.specs)})")
+    heads = nn.ModuleDict({t: model.heads[t] for t in tasks})
+    return MTDNN(model.encoder, heads, [model.specs[t] for t in tasks], model.options)
+
+
 def _san_masks(attention_mask: torch.Tensor,
                token_type_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """SAN memory (premise: segment 0) and query (hypothesis: segment 1) masks [B, T];

@@ -21,7 +21,8 @@ from typing import Any
 import torch
 
 from mtkd.config import config_from_dict
-from mtkd.model.remote import save_model_to
+from mtkd.model.mtdnn import keep_tasks
+from mtkd.model.remote import load_model_from, save_model_to
 from mtkd.storage import Storage
 from mtkd.teachers.plan import Member
 from mtkd.training.loop import LoopHooks, LoopState, capture_rng
@@ -82,9 +83,15 @@ def train_member_trial(tune_config: dict[str, Any]) -> None:
     attempts.append({"pid": os.getpid(), "start_step": resume[1].step if resume else 0,
                      "started_at": started})
     training = member.training(config.teachers.training)
+    start_from = None
+    if member.init_model:  # per_task member fine-tuned from the shared multi-task model
+        local = Path(tempfile.mkdtemp(prefix="mtkd-init-"))
+        shared, _ = load_model_from(store, member.init_model, local / "model")
+        start_from = keep_tasks(shared, member.tasks)
     loop = build_training_loop(config, data, encoder=member.encoder,
                                num_layers=config.encoder.num_layers, training=training,
-                               seed=member.seed, device=device, name=member.name)
+                               seed=member.seed, device=device, name=member.name,
+                               model=start_from)
 
     def on_eval(state: LoopState, record: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory(prefix="mtkd-ckpt-") as folder:

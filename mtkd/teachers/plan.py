@@ -33,6 +33,10 @@ class Member:
     learning_rate: float
     encoder: str
     epochs: float
+    init_model: str | None = None
+    """Storage path (under the experiment) of an MT-DNN to start from instead of the
+    pretrained encoder: the shared multi-task model of ``per_task`` +
+    ``init_from_multitask``."""
 
     def variant(self) -> dict[str, Any]:
         return {"seed": self.seed, "dropout": self.dropout,
@@ -84,17 +88,33 @@ def _variants(config: ExperimentConfig) -> list[dict[str, Any]]:
     return variants
 
 
+INIT_MEMBER = "init"
+
+
+def init_member(config: ExperimentConfig) -> Member | None:
+    """The shared multi-task MT-DNN that per_task members start from, if configured."""
+    teachers = config.teachers
+    if teachers.shape != "per_task" or not teachers.init_from_multitask:
+        return None
+    tasks = tuple(t.name for t in config.tasks if t.teacher)
+    return Member(INIT_MEMBER, 0, tasks, seed=config.seed, dropout=teachers.training.dropout,
+                  learning_rate=teachers.training.learning_rate, encoder=config.encoder.path,
+                  epochs=teachers.training.epochs)
+
+
 def plan_members(config: ExperimentConfig) -> list[Member]:
     """Every member of the ensemble, in a stable order.
 
     multitask: ``size`` members, each over all tasks that have a teacher;
-    per_task: ``size`` members per such task, named ``<task>.m<i>``.
+    per_task: ``size`` members per such task, named ``<task>.m<i>``, starting from the
+    shared multi-task model when ``init_from_multitask`` is set.
     """
     tasks = tuple(t.name for t in config.tasks if t.teacher)
     variants = _variants(config)
     if config.teachers.shape == "multitask":
         return [Member(f"m{i:03d}", i, tasks, **v) for i, v in enumerate(variants)]
-    return [Member(f"{task}.m{i:03d}", i, (task,), **v)
+    init = f"teachers/{INIT_MEMBER}/model" if init_member(config) else None
+    return [Member(f"{task}.m{i:03d}", i, (task,), **v, init_model=init)
             for task in tasks for i, v in enumerate(variants)]
 
 
@@ -106,7 +126,7 @@ def member_fingerprint(member: Member, config: ExperimentConfig,
         "member": member.to_json(),
         "training": dataclasses.asdict(member.training(teachers.training)),
         "data": {t: data_fingerprints.get(t) for t in member.tasks},
+        "init": data_fingerprints.get(INIT_MEMBER) if member.init_model else None,
         "heads": dataclasses.asdict(config.heads), "pooling": config.encoder.pooling,
         "num_layers": config.encoder.num_layers, "sampling": dataclasses.asdict(config.sampling),
-        "init_from_multitask": teachers.init_from_multitask and teachers.shape == "per_task",
     })

@@ -21,7 +21,7 @@ from mtkd.pipeline import Stage, StageContext, read_manifest
 from mtkd.raycluster import ensure_ray
 from mtkd.storage import Storage
 from mtkd.teachers.member import member_dir, train_member_trial
-from mtkd.teachers.plan import Member, member_fingerprint, plan_members
+from mtkd.teachers.plan import Member, init_member, member_fingerprint, plan_members
 
 log = logging.getLogger("mtkd")
 
@@ -129,6 +129,19 @@ def run_teachers(ctx: StageContext) -> dict[str, Any]:
     config, store = ctx.config, ctx.store
     started = time.time()
     fingerprints = _data_fingerprints(store)
+    init = init_member(config)
+    if init is not None:
+        init_fp = member_fingerprint(init, config, fingerprints)
+        if finished_member(store, init, init_fp) is None:
+            log.info("[teachers] training the shared multi-task model the per-task members "
+                     "start from")
+            ensure_ray(config.ray)
+            failed = _run_trials(ctx, [(init, init_fp)], 1, 0)
+            if finished_member(store, init, init_fp) is None:
+                raise MtkdError(f"the shared multi-task model (teachers/init) failed: "
+                                f"{failed.get(init.name, 'no member.json written')} (fix: see "
+                                "the error above, or set teachers.init_from_multitask: false)")
+        fingerprints = {**fingerprints, init.name: init_fp}
     members = plan_members(config)
     planned = [(m, member_fingerprint(m, config, fingerprints)) for m in members]
     done = {m.name: s for m, fp in planned if (s := finished_member(store, m, fp))}

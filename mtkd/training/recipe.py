@@ -84,10 +84,15 @@ def build_training_loop(config: ExperimentConfig, data: PreparedTasks, *, encode
                         device: torch.device | str = "cpu",
                         teachers: Mapping[str, TeacherArrays] | None = None,
                         kd: KDConfig | None = None, hooks: LoopHooks | None = None,
-                        name: str = "train", log_every: int = 50) -> TrainingLoop:
-    """Model, sampler and plain-PyTorch backend for one run, ready to ``run``."""
-    model = build_model(config, list(data.specs.values()), encoder=encoder,
-                        num_layers=num_layers, dropout=training.dropout, seed=seed)
+                        name: str = "train", log_every: int = 50,
+                        model: MTDNN | None = None) -> TrainingLoop:
+    """Model, sampler and plain-PyTorch backend for one run, ready to ``run``.
+
+    ``model`` starts from an existing MT-DNN instead of the pretrained ``encoder``.
+    """
+    if model is None:
+        model = build_model(config, list(data.specs.values()), encoder=encoder,
+                            num_layers=num_layers, dropout=training.dropout, seed=seed)
     sampler = make_sampler(data.train, config, training, seed)
     backend = TorchBackend(model, training, total_optimizer_steps(training, len(sampler)),
                            device)

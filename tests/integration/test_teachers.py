@@ -14,6 +14,7 @@ import pytest
 from tiny import WORDS, make_tiny_bert
 
 from mtkd.config import config_from_dict
+from mtkd.errors import MtkdError
 from mtkd.pipeline import experiment_store, run_pipeline
 from mtkd.storage import Storage
 
@@ -117,3 +118,41 @@ def test_ensemble_trains_resumes_and_scales(experiment: dict) -> None:
     assert after == before
     assert outcomes["teachers"].manifest["members"] == ["m000", "m001", "m002", "m003"]
     assert store.read_json("teachers/m003/member.json")["variant"]["seed"] == 4
+
+
+def small(experiment: dict, name: str, **teachers) -> dict:
+    task = {**experiment["tasks"][0], "max_train_examples": 200}
+    second = {**task, "name": "toy2"}
+    base = {"size": 1, "max_concurrent": 2, "max_failures": 0,
+            "training": {"epochs": 1, "batch_size": 16, "dropout": 0.0}}
+    return {**experiment, "name": name, "tasks": [task, second],
+            "teachers": {**base, **teachers}}
+
+
+def test_per_task_members_start_from_the_shared_multitask_model(experiment: dict) -> None:
+    config = config_from_dict(small(experiment, "pertask", shape="per_task",
+                                    init_from_multitask=True))
+    [_, teachers] = run_pipeline(config)
+    store = experiment_store(config)
+    assert teachers.manifest["members"] == ["toy.m000", "toy2.m000"]
+    init = store.read_json("teachers/init/model/mtdnn.json")
+    assert sorted(t["name"] for t in init["tasks"]) == ["toy", "toy2"]
+    member = store.read_json("teachers/toy2.m000/model/mtdnn.json")
+    assert [t["name"] for t in member["tasks"]] == ["toy2"]
+    assert store.read_json("teachers/toy.m000/member.json")["tasks"] == ["toy"]
+
+
+def test_failed_member_is_reported_and_min_members_enforced(experiment: dict) -> None:
+    members = [{"seed": 1}, {"seed": 2, "encoder": "/nonexistent/encoder"}]
+    ok = config_from_dict(small(experiment, "fails", size=2, min_members=1,
+                                variation={"strategy": "list", "members": members}))
+    [_, teachers] = run_pipeline(ok)
+    store = experiment_store(ok)
+    assert teachers.manifest["members"] == ["m000"]
+    failed = store.read_json("teachers/teachers.json")["failed"]
+    assert list(failed) == ["m001"] and "nonexistent" in failed["m001"]
+
+    strict = config_from_dict(small(experiment, "fails", size=2, min_members=2,
+                                    variation={"strategy": "list", "members": members}))
+    with pytest.raises(MtkdError, match=r"only 1 of 2 teacher members finished.*m001"):
+        run_pipeline(strict)
