@@ -63,10 +63,11 @@ class StageOutcome:
 def registered_stages() -> list[Stage]:
     """The pipeline's stages in order. Later stages are appended here as they land."""
     # Imported late, so that `mtkd validate` stays fast.
+    from mtkd.soft.stage import SOFT
     from mtkd.stages.prepare import PREPARE
     from mtkd.teachers.stage import TEACHERS
 
-    return [PREPARE, TEACHERS]
+    return [PREPARE, TEACHERS, SOFT]
 
 
 def manifest_path(stage: str) -> str:

@@ -1,0 +1,1 @@
+"""Stage 2: ensemble soft targets (Ray Data batch inference, then averaging per uid)."""

@@ -1,0 +1,76 @@
+"""Ray Data batch inference of one ensemble member: a callable class, one model per actor.
+
+Input rows: task, split, uid, input_ids, token_type_ids, length (sorted by task and
+length, so consecutive rows, and hence batches, have similar lengths). Output rows: task,
+split, uid, logits (list<float32>: C class logits, K candidate scores, or one score).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from mtkd.data.collate import collate
+from mtkd.model.remote import load_model_from
+from mtkd.storage import Storage
+from mtkd.training.evaluate import autocast, model_inputs
+
+OUTPUT_SCHEMA = pa.schema([("task", pa.string()), ("split", pa.string()),
+                           ("uid", pa.string()), ("logits", pa.list_(pa.float32()))])
+
+
+class MemberPredictor:
+    """Loads the member's model once (in the actor's constructor), predicts every batch."""
+
+    def __init__(self, storage: str, model_rel: str, precision: str, threads: int,
+                 use_gpu: bool) -> None:
+        torch.set_num_threads(max(1, threads))
+        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        self.precision = precision
+        self._tmp = tempfile.TemporaryDirectory(prefix="mtkd-member-")
+        self.model, _ = load_model_from(Storage.from_uri(storage), model_rel,
+                                        Path(self._tmp.name) / "model", device=self.device)
+        self.model.eval()
+
+    @torch.no_grad()
+    def _predict(self, task: str, rows: list[dict[str, Any]]) -> list[np.ndarray]:
+        batch = collate(rows)
+        with autocast(self.device, self.precision):
+            out = self.model(task, **model_inputs(batch, self.device)).float().cpu().numpy()
+        if out.ndim == 1:  # regression: one score per row
+            return [np.array([v], dtype=np.float32) for v in out]
+        if self.model.specs[task].kind.head == "ranking":  # drop padded candidates
+            counts = [len(r["input_ids"]) for r in rows]
+            return [o[:k].astype(np.float32) for o, k in zip(out, counts, strict=True)]
+        return [o.astype(np.float32) for o in out]
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        columns = table.to_pydict()
+        tasks, splits, uids, logits = [], [], [], []
+        order = np.argsort(np.asarray(columns["task"], dtype=object), kind="stable")
+        start = 0
+        while start < len(order):  # one forward pass per task present in the batch
+            task = columns["task"][order[start]]
+            end = start
+            while end < len(order) and columns["task"][order[end]] == task:
+                end += 1
+            index = order[start:end]
+            # Token columns hold one sequence per candidate; plain tasks have exactly one.
+            unwrap = self.model.specs[task].kind.head != "ranking"
+            rows = [{"uid": columns["uid"][i],
+                     "input_ids": columns["input_ids"][i][0] if unwrap
+                     else columns["input_ids"][i],
+                     "token_type_ids": columns["token_type_ids"][i][0] if unwrap
+                     else columns["token_type_ids"][i]} for i in index]
+            logits += self._predict(task, rows)
+            tasks += [task] * len(index)
+            splits += [columns["split"][i] for i in index]
+            uids += [columns["uid"][i] for i in index]
+            start = end
+        return pa.table({"task": tasks, "split": splits, "uid": uids,
+                         "logits": [x.tolist() for x in logits]}, schema=OUTPUT_SCHEMA)

@@ -1,0 +1,233 @@
+"""Stage ``soft``: every member predicts its tasks' train and dev splits (Ray Data), and
+the predictions are averaged per uid into soft targets.
+
+Layout:
+
+* ``soft_targets/_members/<member>/<task>.parquet``: the member's outputs (uid, split,
+  logits), then ``done.json`` last: a member whose fingerprint matches is not re-run, so
+  adding members runs inference for the new ones only, and a crash resumes member by
+  member;
+* ``soft_targets/<task>/<split>.parquet``: uid, label, soft_target (averaged
+  probabilities, or [mean score] for regression), teacher_logits (mean logits),
+  num_members;
+* ``teachers/ensemble.json``: dev metrics of every member and of the ensemble.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mtkd.config import ExperimentConfig, SoftTargetsConfig, stable_hash
+from mtkd.errors import MtkdError
+from mtkd.metrics import average_score, compute_task_metrics, task_score
+from mtkd.pipeline import Stage, StageContext, read_manifest
+from mtkd.raycluster import ensure_ray
+from mtkd.soft.aggregate import aggregate, check_targets, stack_members
+from mtkd.soft.predictor import MemberPredictor
+from mtkd.stages.prepare import read_prepared, read_task_spec
+from mtkd.storage import Storage
+
+log = logging.getLogger("mtkd")
+SPLITS = ("train", "dev")
+
+
+def actor_pool_size(config: SoftTargetsConfig, resources: dict[str, float]) -> int:
+    """Actors the cluster can hold. On CPU one core is left for Ray Data's own tasks
+    (two whole-CPU actors on a 2-CPU machine starve the pipeline and hang it)."""
+    if config.num_actors:
+        return config.num_actors
+    per = config.resources_per_actor
+    if per.gpu > 0:
+        return max(1, int(resources.get("GPU", 0) // per.gpu))
+    free = max(resources.get("CPU", 1) - 1, per.cpu)
+    return max(1, int(free // per.cpu))
+
+
+def _member_rows(store: Storage, tasks: list[str]) -> pa.Table:
+    """Train and dev rows of ``tasks``, sorted by (task, length) so batches are bucketed.
+
+    Token columns become list<list<int32>> (one sequence per row, or per candidate for
+    ranking) so that every task fits one schema.
+    """
+    tables = []
+    for task in tasks:
+        ranking = read_task_spec(store, task).kind.head == "ranking"
+        for split in SPLITS:
+            data = read_prepared(store, task, split)
+            ids, types = data["input_ids"], data["token_type_ids"]
+            if not ranking:
+                ids, types = [[x] for x in ids], [[x] for x in types]
+            order = np.argsort(np.asarray(data["length"]), kind="stable")
+            tables.append(pa.table({
+                "task": [task] * len(data), "split": [split] * len(data),
+                "uid": [data["uid"][i] for i in order],
+                "input_ids": pa.array([ids[i] for i in order], pa.list_(pa.list_(pa.int32()))),
+                "token_type_ids": pa.array([types[i] for i in order],
+                                           pa.list_(pa.list_(pa.int32()))),
+            }))
+    return pa.concat_tables(tables)
+
+
+def _infer_member(config: ExperimentConfig, store: Storage, member: dict[str, Any],
+                  tasks: list[str]) -> pa.Table:
+    """Run the member over its tasks' rows with a Ray Data actor pool."""
+    import ray
+
+    soft = config.soft_targets
+    rows = _member_rows(store, tasks)
+    actors = actor_pool_size(soft, ray.cluster_resources())
+    blocks = max(1, min(actors * 4, len(rows) // max(soft.batch_size, 1)))
+    per = soft.resources_per_actor
+    dataset = ray.data.from_arrow(rows).repartition(blocks)
+    outputs = dataset.map_batches(
+        MemberPredictor, batch_size=soft.batch_size, batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        fn_constructor_kwargs={"storage": store.uri,
+                               "model_rel": f"teachers/{member['name']}/model",
+                               "precision": soft.precision,
+                               "threads": max(1, round(per.cpu)), "use_gpu": per.gpu > 0},
+        num_cpus=per.cpu, num_gpus=per.gpu or None)
+    return pa.concat_tables(ray.get(outputs.to_arrow_refs()))
+
+
+def _parquet(table: pa.Table) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    return buffer.getvalue()
+
+
+def _read_parquet(store: Storage, rel: str) -> pa.Table:
+    return pq.read_table(io.BytesIO(store.read_bytes(rel)))
+
+
+def _member_done(store: Storage, name: str, fingerprint: str) -> bool:
+    path = f"soft_targets/_members/{name}/done.json"
+    return store.exists(path) and store.read_json(path).get("fingerprint") == fingerprint
+
+
+def _predict_members(config: ExperimentConfig, store: Storage,
+                     members: list[dict[str, Any]], tasks: set[str]) -> None:
+    for i, member in enumerate(members, 1):
+        name = member["name"]
+        fingerprint = stable_hash({"member": member["fingerprint"],
+                                   "precision": config.soft_targets.precision})
+        if _member_done(store, name, fingerprint):
+            log.info("[soft] %d/%d %s: predictions reused", i, len(members), name)
+            continue
+        ensure_ray(config.ray)
+        started = time.time()
+        own = [t for t in member["tasks"] if t in tasks]
+        result = _infer_member(config, store, member, own)
+        seconds = time.time() - started
+        for task in own:
+            mask = np.asarray(result["task"].to_pylist()) == task
+            store.write_atomic(f"soft_targets/_members/{name}/{task}.parquet",
+                               _parquet(result.filter(pa.array(mask)).drop(["task"])))
+        store.write_json_atomic(f"soft_targets/_members/{name}/done.json",
+                                {"fingerprint": fingerprint, "tasks": own,
+                                 "rows": len(result), "seconds": round(seconds, 2)})
+        log.info("[soft] %d/%d %s: %d examples in %.1f s (%.0f ex/s)", i, len(members), name,
+                 len(result), seconds, len(result) / max(seconds, 1e-9))
+
+
+def _task_targets(config: ExperimentConfig, store: Storage, task: str,
+                  members: list[dict[str, Any]]) -> dict[str, Any]:
+    """Aggregate, check and write one task's soft targets; returns its dev metrics."""
+    spec = read_task_spec(store, task)
+    soft = config.soft_targets
+    outputs = {m["name"]: _read_parquet(store, f"soft_targets/_members/{m['name']}/{task}.parquet")
+               for m in members}
+    metrics: dict[str, Any] = {"members": {}}
+    for split in SPLITS:
+        prepared = read_prepared(store, task, split)
+        uids, labels = prepared["uid"], np.asarray(prepared["label"])
+        per_member = []
+        for table in outputs.values():
+            chosen = table.filter(pa.compute.equal(table["split"], split))
+            per_member.append({u: np.asarray(v, dtype=np.float64) for u, v in
+                               zip(chosen["uid"].to_pylist(), chosen["logits"].to_pylist(),
+                                   strict=True)})
+        stacked = stack_members(per_member, uids, task)
+        targets = aggregate(stacked, list(uids), regression=spec.kind.is_regression,
+                            method=soft.aggregation, temperature=soft.temperature)
+        check_targets(targets, uids, task, split)
+        _write_targets(store, task, split, targets, labels)
+        if split == "dev":
+            for name, member_out in zip(outputs, stacked, strict=True):
+                metrics["members"][name] = compute_task_metrics(spec, _outputs(member_out,
+                                                                               spec), labels)
+            ensemble = targets.score if targets.probs is None else targets.probs
+            metrics["ensemble"] = compute_task_metrics(spec, ensemble, labels)
+    member_scores = [task_score(m) for m in metrics["members"].values()]
+    metrics["member_mean"] = float(np.mean(member_scores))
+    metrics["ensemble_score"] = task_score(metrics["ensemble"])
+    return metrics
+
+
+def _outputs(member_out: np.ndarray, spec: Any) -> np.ndarray:
+    """One member's [N, K] output block as the metrics expect it ([N] for regression)."""
+    return member_out[:, 0] if spec.kind.is_regression else np.where(
+        np.isneginf(member_out), np.finfo(np.float32).min / 2, member_out)
+
+
+def _write_targets(store: Storage, task: str, split: str, targets: Any,
+                   labels: np.ndarray) -> None:
+    if targets.probs is None:
+        soft = [[float(s)] for s in targets.score]
+        logits = soft
+    else:
+        keep = np.isfinite(targets.logits)
+        soft = [p[k].tolist() for p, k in zip(targets.probs, keep, strict=True)]
+        logits = [x[k].tolist() for x, k in zip(targets.logits, keep, strict=True)]
+    table = pa.table({"uid": targets.uids, "label": labels,
+                      "soft_target": pa.array(soft, pa.list_(pa.float32())),
+                      "teacher_logits": pa.array(logits, pa.list_(pa.float32())),
+                      "num_members": pa.array([targets.num_members] * len(labels), pa.int32())})
+    store.write_atomic(f"soft_targets/{task}/{split}.parquet", _parquet(table))
+
+
+def run_soft(ctx: StageContext) -> dict[str, Any]:
+    """Predict with every member not yet done, then aggregate every teacher task."""
+    config, store = ctx.config, ctx.store
+    teachers = read_manifest(store, "teachers")
+    if not teachers:
+        raise MtkdError("the soft stage needs the teachers stage first (fix: run `mtkd run` "
+                        "without --only)")
+    members = [store.read_json(f"teachers/{name}/member.json") for name in teachers["members"]]
+    tasks = {t.name for t in config.tasks if t.teacher}
+    _predict_members(config, store, members, tasks)
+    report: dict[str, Any] = {"tasks": {}, "aggregation": config.soft_targets.aggregation}
+    for task in sorted(tasks):
+        covering = [m for m in members if task in m["tasks"]]
+        report["tasks"][task] = _task_targets(config, store, task, covering)
+        info = report["tasks"][task]
+        log.info("[soft] %-16s %d member(s): ensemble %.2f vs mean member %.2f", task,
+                 len(covering), info["ensemble_score"], info["member_mean"])
+    report["ensemble_average"] = average_score(
+        {t: v["ensemble"] for t, v in report["tasks"].items()})
+    report["member_mean_average"] = float(np.mean([v["member_mean"]
+                                                   for v in report["tasks"].values()]))
+    store.write_json_atomic("teachers/ensemble.json", report)
+    log.info("[soft] ensemble average %.2f vs mean member %.2f; %s",
+             report["ensemble_average"], report["member_mean_average"],
+             store.uri_of("teachers/ensemble.json"))
+    return {"ensemble_average": report["ensemble_average"],
+            "member_mean_average": report["member_mean_average"],
+            "artifacts": [f"soft_targets/{t}/{s}.parquet" for t in sorted(tasks)
+                          for s in SPLITS] + ["teachers/ensemble.json"]}
+
+
+def _config_slice(config: ExperimentConfig) -> Any:
+    return dataclasses.asdict(config.soft_targets)
+
+
+SOFT = Stage("soft", run_soft, _config_slice,
+             "ensemble inference with Ray Data and soft-target averaging")
