@@ -92,7 +92,8 @@ def check_targets(targets: SoftTargets, expected_uids: Sequence[str], task: str,
                         f"target, e.g. uid {missing[0]!r} (fix: re-run with --force soft)")
     values = targets.score if targets.probs is None else targets.probs
     if values is None or np.isnan(values).any():
-        bad = int(np.isnan(values).any(axis=-1).argmax()) if values is not None else 0
+        bad = (int(np.isnan(values).reshape(len(values), -1).any(axis=1).argmax())
+               if values is not None else 0)
         raise DataError(f"task {task} ({split}): soft target of uid {targets.uids[bad]!r} is "
                         "NaN (fix: check the teacher members' outputs; retrain with fp32)")
     if targets.probs is not None:

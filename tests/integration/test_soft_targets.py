@@ -1,0 +1,120 @@
+"""Soft targets with Ray Data: 3 members on a classification and a regression task, the
+averaging checked against member outputs computed separately, a missing uid caught, and
+a 4th member added with only its own inference run."""
+
+from __future__ import annotations
+
+import io
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from test_teachers import write_task
+from tiny import make_tiny_bert
+
+from mtkd.config import config_from_dict
+from mtkd.errors import DataError
+from mtkd.model.remote import load_model_from
+from mtkd.pipeline import experiment_store, run_pipeline
+from mtkd.soft.aggregate import softmax
+from mtkd.stages.prepare import read_prepared, read_task_spec
+from mtkd.storage import Storage
+from mtkd.training.evaluate import predict_outputs
+
+pytestmark = pytest.mark.slow
+
+
+def write_regression(path: Path, n: int, seed: int) -> Path:
+    """Scores in [-1, 1]: +1 per "good", -1 per "bad" (clipped), tiny vocabulary."""
+    rng = np.random.default_rng(seed)
+    words = ["good", "bad", "film", "plot", "the", "a", "very", "movie"]
+    lines = ["text,label"]
+    for i in range(n):
+        sentence = list(rng.choice(words, size=int(rng.integers(3, 10))))
+        score = np.clip(sentence.count("good") - sentence.count("bad"), -1, 1)
+        lines.append(f"{' '.join(sentence)} {i},{score}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("soft")
+    encoder = make_tiny_bert(root / "encoder", hidden=32, layers=2)
+    cls = {"name": "toy", "source": "files", "type": "classification",
+           "labels": ["neg", "pos"], "max_length": 32,
+           "files": {"train": str(write_task(root / "c_train.csv", 160, 0)),
+                     "dev": str(write_task(root / "c_dev.csv", 40, 1))}}
+    reg = {"name": "score", "source": "files", "type": "regression", "max_length": 32,
+           "files": {"train": str(write_regression(root / "r_train.csv", 120, 2)),
+                     "dev": str(write_regression(root / "r_dev.csv", 40, 3))}}
+    return {
+        "name": "soft", "storage_path": str(root / "runs"), "ray": {"num_cpus": 2},
+        "encoder": {"path": str(encoder)}, "tasks": [cls, reg],
+        "teachers": {"size": 3, "max_concurrent": 2, "max_failures": 0,
+                     "variation": {"strategy": "grid", "seed": [1, 2, 3, 4]},
+                     "training": {"epochs": 2, "batch_size": 16, "learning_rate": 0.002}},
+        "soft_targets": {"batch_size": 16, "precision": "fp32",
+                         "resources_per_actor": {"cpu": 0.5}},
+    }
+
+
+def member_outputs(store: Storage, member: str, task: str) -> np.ndarray:
+    with tempfile.TemporaryDirectory() as tmp:
+        model, _ = load_model_from(store, f"teachers/{member}/model", Path(tmp) / "m")
+        return predict_outputs(model, read_task_spec(store, task),
+                               read_prepared(store, task, "train"))
+
+
+def targets(store: Storage, task: str, split: str = "train") -> dict:
+    table = pq.read_table(io.BytesIO(store.read_bytes(f"soft_targets/{task}/{split}.parquet")))
+    return {u: (s, n) for u, s, n in zip(table["uid"].to_pylist(),
+                                         table["soft_target"].to_pylist(),
+                                         table["num_members"].to_pylist(), strict=True)}
+
+
+def test_soft_targets_average_members_and_grow_incrementally(experiment: dict) -> None:
+    config = config_from_dict(experiment)
+    outcomes = {o.name: o for o in run_pipeline(config)}
+    store = experiment_store(config)
+    members = ["m000", "m001", "m002"]
+
+    # Classification: the mean of the members' probabilities, joined by uid.
+    uids = read_prepared(store, "toy", "train")["uid"]
+    expected = np.mean([softmax(member_outputs(store, m, "toy")) for m in members], axis=0)
+    soft = targets(store, "toy")
+    assert set(soft) == set(uids)
+    for uid, row in zip(uids, expected, strict=True):
+        np.testing.assert_allclose(soft[uid][0], row, atol=1e-4)
+        assert soft[uid][1] == 3
+    # Regression: the members' mean score.
+    uids = read_prepared(store, "score", "train")["uid"]
+    expected = np.mean([member_outputs(store, m, "score") for m in members], axis=0)
+    soft = targets(store, "score")
+    for uid, value in zip(uids, expected, strict=True):
+        assert soft[uid][0] == pytest.approx([value], abs=1e-4)
+
+    ensemble = store.read_json("teachers/ensemble.json")
+    assert set(ensemble["tasks"]["toy"]["members"]) == set(members)
+    assert "accuracy" in ensemble["tasks"]["toy"]["ensemble"]
+    assert outcomes["soft"].manifest["ensemble_average"] == ensemble["ensemble_average"]
+
+    # A 4th member: only its own inference runs; the other members' predictions are reused.
+    done = {m: store.read_text(f"soft_targets/_members/{m}/done.json") for m in members}
+    bigger = config_from_dict({**experiment, "teachers": {**experiment["teachers"], "size": 4}})
+    run_pipeline(bigger)
+    assert {m: store.read_text(f"soft_targets/_members/{m}/done.json") for m in members} == done
+    assert store.exists("soft_targets/_members/m003/done.json")
+    assert {n for _, n in targets(store, "toy").values()} == {4}
+
+    # A member's predictions lose a uid: the stage stops with a clear error naming it.
+    rel = "soft_targets/_members/m001/toy.parquet"
+    table = pq.read_table(io.BytesIO(store.read_bytes(rel)))
+    dropped = table["uid"][0].as_py()
+    buffer = io.BytesIO()
+    pq.write_table(table.slice(1), buffer)
+    store.write_bytes(rel, buffer.getvalue())
+    with pytest.raises(DataError, match=dropped):
+        run_pipeline(bigger, only="soft", force=True)
