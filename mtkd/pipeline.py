@@ -65,9 +65,10 @@ def registered_stages() -> list[Stage]:
     # Imported late, so that `mtkd validate` stays fast.
     from mtkd.soft.stage import SOFT
     from mtkd.stages.prepare import PREPARE
+    from mtkd.student.stage import STUDENT
     from mtkd.teachers.stage import TEACHERS
 
-    return [PREPARE, TEACHERS, SOFT]
+    return [PREPARE, TEACHERS, SOFT, STUDENT]
 
 
 def manifest_path(stage: str) -> str:

@@ -52,6 +52,9 @@ class LoopState:
     stopped_early: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)
     """One record per evaluation: step, epoch, loss, metrics, average."""
+    step_log: list[list[float]] = field(default_factory=list)
+    """[step, epoch, position, loss] after every optimizer step (when the loop records
+    steps): the lineage a resumed run continues, so gaps or repeats are visible."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -134,13 +137,15 @@ class TrainingLoop:
                  sampler: MultiTaskBatchSampler, kd: KDConfig | None = None,
                  hooks: LoopHooks | None = None, name: str = "train", log_every: int = 50,
                  eval_batch_size: int = 64, score: Callable[[dict[str, Any]], float] | None = None,
-                 keep_best_in_memory: bool = True, pad_id: int = 0) -> None:
+                 keep_best_in_memory: bool = True, pad_id: int = 0,
+                 record_steps: bool = False) -> None:
         self.backend, self.data, self.config = backend, data, config
         self.sampler, self.kd = sampler, kd or KDConfig()
         self.hooks = hooks or LoopHooks()
         self.name, self.log_every, self.eval_batch_size = name, log_every, eval_batch_size
         self.score = score or (lambda result: float(result["average"]))
         self.keep_best_in_memory = keep_best_in_memory
+        self.record_steps = record_steps
         self.rows = MultiTaskRows(data.train)
         self.collate = CollateFn(data.specs, pad_id)
         self.total_steps = total_optimizer_steps(config, len(sampler))
@@ -226,6 +231,9 @@ class TrainingLoop:
                 if not backend.step():
                     continue
                 state.step += 1
+                if self.record_steps:
+                    state.step_log.append([state.step, state.epoch, state.position,
+                                           last_loss])
                 if state.step % self.log_every == 0 or state.step == self.total_steps:
                     self._log_progress(state, running / window["n"], window, window_start)
                     running, window_start = 0.0, time.time()

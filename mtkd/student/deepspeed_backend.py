@@ -1,0 +1,96 @@
+"""The DeepSpeed adapter of the shared training loop, and its config generator.
+
+:class:`DeepSpeedBackend` implements the same ``forward/backward/step`` as
+:class:`~mtkd.training.backend.TorchBackend` around the engine from
+``deepspeed.initialize``; the loop itself is reused unchanged. Ray Train has already set
+up the process group (gloo on CPU, NCCL on GPU), which DeepSpeed joins.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from mtkd.config import StudentConfig
+from mtkd.training.optim import build_adamw, linear_warmup_decay
+
+
+def deepspeed_config(student: StudentConfig, world_size: int) -> dict[str, Any]:
+    """DeepSpeed's JSON config from the experiment config (ZeRO stage, precision,
+    accumulation, clipping); optimizer and schedule are mtkd's own AdamW and warm-up/decay."""
+    training, ds = student.training, student.deepspeed
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": training.batch_size,
+        "gradient_accumulation_steps": training.grad_accum,
+        "train_batch_size": training.batch_size * training.grad_accum * world_size,
+        "gradient_clipping": training.grad_clip,
+        "zero_optimization": {"stage": ds.zero_stage},
+        # mtkd passes torch's AdamW (no JIT-built fused/CPU Adam op needed on any machine).
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if ds.offload_optimizer and ds.zero_stage > 0:
+        config["zero_optimization"]["offload_optimizer"] = {"device": "cpu"}
+    if training.precision == "bf16":
+        config["bf16"] = {"enabled": True}
+    elif training.precision == "fp16":
+        config["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16}
+    return config
+
+
+class DeepSpeedBackend:
+    """Training step through a DeepSpeed engine (ZeRO 0-3, bf16/fp16/fp32)."""
+
+    def __init__(self, model: torch.nn.Module, student: StudentConfig, total_steps: int,
+                 world_size: int) -> None:
+        import deepspeed
+
+        training = student.training
+        optimizer = build_adamw(model, training.learning_rate, training.weight_decay)
+        warmup = round(training.warmup_ratio * total_steps)
+
+        def schedule(opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+            return torch.optim.lr_scheduler.LambdaLR(
+                opt, lambda step: linear_warmup_decay(step, warmup, total_steps))
+
+        self.config = deepspeed_config(student, world_size)
+        self.engine, _, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=schedule, config=self.config,
+            dist_init_required=False)
+        self.model = self.engine.module
+        self.device = self.engine.device
+        self.precision = training.precision
+        self._head_params = [p for name, p in self.model.named_parameters()
+                             if name.startswith("heads.")]
+
+    def forward(self, task: str, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.engine(task, **inputs)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        # Data-parallel ranks may draw batches of different tasks at one step; a zero-weight
+        # term gives every head a (zero) gradient on every rank, so the gradient reduction
+        # always covers the same parameters.
+        anchor = sum(p.sum() for p in self._head_params) * 0.0
+        self.engine.backward(loss + anchor)
+
+    def step(self) -> bool:
+        boundary = self.engine.is_gradient_accumulation_boundary()
+        self.engine.step()
+        return bool(boundary)
+
+    def learning_rate(self) -> float:
+        return float(self.engine.get_lr()[0])
+
+    def save(self, folder: str, client_state: dict[str, Any]) -> None:
+        """This rank's DeepSpeed shard (every rank must call it)."""
+        self.engine.save_checkpoint(folder, tag=CHECKPOINT_TAG, client_state=client_state)
+
+    def load(self, folder: str) -> dict[str, Any]:
+        """Restore model, optimizer and schedule from a checkpoint folder; client state."""
+        _, client_state = self.engine.load_checkpoint(folder, tag=CHECKPOINT_TAG)
+        return client_state or {}
+
+
+CHECKPOINT_TAG = "ds"

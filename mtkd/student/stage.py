@@ -1,0 +1,175 @@
+"""Stage ``student``: the distilled student (and the no-KD baseline) with Ray Train.
+
+One ``TorchTrainer`` run per (variant, seed): ``student`` learns from hard labels and the
+teachers' soft targets; ``baseline`` (``student.baseline``) trains the same student
+without soft targets, the paper's MT-DNN row. Runs are named by a fingerprint, so
+re-running after a crash resumes the unfinished run from its latest checkpoint in
+storage, and finished runs (``student/<run>/student.json``) are skipped.
+
+After training, the final DeepSpeed checkpoint is consolidated from its ZeRO shards
+(DeepSpeed's ``zero_to_fp32``) into a self-contained model directory under
+``student/<run>/final/`` that loads and predicts without Ray or DeepSpeed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mtkd.config import ExperimentConfig, config_to_dict, stable_hash
+from mtkd.errors import MtkdError
+from mtkd.model.mtdnn import num_parameters
+from mtkd.model.remote import save_model_to
+from mtkd.pipeline import Stage, StageContext, read_manifest
+from mtkd.raycluster import ensure_ray
+from mtkd.storage import Storage
+from mtkd.student.deepspeed_backend import CHECKPOINT_TAG
+from mtkd.student.worker import student_worker
+from mtkd.training.evaluate import evaluate
+from mtkd.training.recipe import build_model, load_prepared_tasks
+
+log = logging.getLogger("mtkd")
+
+
+@dataclasses.dataclass(frozen=True)
+class StudentRun:
+    """One student training: its name, seed and whether it distills."""
+
+    name: str
+    seed: int
+    distill: bool
+
+
+def plan_runs(config: ExperimentConfig) -> list[StudentRun]:
+    """``student`` (KD, if student.distill) and ``baseline`` (if student.baseline or
+    distill is off), one per seed; names get ``-s<seed>`` when there are several seeds."""
+    student, runs = config.student, []
+    several = len(student.seeds) > 1
+    for seed in student.seeds:
+        suffix = f"-s{seed}" if several else ""
+        if student.distill:
+            runs.append(StudentRun(f"student{suffix}", seed, True))
+        if student.baseline or not student.distill:
+            runs.append(StudentRun(f"baseline{suffix}", seed, False))
+    return runs
+
+
+def consolidate(folder: Path, zero_stage: int) -> dict[str, torch.Tensor]:
+    """fp32 model weights from a DeepSpeed checkpoint folder (all ranks' shards)."""
+    if zero_stage > 0:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        return get_fp32_state_dict_from_zero_checkpoint(str(folder), tag=CHECKPOINT_TAG)
+    # Stage 0: the full module is in rank 0's model-states file, written by DeepSpeed itself.
+    states = torch.load(folder / CHECKPOINT_TAG / "mp_rank_00_model_states.pt",
+                        map_location="cpu", weights_only=False)
+    return {k: v.float() for k, v in states["module"].items()}
+
+
+def _fingerprint(config: ExperimentConfig, run: StudentRun, store: Storage) -> str:
+    upstream = {stage: (read_manifest(store, stage) or {}).get("output_fingerprint")
+                for stage in ("prepare", "soft" if run.distill else "prepare")}
+    student = dataclasses.asdict(config.student)
+    for key in ("seeds", "baseline", "distill", "max_failures"):
+        student.pop(key)
+    return stable_hash({"run": dataclasses.asdict(run), "student": student,
+                        "heads": config.heads, "sampling": config.sampling,
+                        "upstream": upstream})
+
+
+def _train(ctx: StageContext, run: StudentRun, fingerprint: str) -> Any:
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    config, store, student = ctx.config, ctx.store, ctx.config.student
+    per_worker = {"CPU": student.resources_per_worker.cpu}
+    if student.resources_per_worker.memory_gb:
+        per_worker["memory"] = int(student.resources_per_worker.memory_gb * 2**30)
+    trainer = TorchTrainer(
+        student_worker,
+        train_loop_config={"experiment": config_to_dict(config, redact=False),
+                           "run": dataclasses.asdict(run),
+                           "storage": Storage.from_uri(config.storage_path).uri},
+        scaling_config=ScalingConfig(num_workers=student.num_workers, use_gpu=student.use_gpu,
+                                     resources_per_worker=per_worker),
+        run_config=RunConfig(
+            name=f"{run.name}-{fingerprint[:10]}", storage_path=store.full_path("student/_train"),
+            storage_filesystem=store.filesystem,
+            failure_config=FailureConfig(max_failures=student.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=student.keep_checkpoints)),
+    )
+    return trainer.fit()
+
+
+def _export(ctx: StageContext, run: StudentRun, result: Any) -> dict[str, Any]:
+    """Consolidate the final checkpoint, save the model, evaluate it on dev."""
+    config, store = ctx.config, ctx.store
+    if result.checkpoint is None:
+        raise MtkdError(f"student run {run.name} finished without a checkpoint")
+    data = load_prepared_tasks(store, [t.name for t in config.tasks])
+    model = build_model(config, list(data.specs.values()),
+                        encoder=config.student.encoder or config.encoder.path,
+                        num_layers=config.student.num_layers,
+                        dropout=config.student.training.dropout, seed=run.seed)
+    with result.checkpoint.as_directory() as folder:
+        model.load_state_dict(consolidate(Path(folder), config.student.deepspeed.zero_stage))
+    from mtkd.data.tokenize import load_tokenizer
+    from mtkd.pretrained import resolve_encoder_dir
+
+    tokenizer = load_tokenizer(resolve_encoder_dir(config.student.encoder or config.encoder.path))
+    uri = save_model_to(store.child("student", run.name), "final", model, tokenizer,
+                        extra={"run": dataclasses.asdict(run)})
+    metrics = evaluate(model, data.specs, data.dev)
+    return {"model": uri, "metrics": metrics["tasks"], "average": metrics["average"],
+            "params": num_parameters(model)}
+
+
+def run_student(ctx: StageContext) -> dict[str, Any]:
+    """Train (or reuse) every planned student run and export its final model."""
+    config, store = ctx.config, ctx.store
+    if config.student.distill and not read_manifest(store, "soft"):
+        raise MtkdError("the student needs soft targets first (fix: run `mtkd run` without "
+                        "--only, or set student.distill: false)")
+    summaries = {}
+    for run in plan_runs(config):
+        fingerprint = _fingerprint(config, run, store)
+        path = f"student/{run.name}/student.json"
+        if store.exists(path) and store.read_json(path).get("fingerprint") == fingerprint:
+            summaries[run.name] = store.read_json(path)
+            log.info("[student] %s finished before, reusing %s", run.name,
+                     summaries[run.name]["model"])
+            continue
+        ensure_ray(config.ray)
+        started = time.time()
+        log.info("[student] %s: %d worker(s), ZeRO-%d, %s, %s", run.name,
+                 config.student.num_workers, config.student.deepspeed.zero_stage,
+                 config.student.training.precision,
+                 "distilling" if run.distill else "hard labels only (baseline)")
+        with tempfile.TemporaryDirectory():
+            result = _train(ctx, run, fingerprint)
+        if result.error is not None:
+            raise MtkdError(f"student run {run.name} failed: {result.error}")
+        summary = {"name": run.name, "seed": run.seed, "distill": run.distill,
+                   "fingerprint": fingerprint, **_export(ctx, run, result),
+                   "seconds": round(time.time() - started, 1)}
+        store.write_json_atomic(path, summary)
+        summaries[run.name] = summary
+        log.info("[student] %s: dev average %.2f, %d parameters, model %s", run.name,
+                 summary["average"], summary["params"], summary["model"])
+    return {"runs": summaries,
+            "output_fingerprint": stable_hash(sorted(s["fingerprint"]
+                                                     for s in summaries.values()))}
+
+
+def _config_slice(config: ExperimentConfig) -> Any:
+    return {"student": dataclasses.asdict(config.student), "heads": config.heads}
+
+
+STUDENT = Stage("student", run_student, _config_slice,
+                "distill the multi-task student with Ray Train + DeepSpeed")

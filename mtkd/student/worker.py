@@ -1,0 +1,143 @@
+"""The Ray Train worker of the student: DeepSpeed around the shared training loop.
+
+Reads only its ``loop_config`` (experiment config as plain data, run, storage uri).
+Each rank trains on its own shard of the multi-task sampler. Every
+``checkpoint_every`` steps each rank saves its DeepSpeed shard, its RNG state and (rank
+0) the loop state into a local folder and calls ``ray.train.report`` with it; Ray merges
+the ranks' files into one checkpoint in storage. A restarted or re-run worker group
+resumes from the latest checkpoint at the same step and batch.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from mtkd.config import ExperimentConfig, config_from_dict
+from mtkd.storage import Storage
+from mtkd.student.deepspeed_backend import DeepSpeedBackend
+from mtkd.training.data import TeacherArrays, align_by_uid
+from mtkd.training.evaluate import predict_outputs
+from mtkd.training.loop import (
+    LoopData,
+    LoopHooks,
+    LoopState,
+    TrainingLoop,
+    capture_rng,
+    total_optimizer_steps,
+)
+from mtkd.training.recipe import PreparedTasks, build_model, load_prepared_tasks, make_sampler
+
+log = logging.getLogger("mtkd")
+STATE_FILE = "loop_state.json"
+
+
+def teacher_arrays(store: Storage, data: PreparedTasks,
+                   config: ExperimentConfig) -> dict[str, TeacherArrays]:
+    """Soft targets of every task with a teacher, joined to the train rows by uid."""
+    arrays = {}
+    for task in (t.name for t in config.tasks if t.teacher):
+        table = pq.read_table(io.BytesIO(store.read_bytes(f"soft_targets/{task}/train.parquet")))
+        uids = table["uid"].to_pylist()
+        soft = table["soft_target"].to_pylist()
+        logits = table["teacher_logits"].to_pylist()
+        if data.specs[task].kind.is_regression:
+            arrays[task] = align_by_uid(data.train[task]["uid"], uids, task,
+                                        score=np.asarray([s[0] for s in soft], np.float32))
+        else:
+            width = max(len(s) for s in soft)  # ranking rows have different widths
+            probs = np.zeros((len(soft), width), np.float32)
+            mean_logits = np.full((len(soft), width), np.finfo(np.float32).min / 2, np.float32)
+            for i, (p, z) in enumerate(zip(soft, logits, strict=True)):
+                probs[i, : len(p)], mean_logits[i, : len(z)] = p, z
+            arrays[task] = align_by_uid(data.train[task]["uid"], uids, task, probs=probs,
+                                        logits=mean_logits)
+    return arrays
+
+
+def student_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train ``train_loop_per_worker`` (see module docstring)."""
+    import ray.train
+
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    config = config_from_dict(loop_config["experiment"])
+    run = loop_config["run"]
+    student = config.student
+    training = student.training
+    torch.set_num_threads(max(1, int(student.resources_per_worker.cpu)))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"[mtkd {run['name']} rank {rank}] %(message)s", force=True)
+    store = Storage.from_uri(loop_config["storage"]).child(config.name)
+    run_store = store.child("student", run["name"])
+    data = load_prepared_tasks(store, [t.name for t in config.tasks])
+    teachers = teacher_arrays(store, data, config) if run["distill"] else {}
+
+    model = build_model(config, list(data.specs.values()),
+                        encoder=student.encoder or config.encoder.path,
+                        num_layers=student.num_layers, dropout=training.dropout,
+                        seed=run["seed"])
+    sampler = make_sampler(data.train, config, training, run["seed"], num_shards=world,
+                           shard_index=rank)
+    backend = DeepSpeedBackend(model, student, total_optimizer_steps(training, len(sampler)),
+                               world)
+    loop = TrainingLoop(backend, LoopData(data.specs, data.train, data.dev, teachers),
+                        training, sampler=sampler, kd=student.kd, name=run["name"],
+                        keep_best_in_memory=False, record_steps=True,
+                        log_every=loop_config.get("log_every", 50))
+
+    state, rng, attempts = None, None, []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            backend.load(folder)
+            saved = json.loads((Path(folder) / STATE_FILE).read_text())
+            state, attempts = LoopState.from_json(saved["loop"]), saved["attempts"]
+            rng = torch.load(Path(folder) / f"rng_rank{rank}.pt", weights_only=True)
+        log.info("resumed from step %d (epoch %d, batch %d)", state.step, state.epoch,
+                 state.position)
+    attempts.append({"pid": os.getpid(), "start_step": state.step if state else 0})
+    last_saved = {"step": -1}
+
+    def save(state: LoopState) -> None:
+        if state.step == last_saved["step"]:
+            return  # the final call right after a periodic one
+        last_saved["step"] = state.step
+        with tempfile.TemporaryDirectory(prefix="mtkd-student-") as folder:
+            backend.save(folder, client_state={"step": state.step})
+            torch.save(capture_rng(), Path(folder) / f"rng_rank{rank}.pt")
+            if rank == 0:
+                (Path(folder) / STATE_FILE).write_text(json.dumps(
+                    {"loop": state.to_json(), "attempts": attempts}))
+            metrics = {"step": state.step, "epoch": state.epoch}
+            if state.history:
+                metrics.update(score=state.history[-1]["score"])
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        run_store.write_json_atomic(f"progress/rank{rank}.json",
+                                    {"pid": os.getpid(), "step": state.step,
+                                     "attempt": len(attempts)})
+
+    loop.hooks = LoopHooks(on_checkpoint=save, checkpoint_every=student.checkpoint_every)
+    final = loop.run(state, rng=rng, seed=run["seed"])
+    if rank == 0:  # what the in-training model predicts on dev, to compare with the export
+        outputs = {task: {"uids": list(split["uid"]),
+                          "outputs": predict_outputs(backend.model, data.specs[task], split,
+                                                     device=backend.device,
+                                                     precision=training.precision).tolist()}
+                   for task, split in data.dev.items()}
+        run_store.write_json_atomic("in_training_dev_outputs.json", outputs)
+        run_store.write_json_atomic("train_state.json", {
+            "steps": final.step, "attempts": attempts, "step_log": final.step_log,
+            "history": final.history, "examples_per_s": final.examples / max(
+                final.train_seconds, 1e-9), "world_size": world})
+        log.info("finished at step %d: dev average %.2f", final.step,
+                 final.history[-1]["average"] if final.history else float("nan"))
