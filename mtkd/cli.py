@@ -70,6 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
         one.add_argument("--cache-dir", help="cache folder (default: $MTKD_CACHE_DIR or "
                                              "~/.cache/mtkd)")
         one.set_defaults(handler=_cmd_assets)
+
+    from mtkd.predict_cli import add_predict_arguments  # stdlib-only module: cheap
+
+    predict = sub.add_parser("predict", help="run a saved model on a file of texts",
+                             description="Predict one task of a saved MT-DNN for every row of "
+                                         "a CSV/TSV/JSONL/Parquet file (local or s3://) and "
+                                         "write one JSON line per row, in input order.")
+    add_predict_arguments(predict)
+    predict.set_defaults(handler=_cmd_predict)
     return parser
 
 
@@ -129,6 +138,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     elif pending:
         print(f"  not yet run: {', '.join(pending)}")
     return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from mtkd.predict_cli import run_predict
+
+    return run_predict(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -44,6 +44,8 @@ class Stage:
     run: Callable[[StageContext], dict[str, Any]]
     config_slice: Callable[[ExperimentConfig], Any]
     description: str = ""
+    enabled: Callable[[ExperimentConfig], bool] = lambda config: True
+    """Whether the config needs this stage at all (e.g. no teachers when not distilling)."""
     always_run: bool = False
     """Run even when the manifest matches: for stages whose inputs live outside the
     config (user data files). Such a stage reuses its own work internally and reports
@@ -116,7 +118,8 @@ def run_pipeline(
     is set. Unselected stages still contribute their fingerprints, so ``--only student``
     after a teachers change re-runs the student.
     """
-    all_stages = registered_stages() if stages is None else stages
+    all_stages = [s for s in (registered_stages() if stages is None else stages)
+                  if s.enabled(config)]
     selected = {s.name for s in select_stages(all_stages, only, from_stage)}
     store = experiment_store(config)
     store.write_atomic("config.yaml", config_to_yaml(config).encode())

@@ -25,11 +25,13 @@ batches again. How an epoch is built:
      takes the first batches of its pass (a random subset).
    * ``capped``: ``min(b_t, cap)``, the first batches of one pass.
 3. **Mixing.** All tasks' batches are put in one random order.
-4. **Sharding.** With ``num_shards`` N the epoch is cut to a multiple of N (the last
-   ``len % N`` batches, a different random few every epoch, are dropped) and shard i takes
-   batches ``i, i + N, i + 2N, ...``. Every shard runs the same number of steps (which
-   DDP/DeepSpeed need), no batch goes to two shards, and the shards' batches of one step may
-   come from different tasks.
+4. **Sharding.** With ``num_shards`` N each task's batches are grouped N at a time (a
+   task's last ``b_t % N`` batches, a different random few every epoch, are dropped), the
+   groups are mixed instead of single batches, and shard i takes batches ``i, i + N, ...``:
+   so at every step all shards train the *same task* (one global MT-DNN batch of that
+   task, as in single-process training), every shard runs the same number of steps (which
+   DDP/DeepSpeed need), and no batch goes to two shards. With one shard this is exactly
+   step 3.
 
 Randomness comes from ``numpy.random.default_rng([seed, epoch, crc32(task)])`` per task
 (so a task's batches do not depend on which other tasks exist) and
@@ -116,10 +118,9 @@ class MultiTaskBatchSampler:
         self.seed, self.num_shards, self.shard_index = seed, num_shards, shard_index
         self.task_batch_counts = self._task_batch_counts()
         """Batches per task per epoch, all shards together (before the tail is dropped)."""
-        total = sum(self.task_batch_counts.values())
-        if total < num_shards:
-            raise ValueError(f"an epoch has {total} batches, fewer than {num_shards} shards")
-        self._len = total // num_shards
+        self._len = sum(c // num_shards for c in self.task_batch_counts.values())
+        if self._len == 0:
+            raise ValueError(f"no task has {num_shards} batches for {num_shards} shards")
         self.epoch, self.position = 0, 0
 
     @classmethod
@@ -171,17 +172,20 @@ class MultiTaskBatchSampler:
         return [Batch(task, b.tolist()) for b in got[:want]]
 
     def epoch_batches(self, epoch: int) -> list[Batch]:
-        """The whole epoch, all shards together, in order (tail not yet dropped)."""
+        """The whole epoch, all shards together, in order (step k = batches kN..kN+N-1)."""
         if epoch < 0:
             raise ValueError(f"epoch must be >= 0, got {epoch}")
-        every = [b for t in self.tasks for b in self._task_batches(t, epoch)]
-        order = np.random.default_rng([self.seed, epoch]).permutation(len(every))
-        return [every[i] for i in order]
+        n = self.num_shards  # groups of n batches of one task: one step of all shards
+        groups = []
+        for task in self.tasks:
+            batches = self._task_batches(task, epoch)
+            groups += [batches[i:i + n] for i in range(0, len(batches) - len(batches) % n, n)]
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(groups))
+        return [batch for i in order for batch in groups[i]]
 
     def batches(self, epoch: int) -> list[Batch]:
         """This shard's batches of ``epoch``: ``len(self)`` of them."""
-        every = self.epoch_batches(epoch)[: self._len * self.num_shards]
-        return every[self.shard_index :: self.num_shards]
+        return self.epoch_batches(epoch)[self.shard_index :: self.num_shards]
 
     def __len__(self) -> int:
         """Batches per epoch of this shard (the same for every epoch and every shard)."""

@@ -225,9 +225,15 @@ def run_soft(ctx: StageContext) -> dict[str, Any]:
                           for s in SPLITS] + ["teachers/ensemble.json"]}
 
 
+def _needs_teachers(config: ExperimentConfig) -> bool:
+    """Teachers (and their soft targets) exist only to be distilled."""
+    return config.student.distill
+
+
 def _config_slice(config: ExperimentConfig) -> Any:
     return dataclasses.asdict(config.soft_targets)
 
 
 SOFT = Stage("soft", run_soft, _config_slice,
-             "ensemble inference with Ray Data and soft-target averaging")
+             "ensemble inference with Ray Data and soft-target averaging",
+             enabled=_needs_teachers)

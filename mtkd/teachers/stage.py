@@ -179,6 +179,11 @@ def run_teachers(ctx: StageContext) -> dict[str, Any]:
             "artifacts": ["teachers/teachers.json"]}
 
 
+def _needs_teachers(config: ExperimentConfig) -> bool:
+    """Teachers (and their soft targets) exist only to be distilled."""
+    return config.student.distill
+
+
 def _config_slice(config: ExperimentConfig) -> Any:
     return {"teachers": dataclasses.asdict(config.teachers), "heads": config.heads,
             "encoder": config.encoder, "sampling": config.sampling,
@@ -186,4 +191,5 @@ def _config_slice(config: ExperimentConfig) -> Any:
 
 
 TEACHERS = Stage("teachers", run_teachers, _config_slice,
-                 "train the teacher ensemble with Ray Tune")
+                 "train the teacher ensemble with Ray Tune",
+                 enabled=_needs_teachers)

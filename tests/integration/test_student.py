@@ -1,0 +1,141 @@
+"""Student distillation with Ray Train + DeepSpeed: 2 CPU workers, ZeRO-2 bf16, S3 storage,
+a killed worker, exact resume, export; ZeRO-0 vs ZeRO-2 losses in fp32."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from test_soft_targets import write_regression
+from test_teachers import write_task
+from tiny import make_tiny_bert
+
+from mtkd.config import config_from_dict
+from mtkd.model.io import load_mtdnn
+from mtkd.model.remote import load_model_from
+from mtkd.pipeline import experiment_store, run_pipeline
+from mtkd.stages.prepare import read_prepared, read_task_spec
+from mtkd.storage import Storage
+from mtkd.training.evaluate import predict_outputs
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("student")
+    encoder = make_tiny_bert(root / "encoder", hidden=64, layers=4)
+    cls = {"name": "toy", "source": "files", "type": "classification",
+           "labels": ["neg", "pos"], "max_length": 32,
+           "files": {"train": str(write_task(root / "c_train.csv", 480, 0)),
+                     "dev": str(write_task(root / "c_dev.csv", 60, 1))}}
+    reg = {"name": "score", "source": "files", "type": "regression", "max_length": 32,
+           "files": {"train": str(write_regression(root / "r_train.csv", 160, 2)),
+                     "dev": str(write_regression(root / "r_dev.csv", 40, 3))}}
+    return {
+        "name": "stu", "storage_path": str(root / "runs"), "ray": {"num_cpus": 2},
+        "encoder": {"path": str(encoder)}, "tasks": [cls, reg],
+        "teachers": {"size": 2, "max_concurrent": 2, "max_failures": 0,
+                     "training": {"epochs": 1, "batch_size": 16, "learning_rate": 0.002}},
+        "soft_targets": {"batch_size": 32, "resources_per_actor": {"cpu": 0.5}},
+        "student": {"num_layers": 2, "distill": True, "num_workers": 2,
+                    "resources_per_worker": {"cpu": 1}, "checkpoint_every": 5,
+                    "keep_checkpoints": 2, "max_failures": 2,
+                    "deepspeed": {"zero_stage": 2},
+                    "training": {"epochs": 2, "batch_size": 8, "learning_rate": 0.001,
+                                 "precision": "bf16", "eval_every": 20}},
+    }
+
+
+def kill_rank(store: Storage, rank: int, after_step: int, killed: dict) -> None:
+    path = f"student/student/progress/rank{rank}.json"
+    deadline = time.time() + 400
+    while time.time() < deadline:
+        try:
+            progress = store.read_json(path) if store.exists(path) else None
+        except Exception:  # a read racing the atomic write; try again
+            progress = None
+        if progress and progress["step"] >= after_step and progress["attempt"] == 1:
+            os.kill(progress["pid"], signal.SIGKILL)
+            killed.update(progress)
+            return
+        time.sleep(0.05)
+
+
+def test_two_workers_zero2_bf16_on_s3_survive_a_killed_worker(experiment: dict, s3_env: str,
+                                                               tmp_path: Path) -> None:
+    config_file = tmp_path / "exp.yaml"
+    config_file.write_text(yaml.safe_dump({**experiment, "storage_path": s3_env}))
+    store = Storage.from_uri(s3_env).child("stu")
+    killed: dict = {}
+    watcher = threading.Thread(target=kill_rank, args=(store, 1, 10, killed))
+    watcher.start()
+    result = subprocess.run([sys.executable, "-m", "mtkd", "run", str(config_file)],
+                            cwd=REPO, capture_output=True, text=True, timeout=900,
+                            env=os.environ.copy())
+    watcher.join()
+    assert result.returncode == 0, result.stderr[-5000:]
+    assert killed, "no worker was killed"
+
+    state = store.read_json("student/student/train_state.json")
+    assert len(state["attempts"]) == 2, state["attempts"]
+    resumed_at = state["attempts"][1]["start_step"]
+    assert resumed_at >= 10 and resumed_at % 5 == 0 and resumed_at <= killed["step"]
+    # The surviving lineage has every step exactly once, in order, and consecutive batches.
+    steps = [int(s[0]) for s in state["step_log"]]
+    assert steps == list(range(1, state["steps"] + 1))
+    batches = [(int(s[1]), int(s[2])) for s in state["step_log"]]
+    for (epoch_a, pos_a), (epoch_b, pos_b) in itertools.pairwise(batches):
+        assert (epoch_b, pos_b) in {(epoch_a, pos_a + 1), (epoch_a + 1, 1)}
+
+    summary = store.read_json("student/student/student.json")
+    assert summary["distill"] is True and set(summary["metrics"]) == {"toy", "score"}
+    assert store.exists("student/student/final/mtdnn.json")
+    manifest = store.read_json("manifests/student.json")
+    assert manifest["runs"]["student"]["average"] == summary["average"]
+    # The exported model loads and predicts without Ray or DeepSpeed.
+    model, _ = load_model_from(store, "student/student/final", tmp_path / "final")
+    spec = read_task_spec(store, "toy")
+    outputs = predict_outputs(model, spec, read_prepared(store, "toy", "dev"))
+    assert outputs.shape == (60, 2) and np.isfinite(outputs).all()
+
+
+def test_zero0_and_zero2_fp32_losses_match_and_export_equals_training(
+        experiment: dict, tmp_path: Path) -> None:
+    losses, stores = {}, {}
+    for stage in (0, 2):
+        data = {**experiment, "name": f"z{stage}", "storage_path": str(tmp_path / "runs"),
+                "student": {**experiment["student"], "distill": False, "checkpoint_every": 100,
+                            "deepspeed": {"zero_stage": stage},
+                            "training": {**experiment["student"]["training"], "epochs": 1,
+                                         "max_steps": 8, "precision": "fp32",
+                                         "eval_every": 0}}}
+        config = config_from_dict(data)
+        run_pipeline(config, only="prepare")
+        run_pipeline(config, only="student")
+        stores[stage] = experiment_store(config)
+        log = stores[stage].read_json("student/baseline/train_state.json")["step_log"]
+        losses[stage] = [s[3] for s in log]
+    assert len(losses[0]) == 8
+    np.testing.assert_allclose(losses[0], losses[2], rtol=1e-5, atol=1e-6)
+
+    # fp32: the exported (consolidated) model predicts exactly what the trained model did.
+    store = stores[2]
+    recorded = store.read_json("student/baseline/in_training_dev_outputs.json")
+    store.download_dir("student/baseline/final", tmp_path / "export")
+    model, _ = load_mtdnn(tmp_path / "export")
+    for task, saved in recorded.items():
+        split = read_prepared(store, task, "dev")
+        assert list(split["uid"]) == saved["uids"]
+        ours = predict_outputs(model, read_task_spec(store, task), split)
+        np.testing.assert_allclose(ours, np.asarray(saved["outputs"]), atol=1e-5)
