@@ -90,7 +90,10 @@ def test_two_workers_zero2_bf16_on_s3_survive_a_killed_worker(experiment: dict, 
     state = store.read_json("student/student/train_state.json")
     assert len(state["attempts"]) == 2, state["attempts"]
     resumed_at = state["attempts"][1]["start_step"]
-    assert resumed_at >= 10 and resumed_at % 5 == 0 and resumed_at <= killed["step"]
+    # Resumed from a checkpoint (every 5 steps), not from step 0; Ray may not have
+    # registered the newest one before the kill, so it can be one checkpoint behind.
+    assert resumed_at >= 5 and resumed_at % 5 == 0
+    assert killed["step"] - 5 <= resumed_at <= killed["step"]
     # The surviving lineage has every step exactly once, in order, and consecutive batches.
     steps = [int(s[0]) for s in state["step_log"]]
     assert steps == list(range(1, state["steps"] + 1))

@@ -82,7 +82,8 @@ def test_help_for_every_subcommand(command: str) -> None:
 
 
 def test_run_saves_resolved_config_and_summary(tmp_path: Path) -> None:
-    result = mtkd("run", str(QUICKSTART), f"storage_path={tmp_path}", "ray.env_vars.MY_TOKEN=abc")
+    result = mtkd("run", str(QUICKSTART), f"storage_path={tmp_path}", "ray.env_vars.MY_TOKEN=abc",
+                  "--only", "prepare")
     assert result.returncode == 0, result.stderr
     saved = (tmp_path / "quickstart" / "config.yaml").read_text()
     assert "MY_TOKEN: '***redacted***'" in saved and "abc" not in saved
