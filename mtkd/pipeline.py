@@ -65,12 +65,13 @@ class StageOutcome:
 def registered_stages() -> list[Stage]:
     """The pipeline's stages in order. Later stages are appended here as they land."""
     # Imported late, so that `mtkd validate` stays fast.
+    from mtkd.report.stage import REPORT
     from mtkd.soft.stage import SOFT
     from mtkd.stages.prepare import PREPARE
     from mtkd.student.stage import STUDENT
     from mtkd.teachers.stage import TEACHERS
 
-    return [PREPARE, TEACHERS, SOFT, STUDENT]
+    return [PREPARE, TEACHERS, SOFT, STUDENT, REPORT]
 
 
 def manifest_path(stage: str) -> str:

@@ -1,0 +1,1 @@
+"""Stage 4: the report (report.json, report.md, PNG plot) of an experiment."""

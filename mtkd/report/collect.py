@@ -1,0 +1,113 @@
+"""Gather an experiment's results from storage into ``report.json``'s structure.
+
+Everything comes from what the stages wrote (manifests, teachers/ensemble.json,
+student/<run>/student.json), so ``mtkd report`` can re-render any finished experiment.
+Inference speed is measured here: all ensemble members against the student, on the same
+dev examples.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mtkd.metrics import average_score
+from mtkd.model.mtdnn import num_parameters
+from mtkd.model.remote import load_model_from
+from mtkd.pipeline import read_manifest
+from mtkd.stages.prepare import read_prepared, read_task_spec
+from mtkd.storage import Storage
+from mtkd.training.evaluate import predict_outputs
+
+STAGES = ("prepare", "teachers", "soft", "student", "report")
+
+
+def _mean_run(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """A model row for several seeds: per-metric means, plus each seed's average."""
+    if not runs:
+        return None
+    tasks = runs[0]["metrics"]
+    metrics = {t: {m: float(np.mean([r["metrics"][t][m] for r in runs])) for m in tasks[t]}
+               for t in tasks}
+    return {"metrics": metrics, "average": average_score(metrics),
+            "seeds": [r["seed"] for r in runs], "seed_averages": [r["average"] for r in runs],
+            "params": runs[0]["params"], "models": [r["model"] for r in runs]}
+
+
+def measure_speed(store: Storage, model_rels: list[str], examples: int) -> dict[str, Any]:
+    """Examples per second of predicting ``examples`` dev rows of every task with each model
+    in turn (length-sorted batches, fp32, this process); returns per-model rates, the rate
+    of all of them together (an ensemble predicts with every member) and parameters."""
+    rates, params, total_seconds, examples_per_task = {}, {}, 0.0, {}
+    with tempfile.TemporaryDirectory(prefix="mtkd-report-") as tmp:
+        for i, rel in enumerate(model_rels):
+            model, _ = load_model_from(store, rel, Path(tmp) / f"m{i}")
+            params[rel] = num_parameters(model)
+            count, seconds = 0, 0.0
+            for task in model.specs:
+                split = read_prepared(store, task, "dev")
+                split = split.select(range(min(examples, len(split))))
+                predict_outputs(model, read_task_spec(store, task), split.select(range(
+                    min(8, len(split)))))  # warm-up
+                started = time.perf_counter()
+                predict_outputs(model, read_task_spec(store, task), split)
+                seconds += time.perf_counter() - started
+                count += len(split)
+                examples_per_task[task] = len(split)
+            rates[rel] = count / max(seconds, 1e-9)
+            total_seconds += seconds
+    # Together: every distinct example gets a prediction from every model that covers it.
+    together = sum(examples_per_task.values()) / max(total_seconds, 1e-9)
+    return {"per_model": rates, "together": together, "params": params}
+
+
+def collect(store: Storage, speed_examples: int = 256, measure: bool = True) -> dict[str, Any]:
+    """The report's data (see docs/ARCHITECTURE.md for the keys)."""
+    manifests = {s: read_manifest(store, s) for s in STAGES}
+    prepared = manifests["prepare"] or {}
+    report: dict[str, Any] = {"experiment": store.uri, "tasks": sorted(prepared.get("tasks", {})),
+                              "members": [], "ensemble": None, "student": None,
+                              "baseline": None, "stages": {}, "artifacts": {}}
+    for stage, manifest in manifests.items():
+        if manifest:
+            report["stages"][stage] = manifest["seconds"]
+            report["artifacts"][f"manifest:{stage}"] = store.uri_of(f"manifests/{stage}.json")
+    if store.exists("teachers/ensemble.json"):
+        ensemble = store.read_json("teachers/ensemble.json")
+        names = sorted({m for t in ensemble["tasks"].values() for m in t["members"]})
+        for name in names:
+            metrics = {t: v["members"][name] for t, v in ensemble["tasks"].items()
+                       if name in v["members"]}
+            report["members"].append({"name": name, "metrics": metrics,
+                                      "average": average_score(metrics)})
+        metrics = {t: v["ensemble"] for t, v in ensemble["tasks"].items()}
+        report["ensemble"] = {"metrics": metrics, "average": average_score(metrics),
+                              "size": len(names)}
+        report["artifacts"]["ensemble"] = store.uri_of("teachers/ensemble.json")
+    runs = (manifests["student"] or {}).get("runs", {})
+    report["student"] = _mean_run([r for r in runs.values() if r["distill"]])
+    report["baseline"] = _mean_run([r for r in runs.values() if not r["distill"]])
+    report["student_runs"] = {n: {"average": r["average"], "seed": r["seed"],
+                                  "distill": r["distill"]} for n, r in runs.items()}
+    for name, run in runs.items():
+        report["artifacts"][f"model:{name}"] = run["model"]
+    for name in (m["name"] for m in report["members"]):
+        report["artifacts"][f"model:{name}"] = store.uri_of(f"teachers/{name}/model")
+    if measure and (report["student"] or report["baseline"]):
+        student_run = next(n for n, r in runs.items() if r["distill"] == bool(report["student"]))
+        student_rel = f"student/{student_run}/final"
+        member_rels = [f"teachers/{m['name']}/model" for m in report["members"]]
+        student_speed = measure_speed(store, [student_rel], speed_examples)
+        row = report["student"] or report["baseline"]
+        row["examples_per_s"] = student_speed["together"]
+        if member_rels:
+            ensemble_speed = measure_speed(store, member_rels, speed_examples)
+            report["ensemble"]["examples_per_s"] = ensemble_speed["together"]
+            report["ensemble"]["params"] = int(sum(ensemble_speed["params"].values()))
+            report["speedup"] = student_speed["together"] / max(ensemble_speed["together"],
+                                                                1e-9)
+    return report

@@ -1,0 +1,83 @@
+"""Render report.json into report.md and a PNG plot."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display: render to files only
+import matplotlib.pyplot as plt
+
+
+def _rows(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    rows = [(m["name"], m) for m in report["members"]]
+    for key, label in (("ensemble", "ensemble"), ("student", "student (KD)"),
+                       ("baseline", "baseline (no KD)")):
+        if report.get(key):
+            rows.append((label, report[key]))
+    return rows
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """report.md: metrics table, speed and size, stage times, artifact paths."""
+    tasks = report["tasks"]
+    lines = [f"# mtkd report: {report['experiment']}", "",
+             "Dev metrics (GLUE scale, 0-100); a task's score is the mean of its metrics, "
+             "the average is the mean over tasks.", "",
+             "| model | " + " | ".join(tasks) + " | average |",
+             "|---|" + "---|" * (len(tasks) + 1)]
+    for label, row in _rows(report):
+        cells = []
+        for task in tasks:
+            metrics = row["metrics"].get(task)
+            cells.append(", ".join(f"{k} {v:.1f}" for k, v in metrics.items())
+                         if metrics else "—")
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {row['average']:.2f} |")
+    if report["members"] and report.get("ensemble"):
+        mean_member = sum(m["average"] for m in report["members"]) / len(report["members"])
+        lines += ["", f"Ensemble {report['ensemble']['average']:.2f} vs mean member "
+                      f"{mean_member:.2f} ({report['ensemble']['average'] - mean_member:+.2f})."]
+    if report.get("student") and report.get("baseline"):
+        gain = report["student"]["average"] - report["baseline"]["average"]
+        lines.append(f"Distillation: student {report['student']['average']:.2f} vs baseline "
+                     f"{report['baseline']['average']:.2f} ({gain:+.2f}).")
+    lines += ["", "## Size and inference speed", "", "| model | parameters | examples/s |",
+              "|---|---|---|"]
+    if report.get("ensemble") and "examples_per_s" in report["ensemble"]:
+        lines.append(f"| ensemble ({report['ensemble']['size']} members) | "
+                     f"{report['ensemble']['params']:,} | "
+                     f"{report['ensemble']['examples_per_s']:.1f} |")
+    student = report.get("student") or report.get("baseline")
+    if student and "examples_per_s" in student:
+        lines.append(f"| student | {student['params']:,} | {student['examples_per_s']:.1f} |")
+    if report.get("speedup"):
+        lines.append(f"\nThe student predicts {report['speedup']:.1f}x faster than the "
+                     "ensemble (same dev examples, fp32, one process).")
+    lines += ["", "## Stages", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v:.1f} |" for k, v in report["stages"].items()]
+    lines += ["", "## Artifacts", ""]
+    lines += [f"- {k}: `{v}`" for k, v in sorted(report["artifacts"].items())]
+    return "\n".join(lines) + "\n"
+
+
+def render_plot(report: dict[str, Any]) -> bytes:
+    """PNG: average dev score of every member, the ensemble, the student and the baseline."""
+    rows = _rows(report)
+    colors = {"ensemble": "tab:orange", "student (KD)": "tab:green",
+              "baseline (no KD)": "tab:gray"}
+    fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(rows) + 2), 3.6), dpi=120)
+    labels = [label for label, _ in rows]
+    values = [row["average"] for _, row in rows]
+    ax.bar(labels, values, color=[colors.get(label, "tab:blue") for label in labels])
+    for i, value in enumerate(values):
+        ax.text(i, value, f"{value:.1f}", ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("dev average (0-100)")
+    ax.set_title("Members, ensemble and distilled student")
+    ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
