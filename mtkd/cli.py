@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -109,7 +110,6 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from mtkd.storage import Storage
 
     store = Storage.from_uri(args.experiment)
-    store.check_access()
     if not store.exists("manifests/prepare.json"):
         raise MtkdError(f"{store.uri} is not an mtkd experiment (no manifests/prepare.json; "
                         "fix: give <storage_path>/<name> of a run)")
@@ -157,6 +157,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     for outcome in outcomes:
         print(f"  {outcome.name:<9} {outcome.status:<8} {outcome.seconds:8.1f} s   "
               f"manifest {store.uri_of(f'manifests/{outcome.name}.json')}")
+    if store.exists("report/report.md"):
+        print(f"  report   {store.uri_of('report/report.md')}")
     pending = [s.name for s in registered_stages() if read_manifest(store, s.name) is None]
     if not registered_stages():
         print("  (no pipeline stages are implemented in this version yet)")
@@ -172,6 +174,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Ctrl-C must stop a run even when the shell started us with SIGINT ignored (as it
+    # does for background jobs): finished stages are kept and the run can resume.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     parser = build_parser()
     # Overrides may follow options (``run CFG --force a.b=1``): argparse stops filling a
     # positional list at the first option, so stray key=value words are collected here.

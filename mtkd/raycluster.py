@@ -16,7 +16,10 @@ from mtkd.errors import MtkdError
 log = logging.getLogger("mtkd")
 # Keep Ray's own console output for what matters; its deprecation chatter goes to the log.
 QUIET_ENV = {"RAY_DEDUP_LOGS": "1", "RAY_AIR_NEW_OUTPUT": "0",
-             "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
+             "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+             # Ctrl-C must reach mtkd (which keeps finished work and exits 130), not be
+             # swallowed by a handler Tune leaves installed after fit().
+             "TUNE_DISABLE_SIGINT_HANDLER": "1"}
 
 
 def worker_env(config: RayConfig) -> dict[str, str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import signal
 import time
 from typing import Any
 
@@ -111,7 +112,10 @@ def _run_trials(ctx: StageContext, todo: list[tuple[Member, str]], total: int,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             callbacks=[_progress_callback(store, total, already)]),
     )
-    results = tuner.fit()
+    try:
+        results = tuner.fit()
+    finally:  # whatever Tune did with SIGINT, Ctrl-C interrupts mtkd again
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     failed = {}
     for result in results:
         if result.error is not None:

@@ -1,0 +1,62 @@
+"""The whole pipeline from the command line: interrupted after the teachers stage with
+Ctrl-C, resumed without retraining them, finished with a report."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from test_student import experiment as student_experiment  # noqa: F401  (module fixture)
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_interrupt_after_teachers_then_resume_to_the_report(
+        student_experiment: dict, tmp_path: Path) -> None:  # noqa: F811
+    data = {**student_experiment, "name": "pipe", "storage_path": str(tmp_path / "runs"),
+            "student": {**student_experiment["student"], "num_workers": 1, "baseline": True,
+                        "training": {**student_experiment["student"]["training"],
+                                     "epochs": 1, "eval_every": 0}}}
+    config_file = tmp_path / "exp.yaml"
+    config_file.write_text(yaml.safe_dump(data))
+    root = tmp_path / "runs" / "pipe"
+    command = [sys.executable, "-m", "mtkd", "run", str(config_file)]
+    log = tmp_path / "first.log"
+    with log.open("w") as out:  # a file, not a pipe: Ray's chatter must never block the run
+        first = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.time() + 300
+        while not (root / "manifests" / "teachers.json").exists():
+            assert first.poll() is None, log.read_text()[-3000:]
+            assert time.time() < deadline, "teachers stage did not finish"
+            time.sleep(0.2)
+        first.send_signal(signal.SIGINT)
+        first.wait(timeout=120)
+    err = log.read_text()
+    assert first.returncode == 130, err[-3000:]
+    assert "Re-run the same command to resume" in err
+    assert not (root / "manifests" / "student.json").exists()
+    members = {p: p.stat().st_mtime_ns for p in root.glob("teachers/m*/member.json")}
+    assert len(members) == 2
+
+    second = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900,
+                            env=os.environ.copy())
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "[teachers] done before" in second.stderr
+    assert {p: p.stat().st_mtime_ns for p in members} == members  # not retrained
+    report = json.loads((root / "report" / "report.json").read_text())
+    for key in ("tasks", "members", "ensemble", "student", "baseline", "stages"):
+        assert key in report
+    assert [m["name"] for m in report["members"]] == ["m000", "m001"]
+    assert set(report["student"]["metrics"]) == {"toy", "score"}
+    assert report["student"]["params"] > 0 and report["student"]["examples_per_s"] > 0
+    assert set(report["stages"]) >= {"prepare", "teachers", "soft", "student"}
+    assert (root / "report" / "scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "results in" in second.stdout and "report" in second.stdout
