@@ -337,7 +337,8 @@ class TeachersConfig:
     resources_per_member: Resources = field(default_factory=Resources)
     """What one member's trial asks for, e.g. {cpu: 1} or {gpu: 1}."""
     workers_per_member: int = 1
-    """Data-parallel workers per member (> 1 runs a TorchTrainer inside the trial)."""
+    """Data-parallel workers per member; only 1 is supported in this version (a member
+    then uses the resources of resources_per_member, e.g. one GPU)."""
     variation: VariationConfig = field(default_factory=VariationConfig)
     """How members differ."""
     training: TrainingConfig = field(default_factory=TrainingConfig)
@@ -365,6 +366,11 @@ class TeachersConfig:
                                  "list more members or lower teachers.size"))
         _at_least(found, f"{path}.max_concurrent", self.max_concurrent, 1)
         _at_least(found, f"{path}.workers_per_member", self.workers_per_member, 1)
+        if self.workers_per_member > 1:
+            found.append(Problem(f"{path}.workers_per_member", "multi-worker members (a "
+                                 "TorchTrainer inside each Tune trial) are not supported yet",
+                                 "use 1 and give each member one GPU: "
+                                 "resources_per_member: {gpu: 1}"))
         _at_least(found, f"{path}.max_failures", self.max_failures, 0)
         _in_range(found, f"{path}.verbose", self.verbose, 0, 3)
         found += _precision_problems(f"{path}.training.precision", self.training.precision,
