@@ -58,3 +58,55 @@ def synthetic_task(n: int, seed: int, regression: bool = False,
         "label": datasets.Value("float32" if regression else "int64"),
     })
     return datasets.Dataset.from_dict(rows, features=features)
+
+def write_task(path: Path, n: int, seed: int) -> Path:
+    """Sentences of tiny-vocabulary words; positive iff "good" appears (learnable)."""
+    rng = np.random.default_rng(seed)
+    lines = ["text,label"]
+    for i in range(n):
+        words = list(rng.choice(WORDS[1:], size=int(rng.integers(4, 20))))
+        positive = bool(rng.integers(0, 2))
+        if positive:
+            words[int(rng.integers(len(words)))] = "good"
+        lines.append(f"{' '.join(words)} {i},{'pos' if positive else 'neg'}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_regression(path: Path, n: int, seed: int) -> Path:
+    """Scores in [-1, 1]: +1 per "good", -1 per "bad" (clipped), tiny vocabulary."""
+    rng = np.random.default_rng(seed)
+    words = ["good", "bad", "film", "plot", "the", "a", "very", "movie"]
+    lines = ["text,label"]
+    for i in range(n):
+        sentence = list(rng.choice(words, size=int(rng.integers(3, 10))))
+        score = np.clip(sentence.count("good") - sentence.count("bad"), -1, 1)
+        lines.append(f"{' '.join(sentence)} {i},{score}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def toy_experiment(root: Path, name: str) -> dict:
+    """A two-task experiment on the tiny encoder (classification + regression files),
+    with 2 teacher members and a 2-worker ZeRO-2 bf16 student."""
+    encoder = make_tiny_bert(root / "encoder", hidden=64, layers=4)
+    cls = {"name": "toy", "source": "files", "type": "classification",
+           "labels": ["neg", "pos"], "max_length": 32,
+           "files": {"train": str(write_task(root / "c_train.csv", 480, 0)),
+                     "dev": str(write_task(root / "c_dev.csv", 60, 1))}}
+    reg = {"name": "score", "source": "files", "type": "regression", "max_length": 32,
+           "files": {"train": str(write_regression(root / "r_train.csv", 160, 2)),
+                     "dev": str(write_regression(root / "r_dev.csv", 40, 3))}}
+    return {
+        "name": name, "storage_path": str(root / "runs"), "ray": {"num_cpus": 2},
+        "encoder": {"path": str(encoder)}, "tasks": [cls, reg],
+        "teachers": {"size": 2, "max_concurrent": 2, "max_failures": 0,
+                     "training": {"epochs": 1, "batch_size": 16, "learning_rate": 0.002}},
+        "soft_targets": {"batch_size": 32, "resources_per_actor": {"cpu": 0.5}},
+        "student": {"num_layers": 2, "distill": True, "num_workers": 2,
+                    "resources_per_worker": {"cpu": 1}, "checkpoint_every": 5,
+                    "keep_checkpoints": 2, "max_failures": 2,
+                    "deepspeed": {"zero_stage": 2},
+                    "training": {"epochs": 2, "batch_size": 8, "learning_rate": 0.001,
+                                 "precision": "bf16", "eval_every": 20}},
+    }

@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from test_teachers import write_task
-from tiny import make_tiny_bert
+from tiny import make_tiny_bert, write_regression, write_task
 
 from mtkd.config import config_from_dict
 from mtkd.errors import DataError
@@ -26,17 +25,6 @@ from mtkd.training.evaluate import predict_outputs
 pytestmark = pytest.mark.slow
 
 
-def write_regression(path: Path, n: int, seed: int) -> Path:
-    """Scores in [-1, 1]: +1 per "good", -1 per "bad" (clipped), tiny vocabulary."""
-    rng = np.random.default_rng(seed)
-    words = ["good", "bad", "film", "plot", "the", "a", "very", "movie"]
-    lines = ["text,label"]
-    for i in range(n):
-        sentence = list(rng.choice(words, size=int(rng.integers(3, 10))))
-        score = np.clip(sentence.count("good") - sentence.count("bad"), -1, 1)
-        lines.append(f"{' '.join(sentence)} {i},{score}")
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from test_soft_targets import write_regression
-from test_teachers import write_task
-from tiny import make_tiny_bert
+from tiny import toy_experiment
 
 from mtkd.config import config_from_dict
 from mtkd.model.io import load_mtdnn
@@ -33,28 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    root = tmp_path_factory.mktemp("student")
-    encoder = make_tiny_bert(root / "encoder", hidden=64, layers=4)
-    cls = {"name": "toy", "source": "files", "type": "classification",
-           "labels": ["neg", "pos"], "max_length": 32,
-           "files": {"train": str(write_task(root / "c_train.csv", 480, 0)),
-                     "dev": str(write_task(root / "c_dev.csv", 60, 1))}}
-    reg = {"name": "score", "source": "files", "type": "regression", "max_length": 32,
-           "files": {"train": str(write_regression(root / "r_train.csv", 160, 2)),
-                     "dev": str(write_regression(root / "r_dev.csv", 40, 3))}}
-    return {
-        "name": "stu", "storage_path": str(root / "runs"), "ray": {"num_cpus": 2},
-        "encoder": {"path": str(encoder)}, "tasks": [cls, reg],
-        "teachers": {"size": 2, "max_concurrent": 2, "max_failures": 0,
-                     "training": {"epochs": 1, "batch_size": 16, "learning_rate": 0.002}},
-        "soft_targets": {"batch_size": 32, "resources_per_actor": {"cpu": 0.5}},
-        "student": {"num_layers": 2, "distill": True, "num_workers": 2,
-                    "resources_per_worker": {"cpu": 1}, "checkpoint_every": 5,
-                    "keep_checkpoints": 2, "max_failures": 2,
-                    "deepspeed": {"zero_stage": 2},
-                    "training": {"epochs": 2, "batch_size": 8, "learning_rate": 0.001,
-                                 "precision": "bf16", "eval_every": 20}},
-    }
+    return toy_experiment(tmp_path_factory.mktemp("student"), "stu")
 
 
 def kill_rank(store: Storage, rank: int, after_step: int, killed: dict) -> None:

@@ -7,11 +7,9 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
-import numpy as np
 import pytest
-from tiny import WORDS, make_tiny_bert
+from tiny import make_tiny_bert, write_task
 
 from mtkd.config import config_from_dict
 from mtkd.errors import MtkdError
@@ -21,18 +19,6 @@ from mtkd.storage import Storage
 pytestmark = pytest.mark.slow
 
 
-def write_task(path: Path, n: int, seed: int) -> Path:
-    """Sentences of tiny-vocabulary words; positive iff "good" appears (learnable)."""
-    rng = np.random.default_rng(seed)
-    lines = ["text,label"]
-    for i in range(n):
-        words = list(rng.choice(WORDS[1:], size=int(rng.integers(4, 20))))
-        positive = bool(rng.integers(0, 2))
-        if positive:
-            words[int(rng.integers(len(words)))] = "good"
-        lines.append(f"{' '.join(words)} {i},{'pos' if positive else 'neg'}")
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 @pytest.fixture(scope="module")

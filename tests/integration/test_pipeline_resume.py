@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_student import experiment as student_experiment  # noqa: F401  (module fixture)
+from tiny import toy_experiment
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_interrupt_after_teachers_then_resume_to_the_report(
-        student_experiment: dict, tmp_path: Path) -> None:  # noqa: F811
+def test_interrupt_after_teachers_then_resume_to_the_report(tmp_path: Path) -> None:
+    student_experiment = toy_experiment(tmp_path / "toy", "pipe")
     data = {**student_experiment, "name": "pipe", "storage_path": str(tmp_path / "runs"),
             "student": {**student_experiment["student"], "num_workers": 1, "baseline": True,
                         "training": {**student_experiment["student"]["training"],
