@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_interrupt_after_teachers_then_resume_to_the_report(tmp_path: Path) -> None:
     student_experiment = toy_experiment(tmp_path / "toy", "pipe")
     data = {**student_experiment, "name": "pipe", "storage_path": str(tmp_path / "runs"),
-            "student": {**student_experiment["student"], "num_workers": 1, "baseline": True,
+            "student": {**student_experiment["student"], "num_workers": 1, "baseline": False,
                         "training": {**student_experiment["student"]["training"],
                                      "epochs": 1, "eval_every": 0}}}
     config_file = tmp_path / "exp.yaml"
@@ -54,6 +54,7 @@ def test_interrupt_after_teachers_then_resume_to_the_report(tmp_path: Path) -> N
     report = json.loads((root / "report" / "report.json").read_text())
     for key in ("tasks", "members", "ensemble", "student", "baseline", "stages"):
         assert key in report
+    assert report["baseline"] is None  # not asked for in this config
     assert [m["name"] for m in report["members"]] == ["m000", "m001"]
     assert set(report["student"]["metrics"]) == {"toy", "score"}
     assert report["student"]["params"] > 0 and report["student"]["examples_per_s"] > 0
