@@ -91,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
                                          "write one JSON line per row, in input order.")
     add_predict_arguments(predict)
     predict.set_defaults(handler=_cmd_predict)
+
+    # Ray jobs and cluster configs: submit, status, logs, cluster validate (mtkd/jobs.py
+    # imports only the standard library here; Ray is imported when a command runs).
+    from mtkd.jobs import add_job_commands
+
+    add_job_commands(sub)
     return parser
 
 

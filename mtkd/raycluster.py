@@ -19,12 +19,14 @@ QUIET_ENV = {"RAY_DEDUP_LOGS": "1", "RAY_AIR_NEW_OUTPUT": "0",
              "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
              # Ctrl-C must reach mtkd (which keeps finished work and exits 130), not be
              # swallowed by a handler Tune leaves installed after fit().
-             "TUNE_DISABLE_SIGINT_HANDLER": "1"}
+             "TUNE_DISABLE_SIGINT_HANDLER": "1",
+             # Inside a submitted Ray job, mtkd's runtime env merges with the job's.
+             "RAY_OVERRIDE_JOB_RUNTIME_ENV": "1"}
 
 
 def worker_env(config: RayConfig) -> dict[str, str]:
     """Environment for Ray workers: the config's env_vars plus mtkd's asset cache."""
-    env = dict(config.env_vars)
+    env = dict(config.env_vars)  # secrets never come from here: credentials are inherited
     if "MTKD_CACHE_DIR" in os.environ and "MTKD_CACHE_DIR" not in env:
         env["MTKD_CACHE_DIR"] = os.environ["MTKD_CACHE_DIR"]
     return env
@@ -41,12 +43,16 @@ def ensure_ray(config: RayConfig) -> None:
     kwargs: dict = {"runtime_env": {"env_vars": worker_env(config)},
                     "log_to_driver": True, "logging_level": logging.WARNING,
                     "include_dashboard": False}
-    if config.address is None:
+    # Inside a Ray job RAY_ADDRESS is set: join that cluster; local-only settings would
+    # make ray.init fail there.
+    joining = config.address is not None or bool(os.environ.get("RAY_ADDRESS"))
+    if not joining:
         kwargs.update(num_cpus=config.num_cpus, num_gpus=config.num_gpus)
         if config.object_store_memory_gb:
             kwargs["object_store_memory"] = int(config.object_store_memory_gb * 2**30)
     else:
-        kwargs["address"] = config.address
+        if config.address is not None:
+            kwargs["address"] = config.address
         kwargs.pop("include_dashboard")
     try:
         ray.init(**kwargs)
@@ -55,5 +61,6 @@ def ensure_ray(config: RayConfig) -> None:
                         f"{err} (fix: start it with `ray start --head`, check the address, or "
                         "set ray.address: null for a local Ray)") from None
     resources = ray.cluster_resources()
-    log.info("Ray %s: %s CPU, %s GPU", "local" if config.address is None else config.address,
+    where = config.address or os.environ.get("RAY_ADDRESS") or "local"
+    log.info("Ray %s: %s CPU, %s GPU", where,
              resources.get("CPU", 0), resources.get("GPU", 0))

@@ -1,7 +1,11 @@
 """Ray jobs end to end: a real `ray start --head` with token auth on free ports, the
 pipeline submitted with `mtkd submit`, followed with `mtkd status` and `mtkd logs`.
 
-The head is started with `--block` in its own session and stopped by killing the
+Autoscaling is simulated with Ray's fake_multinode provider: a head without GPUs whose
+autoscaler starts local "GPU nodes" when teacher members ask for GPUs, and removes them
+when idle.
+
+Every head is started with `--block` in its own session and stopped by killing the
 processes it started (never `ray stop`, which would kill every Ray on the machine).
 """
 
@@ -23,13 +27,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_teachers import write_task
-from tiny import make_tiny_bert
+from tiny import make_tiny_bert, write_task
 
 from mtkd import jobs
 from mtkd.cli import main
+from mtkd.errors import MtkdError
 
-pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -73,8 +76,13 @@ def stop_processes(pid: int, temp_dir: str) -> None:
     psutil.wait_procs(alive, timeout=10)
 
 
-@pytest.fixture(scope="module")
-def ray_head() -> Iterator[RayHead]:
+@contextlib.contextmanager
+def start_head(num_cpus: int = 2, autoscaling: dict | None = None) -> Iterator[RayHead]:
+    """`ray start --head --block` on free ports with token auth, in its own session.
+
+    With ``autoscaling`` (a fake_multinode node-type dict) the head runs Ray's autoscaler
+    with the fake provider, which starts worker "nodes" as local processes on demand.
+    """
     temp_dir = tempfile.mkdtemp(prefix="rayj", dir="/tmp")  # short: Ray's socket paths
     token_file = Path(temp_dir) / "token"
     token_file.write_text(uuid.uuid4().hex)
@@ -85,8 +93,35 @@ def ray_head() -> Iterator[RayHead]:
                f"--port={gcs}", f"--dashboard-port={dashboard}",
                f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
                f"--dashboard-agent-grpc-port={agent_grpc}",
-               f"--runtime-env-agent-port={runtime_env}", "--num-cpus=2", "--num-gpus=0",
-               f"--temp-dir={temp_dir}", "--include-dashboard=true", "--disable-usage-stats"]
+               f"--runtime-env-agent-port={runtime_env}", f"--num-cpus={num_cpus}",
+               "--num-gpus=0", f"--temp-dir={temp_dir}", "--include-dashboard=true",
+               "--disable-usage-stats"]
+    if autoscaling is not None:
+        config = {"cluster_name": "fake", "max_workers": 4, "upscaling_speed": 1.0,
+                  "idle_timeout_minutes": 0.5,
+                  # No SSH "updaters" for local fake nodes (otherwise every new node
+                  # fails its setup and is replaced, forever).
+                  "provider": {"type": "fake_multinode", "gcs_address": f"127.0.0.1:{gcs}",
+                               "disable_node_updaters": True,
+                               "disable_launch_config_check": True,
+                               # Fake nodes share one IP: the autoscaler must tell them
+                               # apart by node id, or it never sees them come up.
+                               "use_node_id_as_ip": True},
+                  # The fake provider tags its head node with this type name.
+                  "head_node_type": "ray.head.default",
+                  "available_node_types": {
+                      "ray.head.default": {"resources": {"CPU": num_cpus}, "node_config": {},
+                                           "max_workers": 0},
+                      **autoscaling},
+                  # Fields `ray up` would fill in; the monitor reads them.
+                  "auth": {}, "file_mounts": {}, "cluster_synced_files": [],
+                  "file_mounts_sync_continuously": False, "initialization_commands": [],
+                  "setup_commands": [], "head_setup_commands": [], "worker_setup_commands": [],
+                  "head_start_ray_commands": [], "worker_start_ray_commands": []}
+        config_file = Path(temp_dir) / "autoscaling.json"
+        config_file.write_text(json.dumps(config))
+        command.append(f"--autoscaling-config={config_file}")
+        head_env.update(RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1")
     log = Path(temp_dir) / "head.log"
     with log.open("w") as out:
         head = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=head_env,
@@ -113,6 +148,12 @@ def ray_head() -> Iterator[RayHead]:
     finally:
         stop_processes(head.pid, temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ray_head() -> Iterator[RayHead]:
+    with start_head() as head:
+        yield head
 
 
 @pytest.fixture(scope="module")
@@ -146,6 +187,68 @@ def mtkd(head: RayHead, *args: str, timeout: float = 300) -> subprocess.Complete
                           cwd=REPO)
 
 
+# ------------------------------------------------------------------ autoscaling, simulated
+# (first: the module's plain head is started lazily, after it, so the two never overlap)
+
+
+def alive_gpu_nodes(head: RayHead) -> int:
+    import requests
+
+    reply = requests.get(f"{head.address}/api/v0/nodes?limit=100", timeout=10,
+                         headers=jobs.auth_headers())
+    reply.raise_for_status()
+    nodes = reply.json()["data"]["result"]["result"]
+    return sum(1 for n in nodes
+               if n["state"] == "ALIVE" and n.get("resources_total", {}).get("GPU", 0) > 0)
+
+
+@pytest.mark.slow
+def test_autoscaler_adds_gpu_nodes_for_members_and_removes_them(
+        experiment: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A head without GPUs; two members asking for a GPU each: the (fake) autoscaler adds
+    GPU nodes, the members train there, and the idle nodes go away again."""
+    from mtkd.config import config_from_dict
+    from mtkd.pipeline import run_pipeline
+
+    data = yaml.safe_load(experiment.read_text())
+    data.update(name="scaled", storage_path=str(tmp_path / "runs"))
+    data["teachers"].update(size=2, max_concurrent=2, resources_per_member={"cpu": 1, "gpu": 1},
+                            variation={"strategy": "grid", "seed": [1, 2]})
+    config_path = tmp_path / "exp.yaml"
+    config_path.write_text(yaml.safe_dump(data))
+    run_pipeline(config_from_dict(data), only="prepare")  # no Ray needed: not a job
+    gpu_type = {"gpu": {"resources": {"CPU": 1, "GPU": 1}, "node_config": {},
+                        "min_workers": 0, "max_workers": 2}}
+    with start_head(num_cpus=1, autoscaling=gpu_type) as head:
+        for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
+            monkeypatch.delenv(key, raising=False)
+        monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", head.env["RAY_AUTH_TOKEN_PATH"])
+        assert alive_gpu_nodes(head) == 0
+        # No --working-dir on the fake cluster: every fake node extracts it into the same
+        # folder and deletes the running members' cwd. Absolute paths work (one machine).
+        sub = mtkd(head, "submit", str(config_path), "--only", "teachers", "--no-wait")
+        assert sub.returncode == 0, sub.stderr[-3000:]
+        job_id = sub.stdout.split("submitted job ", 1)[1].split()[0]
+        most, info = 0, {"status": ""}
+        deadline = time.time() + 300
+        while time.time() < deadline and info["status"] not in jobs.TERMINAL:
+            most = max(most, alive_gpu_nodes(head))
+            info = jobs.job_info(job_id, address=head.address)
+            time.sleep(1)
+        assert info["status"] == "SUCCEEDED", jobs.job_logs(job_id, address=head.address)[-4000:]
+        assert most >= 1  # the head has no GPU: the members ran on added nodes
+        teachers = json.loads((tmp_path / "runs/scaled/manifests/teachers.json").read_text())
+        assert teachers["status"] == "complete"
+        deadline = time.time() + 150  # idle_timeout_minutes 0.5, then the node is removed
+        while alive_gpu_nodes(head) and time.time() < deadline:
+            time.sleep(2)
+        assert alive_gpu_nodes(head) == 0
+
+
+# ------------------------------------------------------------------ jobs on a plain head
+
+
+@pytest.mark.slow
 def test_submit_status_logs_with_token_auth(ray_head: RayHead, experiment: Path) -> None:
     runs = experiment.parent / "runs" / "jobexp"
 
@@ -182,6 +285,7 @@ def test_submit_status_logs_with_token_auth(ray_head: RayHead, experiment: Path)
     assert "mtkd job jobexp: results in" in followed.stdout
 
 
+@pytest.mark.slow
 def test_errors_are_one_line_user_errors(ray_head: RayHead, capsys: pytest.CaptureFixture,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     # Token auth is really on: without the token the request is refused, clearly.
@@ -201,3 +305,80 @@ def test_errors_are_one_line_user_errors(ray_head: RayHead, capsys: pytest.Captu
     assert main(["status", "x", "--address", f"http://127.0.0.1:{closed}"]) == 2
     err = capsys.readouterr().err
     assert "cannot reach the Ray job server" in err and "ray start --head" in err
+
+
+# ------------------------------------------------------------------ no cluster needed
+
+
+def test_entrypoints_with_and_without_working_dir(tmp_path: Path) -> None:
+    quickstart = REPO / "jobs" / "configs" / "quickstart.yaml"
+    assert jobs.build_entrypoint(quickstart, ["teachers.size=4"], working_dir=REPO,
+                                 only="teachers") == (
+        "python jobs/stage.py --config jobs/configs/quickstart.yaml --stage teachers "
+        "teachers.size=4")
+    assert jobs.build_entrypoint(quickstart, working_dir=REPO, from_stage="soft",
+                                 force=True) == (
+        "python jobs/pipeline.py --config jobs/configs/quickstart.yaml --from soft --force")
+    # No working dir: absolute paths on a cluster that shares this filesystem.
+    assert jobs.build_entrypoint(quickstart, ["name=a b"]) == (
+        f"{sys.executable} {REPO}/jobs/pipeline.py --config {quickstart} 'name=a b'")
+    # A working dir without jobs/: the installed mtkd's CLI.
+    (tmp_path / "exp.yaml").write_text("name: x\n")
+    assert jobs.build_entrypoint(tmp_path / "exp.yaml", working_dir=tmp_path,
+                                 only="prepare", python="python3") == (
+        "python3 -m mtkd run exp.yaml --only prepare")
+    with pytest.raises(MtkdError, match="outside --working-dir"):
+        jobs.build_entrypoint(quickstart, working_dir=tmp_path)
+
+
+def test_runtime_env_keeps_secrets_out(tmp_path: Path) -> None:
+    env = jobs.build_runtime_env({"HF_HUB_OFFLINE": "1", "AWS_SECRET_ACCESS_KEY": "s",
+                                  "WANDB_API_KEY": "k"}, working_dir=tmp_path, pip=["rich"])
+    assert env["env_vars"] == {"HF_HUB_OFFLINE": "1", "RAY_OVERRIDE_JOB_RUNTIME_ENV": "1"}
+    assert env["working_dir"] == str(tmp_path)
+    assert ".venv" in env["excludes"] and "runs" in env["excludes"]
+    assert env["pip"] == ["rich"]
+    assert set(jobs.build_runtime_env({})) == {"env_vars"}
+
+
+def test_auth_headers_follow_rays_token_lookup(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert jobs.auth_headers() == {}
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("home-token\n")
+    assert jobs.auth_headers() == {"Authorization": "Bearer home-token"}
+    (tmp_path / "t").write_text("file-token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "t"))
+    assert jobs.auth_headers() == {"Authorization": "Bearer file-token"}
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "env-token")
+    assert jobs.auth_headers() == {"Authorization": "Bearer env-token"}
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    assert jobs.auth_headers() == {}
+
+
+def test_job_config_drops_local_ray_settings_only_when_joining(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    quickstart = REPO / "jobs" / "configs" / "quickstart.yaml"
+    overrides = ["ray.num_cpus=2", "ray.object_store_memory_gb=1"]
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert jobs.job_config(quickstart, overrides).ray.num_cpus == 2
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")  # what the job supervisor sets
+    ray = jobs.job_config(quickstart, overrides).ray
+    assert (ray.num_cpus, ray.num_gpus, ray.object_store_memory_gb) == (None, None, None)
+
+
+def test_submit_checks_the_config_before_contacting_the_cluster(
+        capsys: pytest.CaptureFixture) -> None:
+    quickstart = str(REPO / "jobs" / "configs" / "quickstart.yaml")
+    [closed] = free_ports(1)
+    address = f"http://127.0.0.1:{closed}"
+    assert main(["submit", quickstart, "teachers.size=0", "--address", address]) == 2
+    assert "teachers.size" in capsys.readouterr().err
+    assert main(["submit", quickstart, "ray.address=ray://h:10001", "--address", address]) == 2
+    assert "ray.address is 'ray://h:10001'" in capsys.readouterr().err
+    assert main(["submit", quickstart, "--address", address]) == 2
+    assert "cannot reach the Ray job server" in capsys.readouterr().err
+
