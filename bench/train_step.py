@@ -415,6 +415,7 @@ def profile(setup: Setup, precision: str, steps: int = 6) -> None:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
+    steps = max(1, min(steps, len(setup.window) - setup.warmup))
     sub = copy.copy(setup)
     sub.args = argparse.Namespace(**{**vars(setup.args), "steps": steps})
     sub.window = setup.window[: setup.warmup + steps]

@@ -1,7 +1,7 @@
 """Ray job entrypoint: the whole mtkd pipeline for one experiment config.
 
-    python jobs/pipeline.py --config jobs/configs/quickstart.yaml [--from STAGE] [--force]
-        [key.path=value ...]
+    python jobs/pipeline.py --config jobs/configs/quickstart.yaml [--from STAGE] [--to STAGE]
+        [--force] [key.path=value ...]
     ray job submit --working-dir . -- python jobs/pipeline.py --config jobs/configs/quickstart.yaml
 
 Finished stages are skipped, so re-submitting after a failure resumes. Inside a Ray job

@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--only", metavar="STAGE", help="run only this stage")
     run.add_argument("--from", dest="from_stage", metavar="STAGE",
                      help="run this stage and the ones after it")
+    run.add_argument("--to", dest="to_stage", metavar="STAGE",
+                     help="stop after this stage (with --from: an inclusive range)")
     run.add_argument("--force", action="store_true",
                      help="re-run the selected stages even if they are done")
     run.set_defaults(handler=_cmd_run)
@@ -154,7 +156,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.overrides)
     outcomes = run_pipeline(config, only=args.only, from_stage=args.from_stage,
-                            force=args.force)
+                            to_stage=args.to_stage, force=args.force)
     from mtkd.pipeline import experiment_store
 
     store = experiment_store(config)

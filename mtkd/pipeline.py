@@ -84,18 +84,26 @@ def read_manifest(store: Storage, stage: str) -> dict[str, Any] | None:
     return store.read_json(path) if store.exists(path) else None
 
 
-def select_stages(stages: list[Stage], only: str | None, from_stage: str | None) -> list[Stage]:
-    """Apply ``--only`` / ``--from``; unknown names are a user error listing valid ones."""
+def select_stages(stages: list[Stage], only: str | None, from_stage: str | None,
+                  to_stage: str | None = None) -> list[Stage]:
+    """Apply ``--only`` / ``--from`` / ``--to``; unknown names are a user error listing valid
+    ones. ``--from`` and ``--to`` combine into an inclusive range."""
     names = [s.name for s in stages]
-    for flag, value in (("--only", only), ("--from", from_stage)):
+    for flag, value in (("--only", only), ("--from", from_stage), ("--to", to_stage)):
         if value is not None and value not in names:
             valid = ", ".join(names) or "(none yet)"
             raise MtkdError(f"{flag} {value}: no such stage (fix: use one of: {valid})")
     if only is not None:
+        if from_stage is not None or to_stage is not None:
+            raise MtkdError("--only cannot be combined with --from/--to (fix: use --only "
+                            "STAGE alone, or --from A --to B for a range)")
         return [s for s in stages if s.name == only]
-    if from_stage is not None:
-        return stages[names.index(from_stage):]
-    return stages
+    first = names.index(from_stage) if from_stage is not None else 0
+    last = names.index(to_stage) if to_stage is not None else len(names) - 1
+    if first > last:
+        raise MtkdError(f"--from {from_stage} comes after --to {to_stage} (fix: stages run "
+                        f"in the order {', '.join(names)})")
+    return stages[first:last + 1]
 
 
 def experiment_store(config: ExperimentConfig) -> Storage:
@@ -110,6 +118,7 @@ def run_pipeline(
     *,
     only: str | None = None,
     from_stage: str | None = None,
+    to_stage: str | None = None,
     force: bool = False,
     stages: list[Stage] | None = None,
 ) -> list[StageOutcome]:
@@ -121,7 +130,7 @@ def run_pipeline(
     """
     all_stages = [s for s in (registered_stages() if stages is None else stages)
                   if s.enabled(config)]
-    selected = {s.name for s in select_stages(all_stages, only, from_stage)}
+    selected = {s.name for s in select_stages(all_stages, only, from_stage, to_stage)}
     store = experiment_store(config)
     store.write_atomic("config.yaml", config_to_yaml(config).encode())
     log.info("experiment %s at %s", config.name, store.uri)

@@ -24,7 +24,7 @@ def test_mtdnn_beats_majority_on_two_real_tasks(tmp_path: Path) -> None:
              "max_dev_examples": 120},
         ],
     })
-    run_pipeline(config)
+    run_pipeline(config, to_stage="prepare")
     store = experiment_store(config)
     data = load_prepared_tasks(store, ["rotten_tomatoes", "trec"])
     training = TrainingConfig(epochs=3, batch_size=16, learning_rate=1e-4, warmup_ratio=0.1,

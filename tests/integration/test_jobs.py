@@ -319,6 +319,8 @@ def test_entrypoints_with_and_without_working_dir(tmp_path: Path) -> None:
     assert jobs.build_entrypoint(quickstart, working_dir=REPO, from_stage="soft",
                                  force=True) == (
         "python jobs/pipeline.py --config jobs/configs/quickstart.yaml --from soft --force")
+    assert jobs.build_entrypoint(quickstart, working_dir=REPO, to_stage="teachers") == (
+        "python jobs/pipeline.py --config jobs/configs/quickstart.yaml --to teachers")
     # No working dir: absolute paths on a cluster that shares this filesystem.
     assert jobs.build_entrypoint(quickstart, ["name=a b"]) == (
         f"{sys.executable} {REPO}/jobs/pipeline.py --config {quickstart} 'name=a b'")

@@ -49,7 +49,7 @@ def test_prepare_writes_reuses_and_redoes_changed_tasks(tmp_path: Path) -> None:
     csv_path = write_csv(tmp_path / "mine.csv", ROWS)
     dev_path = write_csv(tmp_path / "mine_dev.csv", DEV_ROWS)
     config = config_from_dict(experiment(str(tmp_path / "runs"), csv_path, dev_path))
-    [outcome] = run_pipeline(config)
+    [outcome] = run_pipeline(config, to_stage="prepare")
     store = Storage.from_uri(str(tmp_path / "runs")).child("prep")
 
     train = read_prepared(store, "rotten_tomatoes", "train")
@@ -70,13 +70,13 @@ def test_prepare_writes_reuses_and_redoes_changed_tasks(tmp_path: Path) -> None:
     stamp = {t: (tmp_path / "runs/prep/data" / t / "meta.json").stat().st_mtime_ns
              for t in ("rotten_tomatoes", "boolq", "mine")}
     first_fp = outcome.manifest["output_fingerprint"]
-    [again] = run_pipeline(config)
+    [again] = run_pipeline(config, to_stage="prepare")
     assert again.manifest["output_fingerprint"] == first_fp
     assert stamp == {t: (tmp_path / "runs/prep/data" / t / "meta.json").stat().st_mtime_ns
                      for t in stamp}
 
     write_csv(csv_path, [*ROWS, ("a late addition", "pos")])
-    [changed] = run_pipeline(config)
+    [changed] = run_pipeline(config, to_stage="prepare")
     assert changed.manifest["output_fingerprint"] != first_fp
     assert len(read_prepared(store, "mine", "train")) == 5
     for task in ("rotten_tomatoes", "boolq"):
@@ -89,7 +89,7 @@ def test_same_file_as_train_and_dev_is_refused(tmp_path: Path) -> None:
     data = experiment(str(tmp_path / "runs"), csv_path)
     data["tasks"] = data["tasks"][2:]
     with pytest.raises(DataError, match="train and the dev split"):
-        run_pipeline(config_from_dict(data))
+        run_pipeline(config_from_dict(data), to_stage="prepare")
 
 
 def test_bad_user_file_exits_2_naming_file_row_column(tmp_path: Path) -> None:
@@ -113,7 +113,7 @@ def test_prepare_on_s3_storage(s3_env: str, tmp_path: Path) -> None:
     csv_path = write_csv(tmp_path / "mine.csv", ROWS)
     data = experiment(s3_env, csv_path, write_csv(tmp_path / "d.csv", DEV_ROWS))
     data["tasks"] = [data["tasks"][0], data["tasks"][2]]
-    run_pipeline(config_from_dict(data))
+    run_pipeline(config_from_dict(data), to_stage="prepare")
     store = Storage.from_uri(s3_env).child("prep")
     assert len(read_prepared(store, "rotten_tomatoes", "dev")) == 100
     assert store.exists("manifests/prepare.json") and store.exists("config.yaml")

@@ -65,7 +65,7 @@ def targets(store: Storage, task: str, split: str = "train") -> dict:
 
 def test_soft_targets_average_members_and_grow_incrementally(experiment: dict) -> None:
     config = config_from_dict(experiment)
-    outcomes = {o.name: o for o in run_pipeline(config)}
+    outcomes = {o.name: o for o in run_pipeline(config, to_stage="soft")}
     store = experiment_store(config)
     members = ["m000", "m001", "m002"]
 
@@ -92,7 +92,7 @@ def test_soft_targets_average_members_and_grow_incrementally(experiment: dict) -
     # A 4th member: only its own inference runs; the other members' predictions are reused.
     done = {m: store.read_text(f"soft_targets/_members/{m}/done.json") for m in members}
     bigger = config_from_dict({**experiment, "teachers": {**experiment["teachers"], "size": 4}})
-    run_pipeline(bigger)
+    run_pipeline(bigger, to_stage="soft")
     assert {m: store.read_text(f"soft_targets/_members/{m}/done.json") for m in members} == done
     assert store.exists("soft_targets/_members/m003/done.json")
     assert {n for _, n in targets(store, "toy").values()} == {4}

@@ -61,7 +61,7 @@ def test_ensemble_trains_resumes_and_scales(experiment: dict) -> None:
     killed: dict = {}
     watcher = threading.Thread(target=kill_when_checkpointed, args=(store, "m001", killed))
     watcher.start()
-    run_pipeline(config)
+    run_pipeline(config, to_stage="teachers")
     watcher.join()
 
     report = store.read_json("teachers/teachers.json")
@@ -98,7 +98,7 @@ def test_ensemble_trains_resumes_and_scales(experiment: dict) -> None:
                                "teachers": {**experiment["teachers"], "size": 4,
                                             "variation": {**experiment["teachers"]["variation"],
                                                           "seed": [1, 2, 3, 4]}}})
-    outcomes = {o.name: o for o in run_pipeline(bigger)}
+    outcomes = {o.name: o for o in run_pipeline(bigger, to_stage="teachers")}
     assert outcomes["prepare"].status == "ran" and outcomes["teachers"].status == "ran"
     after = {n: store.read_text(f"teachers/{n}/member.json") for n in members}
     assert after == before
@@ -118,7 +118,7 @@ def small(experiment: dict, name: str, **teachers) -> dict:
 def test_per_task_members_start_from_the_shared_multitask_model(experiment: dict) -> None:
     config = config_from_dict(small(experiment, "pertask", shape="per_task",
                                     init_from_multitask=True))
-    [_, teachers] = run_pipeline(config)
+    [_, teachers] = run_pipeline(config, to_stage="teachers")
     store = experiment_store(config)
     assert teachers.manifest["members"] == ["toy.m000", "toy2.m000"]
     init = store.read_json("teachers/init/model/mtdnn.json")
@@ -132,7 +132,7 @@ def test_failed_member_is_reported_and_min_members_enforced(experiment: dict) ->
     members = [{"seed": 1}, {"seed": 2, "encoder": "/nonexistent/encoder"}]
     ok = config_from_dict(small(experiment, "fails", size=2, min_members=1,
                                 variation={"strategy": "list", "members": members}))
-    [_, teachers] = run_pipeline(ok)
+    [_, teachers] = run_pipeline(ok, to_stage="teachers")
     store = experiment_store(ok)
     assert teachers.manifest["members"] == ["m000"]
     failed = store.read_json("teachers/teachers.json")["failed"]
@@ -141,4 +141,4 @@ def test_failed_member_is_reported_and_min_members_enforced(experiment: dict) ->
     strict = config_from_dict(small(experiment, "fails", size=2, min_members=2,
                                     variation={"strategy": "list", "members": members}))
     with pytest.raises(MtkdError, match=r"only 1 of 2 teacher members finished.*m001"):
-        run_pipeline(strict)
+        run_pipeline(strict, to_stage="teachers")

@@ -103,6 +103,27 @@ def test_unknown_stage_name_is_a_user_error(recorder: Recorder) -> None:
         select_stages(stages(recorder), only="teacher", from_stage=None)
     with pytest.raises(MtkdError, match="no such stage"):
         select_stages(stages(recorder), only=None, from_stage="zzz")
+    with pytest.raises(MtkdError, match="--to zzz: no such stage"):
+        select_stages(stages(recorder), only=None, from_stage=None, to_stage="zzz")
+    with pytest.raises(MtkdError, match="comes after --to a"):
+        select_stages(stages(recorder), only=None, from_stage="c", to_stage="a")
+    with pytest.raises(MtkdError, match="cannot be combined"):
+        select_stages(stages(recorder), only="b", from_stage=None, to_stage="c")
+
+
+def test_to_stops_after_the_named_stage_and_from_to_is_a_range(tmp_path: Path,
+                                                                recorder: Recorder) -> None:
+    config = make_config(tmp_path)
+    outcomes = run_pipeline(config, to_stage="b", stages=stages(recorder))
+    assert [(o.name, o.status) for o in outcomes] == [("a", "ran"), ("b", "ran")]
+    assert recorder.calls == ["a", "b"]
+    outcomes = run_pipeline(config, from_stage="b", to_stage="b", force=True,
+                            stages=stages(recorder))
+    assert [(o.name, o.status) for o in outcomes] == [("b", "ran")]
+    outcomes = run_pipeline(config, stages=stages(recorder))
+    assert [(o.name, o.status) for o in outcomes] == [("a", "skipped"), ("b", "skipped"),
+                                                      ("c", "ran")]
+    assert recorder.calls == ["a", "b", "b", "c"]
 
 
 def test_always_run_stage_with_unchanged_output_keeps_later_stages(tmp_path: Path,
