@@ -9,15 +9,16 @@ side in one run, interleaved round by round (medians over ``--rounds``):
 * ``mtkd_fp32``: ``TrainingLoop`` + ``TorchBackend`` (no dev evaluation, no keep-best), fp32;
 * ``minimal_fp32``: a hand-written loop over a fresh copy of the same model (same init),
   the same batches (the same ``MultiTaskBatchSampler`` epoch, collated beforehand with
-  ``mtkd.data.collate.collate``), the same AdamW groups and linear schedule: forward →
+  ``mtkd.data.collate.collate``), the same AdamW (groups, ``fused=True`` as
+  ``build_adamw``) and linear schedule: forward →
   cross-entropy → backward → clip → step → zero_grad, nothing else;
 * ``mtkd_bf16``: the mtkd loop under bf16 autocast;
 * the fp32 and bf16 matmul ceilings (``bench/common.py``);
 * levers (unless ``--no-levers``), on the minimal loop against its own baseline of the same
-  precision (``minimal_bf16`` is added for that): fused AdamW, frozen word embeddings and
-  both; and the mtkd loop with fused AdamW against the plain mtkd loop. ``--all-levers``
-  adds a few more (see ``LEVERS``), among them batch 64 (the same examples: pairs of the
-  batch-32 window's batches of one task and similar length merged).
+  precision (``minimal_bf16`` is added for that): AdamW with ``foreach=True`` instead of
+  mtkd's ``fused=True`` (the price of the old optimizer path) and frozen word embeddings.
+  ``--all-levers`` adds a few more (see ``LEVERS``), among them batch 64 (the same
+  examples: pairs of the batch-32 window's batches of one task and similar length merged).
 
 Every variant warms up ``--warmup`` steps untimed, then times ``--steps`` steps: the same
 batches (epoch 0, positions warmup..warmup+steps) for every batch-32 variant. Useful FLOPs
@@ -80,7 +81,6 @@ from mtkd.tasks.spec import TaskSpec
 from mtkd.training.backend import TorchBackend, warmup_steps
 from mtkd.training.data import CollateFn, MultiTaskRows, epoch_loader
 from mtkd.training.loop import LoopData, LoopState, TrainingLoop, total_optimizer_steps
-from mtkd.training.optim import build_scheduler, parameter_groups
 
 ENCODER = "bundled:all-MiniLM-L6-v2"
 MAX_LENGTH = 128
@@ -242,13 +242,8 @@ def _fresh_model(setup: Setup, freeze_word_embeddings: bool = False,
     return model
 
 
-def mtkd_variant(setup: Setup, precision: str,
-                 fused_adamw: bool = False) -> Callable[[], Measurement]:
-    """mtkd's TrainingLoop + TorchBackend: warm up, then time the next ``steps`` steps.
-
-    ``fused_adamw``: the backend's optimizer rebuilt as ``build_adamw`` would with
-    ``fused=True`` instead of ``foreach=True`` (same groups, same schedule): the proposed
-    one-line change, measured on the real loop."""
+def mtkd_variant(setup: Setup, precision: str) -> Callable[[], Measurement]:
+    """mtkd's TrainingLoop + TorchBackend: warm up, then time the next ``steps`` steps."""
     timed_batches = setup.timed_batches
     tokens, examples = setup.tokens(timed_batches), sum(len(b.indices) for b in timed_batches)
     flops = setup.useful_flops(timed_batches)
@@ -256,12 +251,6 @@ def mtkd_variant(setup: Setup, precision: str,
     def run() -> Measurement:
         config = setup.config(precision)
         backend = TorchBackend(_fresh_model(setup), config, setup.total_steps)
-        if fused_adamw:
-            backend.optimizer = torch.optim.AdamW(
-                parameter_groups(backend.model, config.weight_decay), lr=config.learning_rate,
-                fused=True)
-            backend.scheduler = build_scheduler(
-                backend.optimizer, warmup_steps(config, setup.total_steps), setup.total_steps)
         data = LoopData(setup.specs, setup.train, {})
         loop = TrainingLoop(backend, data, config, sampler=setup.sampler, name=f"mtkd_{precision}",
                             log_every=10**9, keep_best_in_memory=False, pad_id=setup.pad_id)
@@ -280,10 +269,10 @@ def mtkd_variant(setup: Setup, precision: str,
 
 
 def minimal_variant(setup: Setup, precision: str, *, freeze_word_embeddings: bool = False,
-                    fused_adamw: bool = False, merge: bool = False,
+                    foreach_adamw: bool = False, merge: bool = False,
                     no_dropout: bool = False) -> Callable[[], Measurement]:
-    """The hand-written loop. Levers: ``freeze_word_embeddings``; ``fused_adamw``
-    (``fused=True`` instead of ``foreach=True``); ``merge``: batch 64 from the same
+    """The hand-written loop. Levers: ``freeze_word_embeddings``; ``foreach_adamw``
+    (``foreach=True`` instead of ``fused=True``); ``merge``: batch 64 from the same
     examples; ``no_dropout``: every dropout p = 0 (prices the dropout masks)."""
     warm, timed_batches = setup.window[: setup.warmup], setup.timed_batches
     if merge:
@@ -306,7 +295,7 @@ def minimal_variant(setup: Setup, precision: str, *, freeze_word_embeddings: boo
             if p.requires_grad:
                 plain = p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name
                 (no_decay if plain else decay).append(p)
-        kind = {"fused": True} if fused_adamw else {"foreach": True}
+        kind = {"foreach": True} if foreach_adamw else {"fused": True}
         optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                                        {"params": no_decay, "weight_decay": 0.0}],
                                       lr=config.learning_rate, **kind)
@@ -365,16 +354,13 @@ def matmul_variant(args: argparse.Namespace, dtype: torch.dtype) -> Callable[[],
 LEVERS: list[tuple[str, dict[str, bool], str, bool]] = [
     # name, minimal_variant options, description, in the default run
     ("minimal_fp32_frozen_word_emb", {"freeze_word_embeddings": True},
-     "word embeddings frozen (no dense 11.7M gradient, clip and AdamW update)", False),
-    ("minimal_fp32_fused_adamw", {"fused_adamw": True}, "AdamW(fused=True), not foreach", True),
-    ("minimal_fp32_fused_frozen", {"fused_adamw": True, "freeze_word_embeddings": True},
-     "fused AdamW and frozen word embeddings", True),
+     "word embeddings frozen (no dense 11.7M gradient, clip and AdamW update)", True),
+    ("minimal_fp32_foreach_adamw", {"foreach_adamw": True},
+     "AdamW(foreach=True), not fused (mtkd's optimizer before 2026-11-21)", True),
     ("minimal_fp32_bs64", {"merge": True}, "batch 64 (same examples, pairs merged)", False),
     ("minimal_bf16_frozen_word_emb", {"freeze_word_embeddings": True},
      "word embeddings frozen", True),
-    ("minimal_bf16_fused_adamw", {"fused_adamw": True}, "AdamW(fused=True)", True),
-    ("minimal_bf16_fused_frozen", {"fused_adamw": True, "freeze_word_embeddings": True},
-     "fused AdamW and frozen word embeddings", True),
+    ("minimal_bf16_foreach_adamw", {"foreach_adamw": True}, "AdamW(foreach=True)", True),
     ("minimal_bf16_bs64", {"merge": True}, "batch 64 (same examples, pairs merged)", False),
     ("minimal_bf16_no_dropout", {"no_dropout": True},
      "dropout p=0 (not a clean price of dropout: SDPA then switches from the math path to "
@@ -386,16 +372,16 @@ LEVERS: list[tuple[str, dict[str, bool], str, bool]] = [
 # ------------------------------------------------------------------------------ checks
 
 
-def data_pipeline_ms(setup: Setup, plain_lists: bool = False) -> float:
+def data_pipeline_ms(setup: Setup, lazy_columns: bool = False) -> float:
     """ms per batch of mtkd's data path alone (MultiTaskRows → DataLoader → CollateFn plus
     the loop's per-batch bookkeeping: attention_mask.sum, labels.to) over the window.
 
-    ``plain_lists``: the same with MultiTaskRows' columns turned into Python lists first
-    (``datasets`` 4+ returns a lazy ``Column`` for ``table[name]``, and indexing one row of
-    it slices the Arrow table: tens of µs per row and column)."""
+    ``lazy_columns``: the same with MultiTaskRows' columns as ``datasets``' lazy ``Column``
+    objects (``table[name]``, mtkd before 2026-11-21), whose row indexing slices the Arrow
+    table: tens of µs per row and column."""
     rows, collate_fn = MultiTaskRows(setup.train), CollateFn(setup.specs, setup.pad_id)
-    if plain_lists:
-        rows.columns = {t: {k: list(v[:]) for k, v in cols.items()}
+    if lazy_columns:
+        rows.columns = {t: {k: setup.train[t][k] for k in cols}
                         for t, cols in rows.columns.items()}
     count = len(setup.window)
 
@@ -499,7 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           + ", ".join(f"{t} {sum(b.task == t for b in timed_batches)}" for t in setup.specs))
     print("useful FLOPs = 6·N·Σℓ + 12·L·h·Σℓ² (ℓ: real tokens per example) = "
           f"{setup.useful_flops(timed_batches) / 1e9:.1f} GFLOP over the window")
-    pipeline, pipeline_lists = data_pipeline_ms(setup), data_pipeline_ms(setup, plain_lists=True)
+    pipeline, pipeline_lazy = data_pipeline_ms(setup), data_pipeline_ms(setup, lazy_columns=True)
 
     variants: dict[str, Callable[[], Any]] = {
         "mtkd_fp32": mtkd_variant(setup, "fp32"),
@@ -513,10 +499,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.levers or args.all_levers:
         variants["minimal_bf16"] = minimal_variant(setup, "bf16")
         baselines["mtkd_bf16"] = "minimal_bf16"
-        for precision in ("fp32", "bf16"):
-            name = f"mtkd_{precision}_fused_adamw"
-            variants[name] = mtkd_variant(setup, precision, fused_adamw=True)
-            levers[name] = (f"mtkd_{precision}", "mtkd loop, build_adamw with fused=True")
         for name, kwargs, text, default in LEVERS:
             if default or args.all_levers:
                 precision = name.split("_")[1]
@@ -594,8 +576,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     fp32_step_ms = median(1000 * m.timing.wall / m.steps for m in results["mtkd_fp32"])
     print(f"\nmtkd data path alone (MultiTaskRows → DataLoader → CollateFn + bookkeeping): "
-          f"{pipeline:.2f} ms/batch = {pipeline / fp32_step_ms:.2%} of an fp32 step; with its "
-          f"columns as Python lists instead of datasets Column objects {pipeline_lists:.2f} "
+          f"{pipeline:.2f} ms/batch = {pipeline / fp32_step_ms:.2%} of an fp32 step; with "
+          f"datasets' lazy Column objects instead (mtkd before 2026-11-21) {pipeline_lazy:.2f} "
           f"ms/batch")
 
     train_vs_minimal = paired_ratio(tok("mtkd_fp32"), tok("minimal_fp32"))
@@ -617,13 +599,10 @@ def main(argv: Sequence[str] | None = None) -> int:
           + "; mfu_fp32 "
           + ", ".join(f"{m.gflops / c:.3f}" for m, c in zip(results["mtkd_fp32"], per_round_mm32,
                                                              strict=True)))
-    if "mtkd_bf16_fused_adamw" in results:
-        print("bf16 / fp32 of the mtkd loop with fused AdamW (the proposed build_adamw): "
-              f"{paired_ratio(tok('mtkd_bf16_fused_adamw'), tok('mtkd_fp32_fused_adamw')):.3f}")
-    cross = [("plain", "minimal_bf16", "minimal_fp32"),
-             ("fused AdamW", "minimal_bf16_fused_adamw", "minimal_fp32_fused_adamw"),
-             ("fused AdamW + frozen word embeddings", "minimal_bf16_fused_frozen",
-              "minimal_fp32_fused_frozen")]
+    cross = [("fused AdamW", "minimal_bf16", "minimal_fp32"),
+             ("foreach AdamW", "minimal_bf16_foreach_adamw", "minimal_fp32_foreach_adamw"),
+             ("fused AdamW + frozen word embeddings", "minimal_bf16_frozen_word_emb",
+              "minimal_fp32_frozen_word_emb")]
     cross = [(text, a, b) for text, a, b in cross if a in results and b in results]
     if cross:
         print("bf16 / fp32 on the minimal loop: " + "; ".join(

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from mtkd.data.collate import collate
+from mtkd.data.columns import random_access_columns
 from mtkd.metrics import average_score, compute_task_metrics
 from mtkd.tasks.spec import TaskSpec
 
@@ -50,9 +51,9 @@ def predict_outputs(model: torch.nn.Module, spec: TaskSpec, split: datasets.Data
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    uids, ids, types = split["uid"], split["input_ids"], split["token_type_ids"]
-    lengths = split["length"]
-    order = np.argsort(np.asarray(lengths), kind="stable")
+    columns = random_access_columns(split, ("uid", "input_ids", "token_type_ids", "length"))
+    uids, ids, types = columns["uid"], columns["input_ids"], columns["token_type_ids"]
+    order = np.argsort(np.asarray(columns["length"]), kind="stable")
     chunks: list[np.ndarray] = []
     try:
         for start in range(0, len(order), batch_size):

@@ -19,9 +19,20 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 def build_adamw(model: torch.nn.Module, learning_rate: float,
                 weight_decay: float) -> torch.optim.AdamW:
-    # foreach=True: one fused kernel launch per group; it is the fast path on CPU and GPU.
-    return torch.optim.AdamW(parameter_groups(model, weight_decay), lr=learning_rate,
-                             foreach=True)
+    """AdamW over :func:`parameter_groups`, with torch's fused kernel where it exists.
+
+    ``fused=True`` (CPU and CUDA since torch 2.4) does the whole update in one pass per
+    tensor; measured on the 6-layer MiniLM it is 4x faster than ``foreach=True`` on CPU
+    (70 -> 17 ms per step) and lifts bf16 training from 1.44x to 1.55x fp32
+    (docs/BENCHMARKS.md, bench/train_step.py). Parameters on other devices or of
+    unsupported dtypes fall back to ``foreach``.
+    """
+    groups = parameter_groups(model, weight_decay)
+    try:
+        return torch.optim.AdamW(groups, lr=learning_rate, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(parameter_groups(model, weight_decay), lr=learning_rate,
+                                 foreach=True)
 
 
 def linear_warmup_decay(step: int, warmup_steps: int, total_steps: int) -> float:
