@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mtkd.config import ExperimentConfig, SoftTargetsConfig, stable_hash
+from mtkd.data.columns import random_access_columns
 from mtkd.errors import MtkdError
 from mtkd.metrics import average_score, compute_task_metrics, task_score
 from mtkd.pipeline import Stage, StageContext, read_manifest
@@ -51,29 +52,49 @@ def actor_pool_size(config: SoftTargetsConfig, resources: dict[str, float]) -> i
     return max(1, int(free // per.cpu))
 
 
+def _sequences(row: Any, ranking: bool) -> list:
+    """A row's token ids as a list of sequences: its candidates (ranking) or just itself."""
+    row = row.tolist() if isinstance(row, np.ndarray) else row
+    return row if ranking else [row]
+
+
 def _member_rows(store: Storage, tasks: list[str]) -> pa.Table:
-    """Train and dev rows of ``tasks``, sorted by (task, length) so batches are bucketed.
+    """Train and dev rows of ``tasks``, one task after another, longest rows first.
+
+    Rows of a task are sorted by length so batches are bucketed. The order is longest
+    first, and the task with the longest rows comes first: the actors then take the
+    expensive blocks early and the pool ends on short, cheap ones instead of one actor
+    finishing the longest block while the others idle.
 
     Token columns become list<list<int32>> (one sequence per row, or per candidate for
     ranking) so that every task fits one schema.
     """
-    tables = []
+    tables, mean_length = [], {}
     for task in tasks:
         ranking = read_task_spec(store, task).kind.head == "ranking"
+        lengths = []
         for split in SPLITS:
             data = read_prepared(store, task, split)
-            ids, types = data["input_ids"], data["token_type_ids"]
-            if not ranking:
-                ids, types = [[x] for x in ids], [[x] for x in types]
-            order = np.argsort(np.asarray(data["length"]), kind="stable")
+            columns = random_access_columns(data, ("uid", "input_ids", "token_type_ids",
+                                                   "length"))
+            ids, types = columns["input_ids"], columns["token_type_ids"]
+            length = np.asarray(columns["length"])
+            lengths.append(length)
+            order = np.argsort(-length, kind="stable")
             tables.append(pa.table({
                 "task": [task] * len(data), "split": [split] * len(data),
-                "uid": [data["uid"][i] for i in order],
-                "input_ids": pa.array([ids[i] for i in order], pa.list_(pa.list_(pa.int32()))),
-                "token_type_ids": pa.array([types[i] for i in order],
+                "uid": [columns["uid"][i] for i in order],
+                "input_ids": pa.array([_sequences(ids[i], ranking) for i in order],
+                                      pa.list_(pa.list_(pa.int32()))),
+                "token_type_ids": pa.array([_sequences(types[i], ranking) for i in order],
                                            pa.list_(pa.list_(pa.int32()))),
             }))
-    return pa.concat_tables(tables)
+        mean_length[task] = float(np.concatenate(lengths).mean()) if lengths else 0.0
+    # Stable sort of the per-(task, split) tables by their task's mean length, descending.
+    ranked = sorted(range(len(tables)),
+                    key=lambda i: -mean_length[tables[i]["task"][0].as_py()]
+                    if len(tables[i]) else 0.0)
+    return pa.concat_tables([tables[i] for i in ranked])
 
 
 def _infer_member(config: ExperimentConfig, store: Storage, member: dict[str, Any],
@@ -84,7 +105,8 @@ def _infer_member(config: ExperimentConfig, store: Storage, member: dict[str, An
     soft = config.soft_targets
     rows = _member_rows(store, tasks)
     actors = actor_pool_size(soft, ray.cluster_resources())
-    blocks = max(1, min(actors * 4, len(rows) // max(soft.batch_size, 1)))
+    # Several blocks per actor so that the last ones (the shortest rows) balance the pool.
+    blocks = max(1, min(actors * 8, len(rows) // max(soft.batch_size, 1)))
     per = soft.resources_per_actor
     dataset = ray.data.from_arrow(rows).repartition(blocks)
     outputs = dataset.map_batches(
