@@ -335,10 +335,14 @@ class TeachersConfig:
     max_concurrent: int | None = None
     """Trials running at once (null: as many as resources allow)."""
     resources_per_member: Resources = field(default_factory=Resources)
-    """What one member's trial asks for, e.g. {cpu: 1} or {gpu: 1}."""
+    """What one member's trial asks for, e.g. {cpu: 1} or {gpu: 1}; with
+    workers_per_member > 1, what each of its workers asks for."""
     workers_per_member: int = 1
-    """Data-parallel workers per member; only 1 is supported in this version (a member
-    then uses the resources of resources_per_member, e.g. one GPU)."""
+    """Data-parallel workers per member. 1: the member trains inside its Tune trial. N > 1:
+    the trial runs a Ray Train TorchTrainer of N workers (DDP; gloo on CPU, NCCL on GPU),
+    each asking for resources_per_member (e.g. 4 workers of {gpu: 1}: a 4-GPU member);
+    each trains its shard of the batches, so the global batch is N x batch_size and an
+    epoch has 1/N of the steps. Set max_concurrent to the members the cluster fits."""
     variation: VariationConfig = field(default_factory=VariationConfig)
     """How members differ."""
     training: TrainingConfig = field(default_factory=TrainingConfig)
@@ -366,11 +370,12 @@ class TeachersConfig:
                                  "list more members or lower teachers.size"))
         _at_least(found, f"{path}.max_concurrent", self.max_concurrent, 1)
         _at_least(found, f"{path}.workers_per_member", self.workers_per_member, 1)
-        if self.workers_per_member > 1:
-            found.append(Problem(f"{path}.workers_per_member", "multi-worker members (a "
-                                 "TorchTrainer inside each Tune trial) are not supported yet",
-                                 "use 1 and give each member one GPU: "
-                                 "resources_per_member: {gpu: 1}"))
+        gpu = self.resources_per_member.gpu
+        if self.workers_per_member > 1 and gpu != int(gpu):
+            found.append(Problem(f"{path}.resources_per_member.gpu", f"({gpu}) must be a whole "
+                                 "number of GPUs per worker when workers_per_member > 1 (NCCL "
+                                 "cannot put two ranks on one GPU)",
+                                 "use gpu: 1 per worker, or workers_per_member: 1"))
         _at_least(found, f"{path}.max_failures", self.max_failures, 0)
         _in_range(found, f"{path}.verbose", self.verbose, 0, 3)
         found += _precision_problems(f"{path}.training.precision", self.training.precision,

@@ -6,6 +6,14 @@ Tune together with a checkpoint (model, optimizer, schedule, loop state, RNG), s
 retried trial continues from its last evaluation instead of step 0. When training ends,
 the best model goes to ``teachers/<member>/model/`` and ``teachers/<member>/member.json``
 is written last, atomically: only then does the member count as finished.
+
+A member with ``teachers.workers_per_member`` N > 1 is data-parallel: the trial only
+drives a Ray Train ``TorchTrainer`` (Train v2 inside Tune) whose N workers each ask for
+``resources_per_member``, train their shard of the batches with DDP (gloo on CPU, NCCL on
+GPU) and report the same checkpoints through Ray Train, which forwards the metrics to Tune.
+The Train run is named after the member and its fingerprint, so a retried trial starts a
+run of the same name, which resumes from that run's latest checkpoint in storage. Rank 0
+writes the model and ``member.json`` exactly as a single-process member does.
 """
 
 from __future__ import annotations
@@ -15,25 +23,122 @@ import logging
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mtkd.config import config_from_dict
+from mtkd.config import ExperimentConfig, config_from_dict
 from mtkd.model.mtdnn import keep_tasks
 from mtkd.model.remote import load_model_from, save_model_to
 from mtkd.storage import Storage
 from mtkd.teachers.plan import Member
-from mtkd.training.loop import LoopHooks, LoopState, capture_rng
-from mtkd.training.recipe import build_training_loop, load_prepared_tasks, run_training
+from mtkd.training.backend import sum_over_ranks
+from mtkd.training.loop import LoopHooks, LoopState, TrainingLoop, capture_rng
+from mtkd.training.recipe import (
+    TrainResult,
+    build_training_loop,
+    load_prepared_tasks,
+    run_training,
+)
 
 log = logging.getLogger("mtkd")
 CHECKPOINT_FILE, STATE_FILE = "backend.pt", "state.json"
+DRIVER_MEMORY = 256 * 2**20
+"""What the Tune trial of a multi-worker member reserves: it only drives the TorchTrainer,
+whose workers ask for the member's resources. Tune refuses an all-zero request, so the
+trial asks for a little memory and no CPU (it must not take a CPU its workers need)."""
 
 
 def member_dir(member_name: str) -> str:
     return f"teachers/{member_name}"
+
+
+def train_run_name(member: Member, fingerprint: str) -> str:
+    """The Ray Train run of a multi-worker member, under ``teachers/_train/``: stable over
+    retries and re-runs, so the run resumes from its own latest checkpoint."""
+    return f"{member.name}-{fingerprint[:10]}"
+
+
+@dataclass
+class MemberJob:
+    """What any attempt at training one member works with, from the trial's plain data."""
+
+    config: ExperimentConfig
+    member: Member
+    fingerprint: str
+    store: Storage
+    """The experiment's root."""
+    here: Storage
+    """``teachers/<member>/``."""
+
+    @classmethod
+    def from_trial(cls, trial_config: dict[str, Any]) -> MemberJob:
+        config = config_from_dict(trial_config["experiment"])
+        member = Member.from_json(trial_config["member"])
+        store = Storage.from_uri(trial_config["storage"]).child(config.name)
+        return cls(config, member, trial_config["fingerprint"], store,
+                   store.child(member_dir(member.name)))
+
+    def finished(self) -> dict[str, Any] | None:
+        """The summary if this member already finished with this fingerprint (a trial
+        retried after writing it must not train, and overwrite the model, again)."""
+        if not self.here.exists("member.json"):
+            return None
+        summary = self.here.read_json("member.json")
+        return summary if summary.get("fingerprint") == self.fingerprint else None
+
+    def setup_logging(self, rank: int | None = None) -> None:
+        verbose = self.config.teachers.verbose and not rank
+        where = self.member.name if rank is None else f"{self.member.name} rank {rank}"
+        logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                            format=f"[mtkd {where}] %(message)s", force=rank is not None)
+        logging.getLogger("ray").setLevel(logging.WARNING)
+
+    def build_loop(self, device: torch.device | str, data_parallel: bool = False
+                   ) -> TrainingLoop:
+        member, config = self.member, self.config
+        data = load_prepared_tasks(self.store, member.tasks)
+        start_from = None
+        if member.init_model:  # per_task member fine-tuned from the shared multi-task model
+            local = Path(tempfile.mkdtemp(prefix="mtkd-init-"))
+            shared, _ = load_model_from(self.store, member.init_model, local / "model")
+            start_from = keep_tasks(shared, member.tasks)
+        return build_training_loop(config, data, encoder=member.encoder,
+                                   num_layers=config.encoder.num_layers,
+                                   training=member.training(config.teachers.training),
+                                   seed=member.seed, device=device, name=member.name,
+                                   model=start_from, data_parallel=data_parallel)
+
+    def write_progress(self, state: LoopState, record: dict[str, Any], attempt: int) -> None:
+        """For people and tests watching: the last step whose checkpoint was persisted."""
+        self.here.write_json_atomic("progress.json", {"pid": os.getpid(), "step": state.step,
+                                                      "score": record["score"],
+                                                      "attempt": attempt})
+
+    def write_member(self, result: TrainResult, started: float, attempts: list[dict],
+                     workers: int = 1, examples: float | None = None,
+                     tokens: float | None = None) -> dict[str, Any]:
+        """Save the (best) model, then ``member.json``, last. ``examples``/``tokens``: all
+        ranks' together (default: this process's)."""
+        state, member = result.state, self.member
+        examples = state.examples if examples is None else examples
+        tokens = state.tokens if tokens is None else tokens
+        uri = save_model_to(self.here, "model", result.model, result.tokenizer,
+                            extra={"member": member.to_json()})
+        seconds = time.time() - started
+        summary = {
+            "name": member.name, "variant": member.variant(), "tasks": list(member.tasks),
+            "fingerprint": self.fingerprint, "metrics": state.best_metrics,
+            "average": state.best_score, "best_step": state.best_step, "steps": state.step,
+            "model": uri, "wall_seconds": round(seconds, 2),
+            "train_examples_per_s": round(examples / max(state.train_seconds, 1e-9), 2),
+            "train_tokens_per_s": round(tokens / max(state.train_seconds, 1e-9), 1),
+            "workers": workers, "attempts": attempts, "history": state.history,
+        }
+        self.here.write_json_atomic("member.json", summary)
+        return summary
 
 
 def _flat_metrics(record: dict[str, Any]) -> dict[str, float]:
@@ -44,13 +149,27 @@ def _flat_metrics(record: dict[str, Any]) -> dict[str, float]:
     return flat
 
 
-def _restore(checkpoint: Any) -> tuple[dict, LoopState, dict, list[dict]]:
+def _save(folder: Path, loop: TrainingLoop, state: LoopState, attempts: list[dict],
+          rank: int = 0) -> None:
+    """One rank's part of a checkpoint: rank 0 the backend (identical on all ranks), loop
+    state and its RNG; other ranks their RNG."""
+    if rank:
+        torch.save(capture_rng(), folder / f"rng_rank{rank}.pt")
+        return
+    torch.save({"backend": loop.backend.state_dict(), "rng": capture_rng()},
+               folder / CHECKPOINT_FILE)
+    (folder / STATE_FILE).write_text(json.dumps({"loop": state.to_json(),
+                                                 "attempts": attempts}))
+
+
+def _restore(checkpoint: Any, rank: int = 0) -> tuple[dict, LoopState, dict, list[dict]]:
     with checkpoint.as_directory() as folder:
         backend = torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=True,
                              map_location="cpu")
         saved = json.loads((Path(folder) / STATE_FILE).read_text())
-    return backend["backend"], LoopState.from_json(saved["loop"]), backend["rng"], \
-        saved["attempts"]
+        rng = backend["rng"] if rank == 0 else torch.load(
+            Path(folder) / f"rng_rank{rank}.pt", weights_only=True)
+    return backend["backend"], LoopState.from_json(saved["loop"]), rng, saved["attempts"]
 
 
 def train_member_trial(tune_config: dict[str, Any]) -> None:
@@ -63,18 +182,27 @@ def train_member_trial(tune_config: dict[str, Any]) -> None:
 
     trial_config = tune_config["trial"]
     started = time.time()
-    config = config_from_dict(trial_config["experiment"])
-    member = Member.from_json(trial_config["member"])
-    resources = config.teachers.resources_per_member
-    torch.set_num_threads(max(1, int(resources.cpu)))
-    logging.basicConfig(level=logging.INFO if config.teachers.verbose else logging.WARNING,
-                        format=f"[mtkd {member.name}] %(message)s")
-    logging.getLogger("ray").setLevel(logging.WARNING)
-    device = "cuda" if resources.gpu > 0 and torch.cuda.is_available() else "cpu"
-    store = Storage.from_uri(trial_config["storage"]).child(config.name)
-    here = store.child(member_dir(member.name))
-    data = load_prepared_tasks(store, member.tasks)
+    job = MemberJob.from_trial(trial_config)
+    job.setup_logging()
+    summary = job.finished()
+    if summary is None:
+        if job.config.teachers.workers_per_member > 1:
+            _drive_workers(job, trial_config, started)
+            summary = job.here.read_json("member.json")
+        else:
+            summary = _train_in_trial(job, started)
+    tune.report({"score": float(summary["average"] or 0.0), "step": summary["steps"],
+                 "finished": 1})
 
+
+def _train_in_trial(job: MemberJob, started: float) -> dict[str, Any]:
+    """One process: train in the trial itself, checkpoints through Tune."""
+    from ray import tune
+
+    resources = job.config.teachers.resources_per_member
+    torch.set_num_threads(max(1, int(resources.cpu)))
+    device = "cuda" if resources.gpu > 0 and torch.cuda.is_available() else "cpu"
+    loop = job.build_loop(device)
     resume, attempts = None, []
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -82,44 +210,94 @@ def train_member_trial(tune_config: dict[str, Any]) -> None:
         resume = (backend_state, loop_state, rng)
     attempts.append({"pid": os.getpid(), "start_step": resume[1].step if resume else 0,
                      "started_at": started})
-    training = member.training(config.teachers.training)
-    start_from = None
-    if member.init_model:  # per_task member fine-tuned from the shared multi-task model
-        local = Path(tempfile.mkdtemp(prefix="mtkd-init-"))
-        shared, _ = load_model_from(store, member.init_model, local / "model")
-        start_from = keep_tasks(shared, member.tasks)
-    loop = build_training_loop(config, data, encoder=member.encoder,
-                               num_layers=config.encoder.num_layers, training=training,
-                               seed=member.seed, device=device, name=member.name,
-                               model=start_from)
 
     def on_eval(state: LoopState, record: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory(prefix="mtkd-ckpt-") as folder:
-            torch.save({"backend": loop.backend.state_dict(), "rng": capture_rng()},
-                       Path(folder) / CHECKPOINT_FILE)
-            (Path(folder) / STATE_FILE).write_text(json.dumps(
-                {"loop": state.to_json(), "attempts": attempts}))
+            _save(Path(folder), loop, state, attempts)
             tune.report(_flat_metrics(record),
                         checkpoint=tune.Checkpoint.from_directory(folder))
-        # For people and tests watching: the last step whose checkpoint was persisted.
-        here.write_json_atomic("progress.json", {"pid": os.getpid(), "step": state.step,
-                                                 "score": record["score"],
-                                                 "attempt": len(attempts)})
+        job.write_progress(state, record, len(attempts))
 
     loop.hooks = LoopHooks(on_eval=on_eval)
-    result = run_training(loop, member.encoder, member.seed, resume)
-    state = result.state
-    uri = save_model_to(here, "model", result.model, result.tokenizer,
-                        extra={"member": member.to_json()})
-    seconds = time.time() - started
-    summary = {
-        "name": member.name, "variant": member.variant(), "tasks": list(member.tasks),
-        "fingerprint": trial_config["fingerprint"], "metrics": state.best_metrics,
-        "average": state.best_score, "best_step": state.best_step, "steps": state.step,
-        "model": uri, "wall_seconds": round(seconds, 2),
-        "train_examples_per_s": round(state.examples / max(state.train_seconds, 1e-9), 2),
-        "train_tokens_per_s": round(state.tokens / max(state.train_seconds, 1e-9), 1),
-        "attempts": attempts, "history": state.history,
-    }
-    here.write_json_atomic("member.json", summary)
-    tune.report({"score": float(state.best_score or 0.0), "step": state.step, "finished": 1})
+    result = run_training(loop, job.member.encoder, job.member.seed, resume)
+    return job.write_member(result, started, attempts)
+
+
+def _drive_workers(job: MemberJob, trial_config: dict[str, Any], started: float) -> None:
+    """Several workers: run :func:`member_worker` in a TorchTrainer and wait for it."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    teachers = job.config.teachers
+    resources = teachers.resources_per_member
+    per_worker: dict[str, float] = {"CPU": resources.cpu}
+    if resources.gpu > 0:
+        per_worker["GPU"] = resources.gpu
+    if resources.memory_gb:
+        per_worker["memory"] = int(resources.memory_gb * 2**30)
+    trainer = TorchTrainer(
+        member_worker,
+        train_loop_config={**trial_config, "started_at": started},
+        scaling_config=ScalingConfig(num_workers=teachers.workers_per_member,
+                                     use_gpu=resources.gpu > 0,
+                                     resources_per_worker=per_worker),
+        run_config=RunConfig(
+            name=train_run_name(job.member, job.fingerprint),
+            storage_path=job.store.full_path("teachers/_train"),
+            storage_filesystem=job.store.filesystem,
+            # A failed worker fails the run and so the trial; Tune retries the trial
+            # (teachers.max_failures) and the new run of the same name resumes.
+            failure_config=FailureConfig(max_failures=0),
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+            callbacks=[TuneReportCallback()]),  # worker metrics reach Tune (and ASHA)
+    )
+    trainer.fit()  # raises when the run failed
+
+
+def member_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train ``train_loop_per_worker`` of a multi-worker member: one data-parallel rank.
+
+    ``loop_config``: the trial's plain data plus ``started_at`` (when the trial started).
+    """
+    import ray.train
+
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    job = MemberJob.from_trial(loop_config)
+    job.setup_logging(rank)
+    resources = job.config.teachers.resources_per_member
+    torch.set_num_threads(max(1, int(resources.cpu)))
+    if resources.gpu > 0:
+        import ray.train.torch
+
+        device = ray.train.torch.get_device()
+    else:
+        device = torch.device("cpu")
+    loop = job.build_loop(device, data_parallel=True)
+    resume, attempts = None, []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        backend_state, loop_state, rng, attempts = _restore(checkpoint, rank)
+        resume = (backend_state, loop_state, rng)
+        log.info("resumed from step %d (epoch %d, batch %d)", loop_state.step,
+                 loop_state.epoch, loop_state.position)
+    attempts.append({"pid": os.getpid(), "start_step": resume[1].step if resume else 0,
+                     "started_at": loop_config["started_at"]})
+
+    def on_eval(state: LoopState, record: dict[str, Any]) -> None:
+        with tempfile.TemporaryDirectory(prefix="mtkd-ckpt-") as folder:
+            _save(Path(folder), loop, state, attempts, rank)
+            ray.train.report(_flat_metrics(record),
+                             checkpoint=ray.train.Checkpoint.from_directory(folder))
+        if rank == 0:
+            job.write_progress(state, record, len(attempts))
+
+    loop.hooks = LoopHooks(on_eval=on_eval)
+    # Each rank its own dropout stream; rank 0's is the single-process one.
+    result = run_training(loop, job.member.encoder, job.member.seed + rank, resume)
+    examples, tokens = sum_over_ranks([result.state.examples, result.state.tokens],
+                                      loop.backend.device)
+    if rank == 0:
+        job.write_member(result, loop_config["started_at"], attempts, workers=world,
+                         examples=examples, tokens=tokens)

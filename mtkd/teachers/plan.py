@@ -122,7 +122,11 @@ def member_fingerprint(member: Member, config: ExperimentConfig,
                        data_fingerprints: dict[str, str]) -> str:
     """Changes when anything that shapes this member's model changes."""
     teachers = config.teachers
+    # Data-parallel workers change the global batch and the steps; one worker adds no key,
+    # so single-process members keep the fingerprints they always had.
+    workers = {"workers": teachers.workers_per_member} if teachers.workers_per_member > 1 else {}
     return stable_hash({
+        **workers,
         "member": member.to_json(),
         "training": dataclasses.asdict(member.training(teachers.training)),
         "data": {t: data_fingerprints.get(t) for t in member.tasks},

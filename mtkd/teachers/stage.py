@@ -5,7 +5,8 @@ reused, so raising ``teachers.size`` trains only the new ones and a re-run after
 trains only what had not finished. Ray Tune runs one trial per remaining member, as
 many at once as ``resources_per_member`` and ``max_concurrent`` allow, retries a failed
 trial ``max_failures`` times from its last checkpoint, and optionally stops weak
-members early with ASHA.
+members early with ASHA. With ``workers_per_member`` > 1 a trial only drives a Ray Train
+run whose workers ask for ``resources_per_member`` each (see :mod:`mtkd.teachers.member`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from mtkd.errors import MtkdError
 from mtkd.pipeline import Stage, StageContext, read_manifest
 from mtkd.raycluster import ensure_ray
 from mtkd.storage import Storage
-from mtkd.teachers.member import member_dir, train_member_trial
+from mtkd.teachers.member import DRIVER_MEMORY, member_dir, train_member_trial
 from mtkd.teachers.plan import Member, init_member, member_fingerprint, plan_members
 
 log = logging.getLogger("mtkd")
@@ -88,10 +89,14 @@ def _run_trials(ctx: StageContext, todo: list[tuple[Member, str]], total: int,
 
     config, store = ctx.config, ctx.store
     teachers = config.teachers
-    resources = {"cpu": teachers.resources_per_member.cpu,
-                 "gpu": teachers.resources_per_member.gpu}
-    if teachers.resources_per_member.memory_gb:
-        resources["memory"] = int(teachers.resources_per_member.memory_gb * 2**30)
+    if teachers.workers_per_member > 1:
+        # The trial only drives a TorchTrainer, whose workers ask for resources_per_member.
+        resources: dict[str, float] = {"cpu": 0, "memory": DRIVER_MEMORY}
+    else:
+        resources = {"cpu": teachers.resources_per_member.cpu,
+                     "gpu": teachers.resources_per_member.gpu}
+        if teachers.resources_per_member.memory_gb:
+            resources["memory"] = int(teachers.resources_per_member.memory_gb * 2**30)
     experiment = config_to_dict(config, redact=False)
     space = [{"experiment": experiment, "member": m.to_json(), "fingerprint": fp,
               # Absolute: Tune runs trials in their own working directories.

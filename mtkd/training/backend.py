@@ -1,4 +1,5 @@
-"""How a training step is executed: plain PyTorch here, DeepSpeed in the student worker.
+"""How a training step is executed: plain PyTorch here (one process, or data-parallel over
+ranks with DDP), DeepSpeed in the student worker.
 
 The loop (:mod:`mtkd.training.loop`) only calls ``forward``, ``backward`` and ``step``;
 a backend owns the model on its device, the optimizer, the schedule, mixed precision,
@@ -8,6 +9,7 @@ methods around ``deepspeed.initialize``'s engine, so no loop code is copied.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Protocol
 
 import torch
@@ -99,3 +101,76 @@ class TorchBackend:
         self.micro_steps = int(state["micro_steps"])
         if self.scaler and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+
+
+class DataParallelBackend:
+    """:class:`TorchBackend` over a ``torch.distributed`` process group (PyTorch DDP).
+
+    Each rank trains on its own shard of the batches (the sampler's ``num_shards``); DDP
+    averages the gradients over the ranks at every accumulation boundary, so the ranks'
+    weights stay identical. Ray Train sets up the process group (gloo on CPU, NCCL on GPU).
+    Optimizer, schedule, precision, accumulation and clipping are the wrapped backend's.
+    """
+
+    def __init__(self, inner: TorchBackend, several_tasks: bool = True) -> None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        self.inner = inner
+        self.model, self.device, self.precision = inner.model, inner.device, inner.precision
+        # At every step all ranks train one task (see the sampler); with several tasks the
+        # others' heads get no gradient, and DDP must look for such parameters (globally
+        # unused ones keep no gradient, so AdamW skips them as in one process). One task
+        # uses every parameter (the encoder has no pooler), and the search is skipped.
+        # Buffers (BERT's position ids) are constant: sync them once at start, not per step.
+        once = ({"forward_sync_buffers": False} if "forward_sync_buffers"
+                in inspect.signature(DistributedDataParallel).parameters
+                else {"broadcast_buffers": False})  # the name before torch 2.13
+        self.ddp = DistributedDataParallel(
+            inner.model, device_ids=[self.device] if self.device.type == "cuda" else None,
+            find_unused_parameters=several_tasks, **once)
+
+    def forward(self, task: str, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        # Reduce gradients only in the backward of the micro-batch that ends an accumulation
+        # (what DDP's no_sync() does; DDP reads the flag in forward).
+        self.ddp.require_backward_grad_sync = (
+            (self.inner.micro_steps + 1) % self.inner.grad_accum == 0)
+        with autocast(self.device, self.precision):
+            return self.ddp(task, **inputs)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.inner.backward(loss)
+
+    def step(self) -> bool:
+        return self.inner.step()
+
+    def learning_rate(self) -> float:
+        return self.inner.learning_rate()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The same as a single-process backend's (the ranks hold identical states)."""
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.inner.load_state_dict(state)
+
+
+def from_rank0(value: float, device: torch.device) -> float:
+    """``value`` as rank 0 has it, on every rank (a collective: all ranks must call it).
+
+    Dev scores decide keep-best and early stopping; taking rank 0's keeps every rank's
+    decisions the same even if its evaluation differed in the last bit.
+    """
+    import torch.distributed as dist
+
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.broadcast(tensor, src=0)
+    return float(tensor.item())
+
+
+def sum_over_ranks(values: list[float], device: torch.device) -> list[float]:
+    """Element-wise sum of ``values`` over all ranks (a collective)."""
+    import torch.distributed as dist
+
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()

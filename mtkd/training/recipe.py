@@ -2,12 +2,14 @@
 
 Reads the tokenized splits the prepare stage wrote, builds the model (encoder, first k
 layers, heads), the sampler and a backend, and runs :class:`TrainingLoop`. Teacher
-trials call :func:`train_mtdnn` directly; the student's DeepSpeed worker uses the same
+trials use :func:`build_training_loop` and :func:`run_training` (with ``data_parallel``
+in each rank of a multi-worker member); the student's DeepSpeed worker uses the same
 pieces with its own backend.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +25,7 @@ from mtkd.pretrained import resolve_encoder_dir
 from mtkd.stages.prepare import read_prepared, read_task_spec
 from mtkd.storage import Storage
 from mtkd.tasks.spec import TaskSpec
-from mtkd.training.backend import TorchBackend
+from mtkd.training.backend import DataParallelBackend, TorchBackend, from_rank0
 from mtkd.training.data import TeacherArrays
 from mtkd.training.loop import (
     LoopData,
@@ -85,20 +87,40 @@ def build_training_loop(config: ExperimentConfig, data: PreparedTasks, *, encode
                         teachers: Mapping[str, TeacherArrays] | None = None,
                         kd: KDConfig | None = None, hooks: LoopHooks | None = None,
                         name: str = "train", log_every: int = 50,
-                        model: MTDNN | None = None) -> TrainingLoop:
+                        model: MTDNN | None = None,
+                        data_parallel: bool = False) -> TrainingLoop:
     """Model, sampler and plain-PyTorch backend for one run, ready to ``run``.
 
     ``model`` starts from an existing MT-DNN instead of the pretrained ``encoder``.
+    ``data_parallel``: this process is one rank of an initialised ``torch.distributed``
+    process group (a Ray Train worker): it trains its shard of the batches
+    (``total_steps`` shrinks accordingly), gradients are averaged with DDP, and rank 0's
+    dev score decides keep-best and early stopping on every rank (only rank 0 keeps the
+    best weights).
     """
+    world, rank = 1, 0
+    if data_parallel:
+        import torch.distributed as dist
+
+        world, rank = dist.get_world_size(), dist.get_rank()
     if model is None:
         model = build_model(config, list(data.specs.values()), encoder=encoder,
                             num_layers=num_layers, dropout=training.dropout, seed=seed)
-    sampler = make_sampler(data.train, config, training, seed)
-    backend = TorchBackend(model, training, total_optimizer_steps(training, len(sampler)),
-                           device)
+    sampler = make_sampler(data.train, config, training, seed, num_shards=world,
+                           shard_index=rank)
+    backend: TorchBackend | DataParallelBackend = TorchBackend(
+        model, training, total_optimizer_steps(training, len(sampler)), device)
+    score = None
+    if data_parallel:
+        backend = DataParallelBackend(backend, several_tasks=len(data.specs) > 1)
+        score = functools.partial(_rank0_score, device=backend.device)
     return TrainingLoop(backend, LoopData(data.specs, data.train, data.dev, teachers or {}),
                         training, sampler=sampler, kd=kd, hooks=hooks, name=name,
-                        log_every=log_every)
+                        log_every=log_every, score=score, keep_best_in_memory=rank == 0)
+
+
+def _rank0_score(result: dict[str, Any], device: torch.device) -> float:
+    return from_rank0(float(result["average"]), device)
 
 
 def run_training(loop: TrainingLoop, encoder: str, seed: int,

@@ -1,19 +1,25 @@
 """Teacher ensemble with Ray Tune on local Ray (2 CPUs): parallel trials, a killed trial
-that resumes from its checkpoint, and scaling the ensemble without retraining."""
+that resumes from its checkpoint, scaling the ensemble without retraining, and a
+data-parallel member (a TorchTrainer of two workers inside its trial)."""
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from tiny import make_tiny_bert, write_task
 
 from mtkd.config import config_from_dict
+from mtkd.data.sampler import MultiTaskBatchSampler
 from mtkd.errors import MtkdError
+from mtkd.model.remote import load_model_from
 from mtkd.pipeline import experiment_store, run_pipeline
+from mtkd.stages.prepare import read_prepared
 from mtkd.storage import Storage
 
 pytestmark = pytest.mark.slow
@@ -142,3 +148,51 @@ def test_failed_member_is_reported_and_min_members_enforced(experiment: dict) ->
                                     variation={"strategy": "list", "members": members}))
     with pytest.raises(MtkdError, match=r"only 1 of 2 teacher members finished.*m001"):
         run_pipeline(strict, to_stage="teachers")
+
+
+def test_member_with_two_workers_trains_data_parallel_and_resumes(
+        experiment: dict, tmp_path: Path) -> None:
+    """workers_per_member 2: the member's trial runs a TorchTrainer of two 1-CPU workers
+    (DDP over gloo), each on its shard of the batches; rank 0 is killed after a checkpoint
+    and the retried trial's Train run resumes from it."""
+    teachers = {"size": 1, "max_failures": 1, "workers_per_member": 2,
+                "resources_per_member": {"cpu": 1},
+                "variation": {"strategy": "grid", "seed": [1], "learning_rate": [0.002]},
+                "training": {"epochs": 2, "batch_size": 16, "eval_every": 15,
+                             "dropout": 0.0}}
+    config = config_from_dict({**experiment, "name": "ddp", "teachers": teachers})
+    store = experiment_store(config)
+    killed: dict = {}
+    watcher = threading.Thread(target=kill_when_checkpointed, args=(store, "m000", killed))
+    watcher.start()
+    run_pipeline(config, to_stage="teachers")
+    watcher.join()
+
+    report = store.read_json("teachers/teachers.json")
+    assert [m["name"] for m in report["members"]] == ["m000"] and report["failed"] == {}
+    summary = store.read_json("teachers/m000/member.json")
+    assert summary["workers"] == 2
+    assert summary["metrics"]["toy"]["accuracy"] > 70.0  # majority is about 50
+    # Two shards: each rank runs half of every epoch's batches (the sampler drops an odd
+    # one), so the member takes half the optimizer steps of a single worker.
+    rows = read_prepared(store, "toy", "train").num_rows
+    per_shard = len(MultiTaskBatchSampler({"toy": [1] * rows}, 16, num_shards=2))
+    assert per_shard == math.ceil(rows / 16) // 2
+    assert summary["steps"] == 2 * per_shard
+
+    # Rank 0 was killed; the retried trial's Train run (same name) resumed from the
+    # checkpoint of an evaluation, not step 0.
+    assert killed, "the worker was never killed"
+    attempts = summary["attempts"]
+    assert len(attempts) == 2 and attempts[0]["pid"] == killed["pid"]
+    assert killed["step"] - 15 <= attempts[1]["start_step"] <= killed["step"]
+    assert attempts[1]["start_step"] >= 15 and attempts[1]["start_step"] % 15 == 0
+    history = [h["step"] for h in summary["history"]]
+    assert history == sorted(set(history)) and history[-1] == summary["steps"], history
+    run = f"{summary['name']}-{summary['fingerprint'][:10]}"
+    assert store.exists(f"teachers/_train/{run}")
+
+    # The model rank 0 wrote loads and predicts like a single-process member's.
+    model, _ = load_model_from(store, "teachers/m000/model", tmp_path / "model")
+    assert list(model.specs) == ["toy"]
+    assert summary["model"].endswith("teachers/m000/model")

@@ -165,6 +165,9 @@ def test_list_and_mapping_types_checked_per_item() -> None:
      "soft_targets.resources_per_actor", "neither CPU nor GPU"),
     (minimal(teachers={"training": {"learning_rate": 3}}), "teachers.training.learning_rate",
      "(0, 1)"),
+    (minimal(teachers={"workers_per_member": 0}), "teachers.workers_per_member", ">= 1"),
+    (minimal(teachers={"workers_per_member": 2, "resources_per_member": {"gpu": 0.5}}),
+     "teachers.resources_per_member.gpu", "whole number of GPUs"),
 ])
 def test_value_rules(data: dict, path: str, needle: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -177,6 +180,13 @@ def test_fp16_allowed_on_gpu() -> None:
     config = config_from_dict(minimal(student={"use_gpu": True,
                                                "training": {"precision": "fp16"}}))
     assert config.student.training.precision == "fp16"
+
+
+def test_multi_worker_members_are_allowed() -> None:
+    config = config_from_dict(minimal(teachers={"workers_per_member": 4,
+                                                "resources_per_member": {"gpu": 1}}))
+    assert config.teachers.workers_per_member == 4
+    assert config.teachers.resources_per_member.gpu == 1.0
 
 
 def test_yaml_syntax_error_names_file_and_line(tmp_path: Path) -> None:

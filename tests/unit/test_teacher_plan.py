@@ -60,3 +60,12 @@ def test_fingerprint_tracks_member_data_and_training() -> None:
     other = config(size=2, training={"batch_size": 8})
     assert base != member_fingerprint(plan_members(other)[0], other,
                                       {"trec": "a", "rotten_tomatoes": "b"})
+
+
+def test_fingerprint_tracks_data_parallel_workers() -> None:
+    data = {"trec": "a", "rotten_tomatoes": "b"}
+    fingerprints = {}
+    for workers in (1, 2, 4):
+        cfg = config(size=1, workers_per_member=workers)
+        fingerprints[workers] = member_fingerprint(plan_members(cfg)[0], cfg, data)
+    assert len(set(fingerprints.values())) == 3  # the global batch differs

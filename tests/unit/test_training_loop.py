@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import datetime
 import itertools
 from pathlib import Path
 
@@ -176,3 +177,70 @@ def test_linear_warmup_then_decay() -> None:
     assert values[:2] == [0.5, 1.0]
     assert values[2] == 1.0 and values[10] == 0.0
     assert all(a >= b for a, b in itertools.pairwise(values[2:]))
+
+
+DP_CONFIG = TrainingConfig(batch_size=8, grad_accum=2, learning_rate=1e-3, dropout=0.0,
+                           warmup_ratio=0.0)
+
+
+def _global_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Two micro-batches of 16 examples of task "cls" (token ids 5-24, no padding)."""
+    generator = torch.Generator().manual_seed(7)
+    return [(torch.randint(5, 25, (16, 12), generator=generator),
+             torch.randint(0, 2, (16,), generator=generator)) for _ in range(2)]
+
+
+def _train_micro_batches(backend: object, rows: slice) -> tuple[dict, dict]:
+    """Forward/backward both micro-batches on ``rows``; (gradients before the step,
+    weights after it)."""
+    for ids, labels in _global_batches():
+        inputs = {"input_ids": ids[rows], "attention_mask": torch.ones_like(ids[rows]),
+                  "token_type_ids": torch.zeros_like(ids[rows])}
+        backend.backward(torch.nn.functional.cross_entropy(backend.forward("cls", inputs),
+                                                           labels[rows]))
+    grads = {n: None if p.grad is None else p.grad.clone()
+             for n, p in backend.model.named_parameters()}
+    assert backend.step()
+    return grads, {k: v.clone() for k, v in backend.model.state_dict().items()}
+
+
+def _data_parallel_rank(rank: int, encoder_dir: str, init_file: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from mtkd.training.backend import DataParallelBackend, from_rank0
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=2, timeout=datetime.timedelta(seconds=60))
+    try:
+        model = build_mtdnn(Path(encoder_dir), list(SPECS.values()), dropout=0.0, seed=0)
+        backend = DataParallelBackend(TorchBackend(model, DP_CONFIG, total_steps=4))
+        grads, weights = _train_micro_batches(backend, slice(8 * rank, 8 * rank + 8))
+        agreed = from_rank0(float(rank + 1), backend.device)
+        torch.save({"grads": grads, "weights": weights, "agreed": agreed},
+                   Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_data_parallel_backend_matches_one_process_on_the_global_batch(
+        tiny_encoder_dir: Path, tmp_path: Path) -> None:
+    """Two gloo ranks, each on half of every micro-batch, with accumulation over two: the
+    averaged gradients equal one process's on the whole batches, the unused head gets none
+    (as in one process), and the ranks' weights stay identical."""
+    torch.multiprocessing.spawn(_data_parallel_rank, nprocs=2, join=True,
+                                args=(str(tiny_encoder_dir), str(tmp_path / "init"),
+                                      str(tmp_path)))
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    model = build_mtdnn(tiny_encoder_dir, list(SPECS.values()), dropout=0.0, seed=0)
+    grads, _ = _train_micro_batches(TorchBackend(model, DP_CONFIG, total_steps=4),
+                                    slice(0, 16))
+    for name, grad in grads.items():
+        if name.startswith("heads.reg"):
+            assert grad is None and all(r["grads"][name] is None for r in ranks), name
+            continue
+        for r in ranks:
+            torch.testing.assert_close(r["grads"][name], grad, rtol=1e-4, atol=1e-6)
+    for key, value in ranks[0]["weights"].items():
+        assert torch.equal(value, ranks[1]["weights"][key]), key
+    assert [r["agreed"] for r in ranks] == [1.0, 1.0]
