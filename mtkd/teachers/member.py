@@ -156,20 +156,27 @@ def _save(folder: Path, loop: TrainingLoop, state: LoopState, attempts: list[dic
     if rank:
         torch.save(capture_rng(), folder / f"rng_rank{rank}.pt")
         return
-    torch.save({"backend": loop.backend.state_dict(), "rng": capture_rng()},
+    # The best weights travel with the checkpoint when they are not the current ones, so a
+    # resumed member still saves the model its member.json metrics describe.
+    best = loop.best_weights if state.best_step not in (None, state.step) else None
+    torch.save({"backend": loop.backend.state_dict(), "rng": capture_rng(), "best": best},
                folder / CHECKPOINT_FILE)
     (folder / STATE_FILE).write_text(json.dumps({"loop": state.to_json(),
                                                  "attempts": attempts}))
 
 
-def _restore(checkpoint: Any, rank: int = 0) -> tuple[dict, LoopState, dict, list[dict]]:
+def _restore(checkpoint: Any, rank: int = 0) -> tuple[tuple[dict, LoopState, dict],
+                                                     list[dict], dict | None]:
+    """(backend state, loop state, RNG) to resume from, the attempts so far, and the best
+    weights when the checkpoint was not taken at the best evaluation."""
     with checkpoint.as_directory() as folder:
         backend = torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=True,
                              map_location="cpu")
         saved = json.loads((Path(folder) / STATE_FILE).read_text())
         rng = backend["rng"] if rank == 0 else torch.load(
             Path(folder) / f"rng_rank{rank}.pt", weights_only=True)
-    return backend["backend"], LoopState.from_json(saved["loop"]), rng, saved["attempts"]
+    resume = (backend["backend"], LoopState.from_json(saved["loop"]), rng)
+    return resume, saved["attempts"], backend.get("best")
 
 
 def train_member_trial(tune_config: dict[str, Any]) -> None:
@@ -203,11 +210,10 @@ def _train_in_trial(job: MemberJob, started: float) -> dict[str, Any]:
     torch.set_num_threads(max(1, int(resources.cpu)))
     device = "cuda" if resources.gpu > 0 and torch.cuda.is_available() else "cpu"
     loop = job.build_loop(device)
-    resume, attempts = None, []
+    resume, attempts, best = None, [], None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
-        backend_state, loop_state, rng, attempts = _restore(checkpoint)
-        resume = (backend_state, loop_state, rng)
+        resume, attempts, best = _restore(checkpoint)
     attempts.append({"pid": os.getpid(), "start_step": resume[1].step if resume else 0,
                      "started_at": started})
 
@@ -219,7 +225,7 @@ def _train_in_trial(job: MemberJob, started: float) -> dict[str, Any]:
         job.write_progress(state, record, len(attempts))
 
     loop.hooks = LoopHooks(on_eval=on_eval)
-    result = run_training(loop, job.member.encoder, job.member.seed, resume)
+    result = run_training(loop, job.member.encoder, job.member.seed, resume, best)
     return job.write_member(result, started, attempts)
 
 
@@ -275,11 +281,11 @@ def member_worker(loop_config: dict[str, Any]) -> None:
     else:
         device = torch.device("cpu")
     loop = job.build_loop(device, data_parallel=True)
-    resume, attempts = None, []
+    resume, attempts, best = None, [], None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
-        backend_state, loop_state, rng, attempts = _restore(checkpoint, rank)
-        resume = (backend_state, loop_state, rng)
+        resume, attempts, best = _restore(checkpoint, rank)
+        loop_state = resume[1]
         log.info("resumed from step %d (epoch %d, batch %d)", loop_state.step,
                  loop_state.epoch, loop_state.position)
     attempts.append({"pid": os.getpid(), "start_step": resume[1].step if resume else 0,
@@ -295,7 +301,7 @@ def member_worker(loop_config: dict[str, Any]) -> None:
 
     loop.hooks = LoopHooks(on_eval=on_eval)
     # Each rank its own dropout stream; rank 0's is the single-process one.
-    result = run_training(loop, job.member.encoder, job.member.seed + rank, resume)
+    result = run_training(loop, job.member.encoder, job.member.seed + rank, resume, best)
     examples, tokens = sum_over_ranks([result.state.examples, result.state.tokens],
                                       loop.backend.device)
     if rank == 0:

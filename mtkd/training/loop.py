@@ -157,6 +157,24 @@ class TrainingLoop:
                         batch_size=self.eval_batch_size, device=self.backend.device,
                         precision=self.backend.precision)
 
+    @property
+    def best_weights(self) -> dict[str, torch.Tensor] | None:
+        """CPU copy of the model weights at the best evaluation (keep_best_in_memory)."""
+        return self._best_weights
+
+    def restore_best_weights(self, state: LoopState,
+                             saved: dict[str, torch.Tensor] | None) -> None:
+        """After resuming from a checkpoint: the best weights are ``saved`` (an earlier
+        evaluation's), or the model's current ones when the checkpoint was taken at the
+        best evaluation itself."""
+        if not self.keep_best_in_memory or state.best_step is None:
+            return
+        if saved is not None:
+            self._best_weights = saved
+        elif state.best_step == state.step:
+            self._best_weights = {k: v.detach().to("cpu", copy=True)
+                                  for k, v in self.backend.model.state_dict().items()}
+
     def _after_eval(self, state: LoopState, loss: float) -> bool:
         """Evaluate, record, keep the best; returns True when early stopping triggers."""
         result = self.evaluate()

@@ -124,13 +124,16 @@ def _rank0_score(result: dict[str, Any], device: torch.device) -> float:
 
 
 def run_training(loop: TrainingLoop, encoder: str, seed: int,
-                 resume: tuple[dict, LoopState, dict] | None = None) -> TrainResult:
+                 resume: tuple[dict, LoopState, dict] | None = None,
+                 best_weights: dict[str, torch.Tensor] | None = None) -> TrainResult:
     """Run ``loop``; ``resume`` = (backend state, loop state, RNG state) from a checkpoint
-    continues at its exact batch. The returned model holds the best dev weights."""
+    continues at its exact batch, ``best_weights`` are the checkpoint's best weights when
+    they differ from its current ones. The returned model holds the best dev weights."""
     state, rng = None, None
     if resume is not None:
         backend_state, state, rng = resume
         loop.backend.load_state_dict(backend_state)
+        loop.restore_best_weights(state, best_weights)
     final = loop.run(state, rng=rng, seed=seed)
     tokenizer = load_tokenizer(resolve_encoder_dir(encoder))
     return TrainResult(loop.backend.model, tokenizer, final, loop)

@@ -141,6 +141,45 @@ def test_early_stop_and_keep_best(tiny_encoder_dir: Path) -> None:
         assert torch.equal(value, captured[key]), key
 
 
+def test_resumed_run_still_ends_on_the_best_weights(tiny_encoder_dir: Path) -> None:
+    """Best at step 2, checkpoint at step 4, crash, resume: the final model must be the
+    step-2 weights (carried by the checkpoint), not the last ones."""
+    config = TrainingConfig(epochs=2, batch_size=16, learning_rate=1e-3, eval_every=2)
+    captured, saved = {}, {}
+
+    def make(scores: list[float], hooks: LoopHooks | None = None) -> TrainingLoop:
+        values = iter(scores)
+        return make_loop(tiny_encoder_dir, config, hooks=hooks,
+                         score=lambda result: next(values))
+
+    def on_checkpoint(state: LoopState) -> None:
+        if state.step == 4:
+            best = first.best_weights if state.best_step not in (None, state.step) else None
+            saved.update(state=copy.deepcopy(state.to_json()), rng=capture_rng(),
+                         backend=copy.deepcopy(first.backend.state_dict()), best=best)
+
+    first = make([9.0, 1.0] + [0.0] * 20, LoopHooks(on_checkpoint=on_checkpoint,
+                                                     checkpoint_every=4))
+    first.hooks.on_best = lambda state, record: captured.update(weights(first))
+    first.run(seed=0)
+    assert saved["best"] is not None and saved["state"]["best_step"] == 2
+    resumed = make([0.0] * 20)
+    resumed.backend.load_state_dict(saved["backend"])
+    state = LoopState.from_json(saved["state"])
+    resumed.restore_best_weights(state, saved["best"])
+    final = resumed.run(state, rng=saved["rng"])
+    assert final.best_step == 2 and final.step > 4
+    for key, value in weights(resumed).items():
+        assert torch.equal(value, captured[key]), key
+
+    # Checkpoint taken at the best evaluation itself: the current weights are the best.
+    at_best = make([0.0] * 20)
+    at_best.backend.load_state_dict(saved["backend"])
+    state.best_step = state.step
+    at_best.restore_best_weights(state, None)
+    assert all(torch.equal(v, at_best.best_weights[k]) for k, v in weights(at_best).items())
+
+
 def test_bf16_autocast_trains_on_cpu(tiny_encoder_dir: Path) -> None:
     config = TrainingConfig(epochs=1, batch_size=16, learning_rate=1e-3, precision="bf16")
     state = make_loop(tiny_encoder_dir, config).run(seed=0)
