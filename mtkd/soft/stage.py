@@ -69,10 +69,10 @@ def _member_rows(store: Storage, tasks: list[str]) -> pa.Table:
     Token columns become list<list<int32>> (one sequence per row, or per candidate for
     ranking) so that every task fits one schema.
     """
-    tables, mean_length = [], {}
+    per_task: list[tuple[float, list[pa.Table]]] = []
     for task in tasks:
         ranking = read_task_spec(store, task).kind.head == "ranking"
-        lengths = []
+        tables, lengths = [], []
         for split in SPLITS:
             data = read_prepared(store, task, split)
             columns = random_access_columns(data, ("uid", "input_ids", "token_type_ids",
@@ -89,12 +89,10 @@ def _member_rows(store: Storage, tasks: list[str]) -> pa.Table:
                 "token_type_ids": pa.array([_sequences(types[i], ranking) for i in order],
                                            pa.list_(pa.list_(pa.int32()))),
             }))
-        mean_length[task] = float(np.concatenate(lengths).mean()) if lengths else 0.0
-    # Stable sort of the per-(task, split) tables by their task's mean length, descending.
-    ranked = sorted(range(len(tables)),
-                    key=lambda i: -mean_length[tables[i]["task"][0].as_py()]
-                    if len(tables[i]) else 0.0)
-    return pa.concat_tables([tables[i] for i in ranked])
+        all_lengths = np.concatenate(lengths)
+        per_task.append((float(all_lengths.mean()) if len(all_lengths) else 0.0, tables))
+    per_task.sort(key=lambda item: -item[0])  # stable: equal means keep the config order
+    return pa.concat_tables([table for _, tables in per_task for table in tables])
 
 
 def _infer_member(config: ExperimentConfig, store: Storage, member: dict[str, Any],

@@ -157,6 +157,10 @@ class TrainingLoop:
                         batch_size=self.eval_batch_size, device=self.backend.device,
                         precision=self.backend.precision)
 
+    def _weights_on_cpu(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().to("cpu", copy=True)
+                for k, v in self.backend.model.state_dict().items()}
+
     @property
     def best_weights(self) -> dict[str, torch.Tensor] | None:
         """CPU copy of the model weights at the best evaluation (keep_best_in_memory)."""
@@ -172,8 +176,7 @@ class TrainingLoop:
         if saved is not None:
             self._best_weights = saved
         elif state.best_step == state.step:
-            self._best_weights = {k: v.detach().to("cpu", copy=True)
-                                  for k, v in self.backend.model.state_dict().items()}
+            self._best_weights = self._weights_on_cpu()
 
     def _after_eval(self, state: LoopState, loss: float) -> bool:
         """Evaluate, record, keep the best; returns True when early stopping triggers."""
@@ -188,8 +191,7 @@ class TrainingLoop:
             state.best_metrics = result["tasks"]
             state.evals_since_best = 0
             if self.keep_best_in_memory:
-                self._best_weights = {k: v.detach().to("cpu", copy=True)
-                                      for k, v in self.backend.model.state_dict().items()}
+                self._best_weights = self._weights_on_cpu()
             if self.hooks.on_best:
                 self.hooks.on_best(state, record)
         else:
