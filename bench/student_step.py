@@ -11,22 +11,26 @@ started once (``mtkd.raycluster.ensure_ray``, ``num_cpus: 2``) before anything i
 Variants, each its own experiment (own name, own prepare, nothing reused):
 
 * ``plain``: mtkd's ``TrainingLoop`` + ``TorchBackend`` (fp32 weights, bf16 autocast,
-  torch AdamW foreach) in this process, 2 torch threads, the same model (same seed) and the
+  torch AdamW fused) in this process, 2 torch threads, the same model (same seed) and the
   same sampler batches as the worker (checked: identical examples per step);
 * ``ds``: ``run_pipeline(config, only="student")``: ``TorchTrainer`` with one worker
-  (``resources_per_worker: {cpu: 2}``), DeepSpeed ZeRO-2 bf16, ``checkpoint_every`` 10⁹
-  (only the final checkpoint, after the timed loop);
+  (``resources_per_worker: {cpu: 2}``), the student's DeepSpeed defaults (``zero_stage:
+  auto``, which is ZeRO-0 for one worker; bf16 by ``torch_autocast``), ``checkpoint_every``
+  10⁹ (only the final checkpoint, after the timed loop);
 * ``ds_ckpt``: the same with ``checkpoint_every: K`` (``--checkpoint-every``): every K steps
   each rank saves its DeepSpeed shard and ``ray.train.report``s it to S3;
 * ``ds_ckpt_async`` (unless ``--no-async``): a proposal priced without touching mtkd: the
   same, with the reported folder hard-linked aside and uploaded by Ray in the background
-  (``checkpoint_upload_mode=ASYNC``), see :func:`make_worker`.
+  (``checkpoint_upload_mode=ASYNC``), see :func:`make_worker`;
+* ``ds_zero2`` (unless ``--no-zero2``): ``ds`` with ``zero_stage: 2`` forced, for comparison
+  (ZeRO-2 partitions over one rank: its flat buffers only add copies).
 
 Before each variant the run waits (up to ``--quiet-timeout``) for other processes to leave
 the CPUs; a run whose training process got less than ``--min-cpu-share`` of its 2 cores in
 the steady window is measured again (``--retries``) and the least contended attempt kept.
 ``--investigate`` instead splits the gap in one process (no Ray, no S3): plain vs
-DeepSpeed ZeRO-2 / ZeRO-0, bf16 / fp32, and bf16 weights without autocast, per phase.
+DeepSpeed ZeRO-0 / 1 / 2, torch_autocast / DeepSpeed's bf16 mode (half weights), fp32, and
+bf16 weights without autocast, per phase.
 
 Steady state: the worker function is wrapped (``mtkd.student.stage.student_worker`` is
 replaced in this process by a wrapper that Ray pickles by value; ``mtkd/`` is unchanged) so
@@ -35,14 +39,16 @@ step seconds; checkpoint hooks, ``engine.save_checkpoint`` and ``ray.train.repor
 timed too. The steady rate is examples of steps K+1..N over the time from the end of step K
 to the end of step N: Ray/DeepSpeed start-up, the first K steps (warm-up), the final
 evaluation and the final checkpoint are outside; the periodic checkpoints at steps K, 2K, ...,
-N-K are inside (exactly one per K steps). The loop's own figure, ``examples / train_seconds``
-(``student/baseline/train_state.json``: ``examples_per_s``), is printed next to it; the
+N-K are inside (exactly one per K steps when N is a multiple of K). The loop's own figure,
+``examples / train_seconds`` (``student/baseline/train_state.json``: ``examples_per_s``), is
+printed next to it; the
 loop's ``train_seconds`` includes the ``on_checkpoint`` hook time (the hook runs after the
 throughput window was restarted and before the next step) and excludes evaluations.
 
-    .venv/bin/python bench/student_step.py [--quick] [--steps 300] [--checkpoint-every 50]
-                                           [--rounds 1] [--no-async]
+    .venv/bin/python bench/student_step.py [--quick] [--steps 400] [--checkpoint-every 100]
+                                           [--rounds 1] [--no-async] [--no-zero2]
     .venv/bin/python bench/student_step.py --investigate [--rounds 3] [--profile]
+                                           [--variants ds_z2_autocast,ds_z0_autocast]
 
 Ends with ``RESULT student_vs_plain`` (ds / plain) and ``RESULT checkpoint_overhead``
 (ds_ckpt / ds), medians of per-round ratios of the steady rates.
@@ -87,6 +93,7 @@ from common import (  # noqa: E402
 from s3server import S3Server, start_seaweedfs  # noqa: E402
 
 from mtkd.config import ExperimentConfig, RayConfig, config_from_dict  # noqa: E402
+from mtkd.config.schema import StudentConfig  # noqa: E402
 from mtkd.pipeline import experiment_store, run_pipeline  # noqa: E402
 
 ENCODER = "bundled:all-MiniLM-L6-v2"
@@ -255,7 +262,7 @@ def make_worker(async_upload: bool) -> Callable[[dict[str, Any]], None]:
 
 
 def experiment(args: argparse.Namespace, name: str, storage: str,
-               checkpoint_every: int) -> ExperimentConfig:
+               checkpoint_every: int, zero_stage: int | str = "auto") -> ExperimentConfig:
     task = {"max_train_examples": None, "max_dev_examples": args.dev_examples,
             "teacher": False}
     return config_from_dict({
@@ -266,7 +273,7 @@ def experiment(args: argparse.Namespace, name: str, storage: str,
         "student": {"num_layers": 3, "distill": False, "num_workers": 1,
                     "resources_per_worker": {"cpu": 2}, "checkpoint_every": checkpoint_every,
                     "keep_checkpoints": 2, "max_failures": 0,
-                    "deepspeed": {"zero_stage": 2},
+                    "deepspeed": {"zero_stage": zero_stage},
                     "training": {"epochs": 1, "max_steps": args.steps, "batch_size": 32,
                                  "precision": "bf16", "eval_every": 0, "dropout": 0.1}},
     })
@@ -326,19 +333,24 @@ def run_ds(config: ExperimentConfig, async_upload: bool = False) -> dict[str, An
 # DeepSpeedBackend (torch.distributed gloo, world size 1, as Ray Train sets it up), rounds
 # interleaved, to split the DeepSpeed worker's gap into its parts.
 
-INVESTIGATE: dict[str, tuple[str, str, int | None, bool, dict[str, Any]]] = {
-    # name: (backend, precision, ZeRO stage, weights cast to bf16 first, extra zero_optimization)
-    "plain_bf16": ("torch", "bf16", None, False, {}),
-    "ds_z2_bf16": ("deepspeed", "bf16", 2, False, {}),
-    "ds_z2_bf16_nocontig": ("deepspeed", "bf16", 2, False, {"contiguous_gradients": False}),
-    "ds_z1_bf16": ("deepspeed", "bf16", 1, False, {}),
-    "ds_z0_bf16": ("deepspeed", "bf16", 0, False, {}),
-    "pure_bf16": ("torch", "fp32", None, True, {}),
-    "plain_fp32": ("torch", "fp32", None, False, {}),
-    "ds_z2_fp32": ("deepspeed", "fp32", 2, False, {}),
+INVESTIGATE: dict[str, tuple[str, str, int | None, bool, dict[str, Any], str]] = {
+    # name: (backend, precision, ZeRO stage, weights cast to bf16 first, extra
+    #        zero_optimization, student.deepspeed.mixed_precision)
+    "plain_bf16": ("torch", "bf16", None, False, {}, ""),
+    "ds_z2_autocast": ("deepspeed", "bf16", 2, False, {}, "autocast"),
+    "ds_z1_autocast": ("deepspeed", "bf16", 1, False, {}, "autocast"),
+    "ds_z0_autocast": ("deepspeed", "bf16", 0, False, {}, "autocast"),
+    "ds_z2_half": ("deepspeed", "bf16", 2, False, {}, "half_weights"),
+    "ds_z2_half_nocontig": ("deepspeed", "bf16", 2, False, {"contiguous_gradients": False},
+                            "half_weights"),
+    "ds_z0_half": ("deepspeed", "bf16", 0, False, {}, "half_weights"),
+    "pure_bf16": ("torch", "fp32", None, True, {}, ""),
+    "plain_fp32": ("torch", "fp32", None, False, {}, ""),
+    "ds_z2_fp32": ("deepspeed", "fp32", 2, False, {}, "autocast"),
 }
-"""pure_bf16: bf16 weights and no autocast (the compute DeepSpeed's bf16 mode does), torch
-AdamW foreach straight on the bf16 weights (no fp32 master copy)."""
+"""*_autocast: fp32 weights, DeepSpeed's torch_autocast (mtkd's default); *_half: DeepSpeed's
+bf16 mode (bf16 module, fp32 master weights in the optimizer); pure_bf16: bf16 weights and
+no autocast, torch AdamW straight on the bf16 weights (no fp32 master copy)."""
 
 
 def init_single_process_group() -> None:
@@ -388,7 +400,7 @@ def investigate(args: argparse.Namespace) -> int:
         def run(name: str) -> dict[str, Any]:
             import mtkd.student.deepspeed_backend as ds_module
 
-            kind, precision, zero, cast, extra = INVESTIGATE[name]
+            kind, precision, zero, cast, extra, mixed = INVESTIGATE[name]
             original_config = ds_module.deepspeed_config
 
             def with_extra(student_config: Any, world_size: int) -> dict[str, Any]:
@@ -406,7 +418,8 @@ def investigate(args: argparse.Namespace) -> int:
             else:
                 cfg = dataclasses.replace(
                     student, training=training,
-                    deepspeed=dataclasses.replace(student.deepspeed, zero_stage=zero))
+                    deepspeed=dataclasses.replace(student.deepspeed, zero_stage=zero,
+                                                  mixed_precision=mixed))
                 ds_module.deepspeed_config = with_extra
                 try:
                     backend = DeepSpeedBackend(model, cfg, total, 1)
@@ -429,7 +442,7 @@ def investigate(args: argparse.Namespace) -> int:
 
         if args.profile:
             profile_step(run, args)
-        order = list(INVESTIGATE)
+        order = investigated(args)
         results: dict[str, list[dict[str, Any]]] = {n: [] for n in order}
         for r in range(args.rounds):
             for name in order if r % 2 == 0 else list(reversed(order)):
@@ -462,12 +475,21 @@ def investigate(args: argparse.Namespace) -> int:
     return 0
 
 
+def investigated(args: argparse.Namespace) -> list[str]:
+    """The ``--variants`` to run, checked, with the plain_bf16 reference first."""
+    names = [n for n in args.variants.split(",") if n and n != "plain_bf16"]
+    unknown = [n for n in names if n not in INVESTIGATE]
+    if unknown:
+        raise SystemExit(f"--variants: unknown {unknown}; choose from {list(INVESTIGATE)}")
+    return ["plain_bf16", *names]
+
+
 def profile_step(run: Callable[[str], dict[str, Any]], args: argparse.Namespace) -> None:
-    """torch.profiler over the ZeRO-2 bf16 and plain bf16 runs: top operators."""
+    """torch.profiler over the ``--profile-variants`` runs: top operators."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    for name in ("ds_z2_bf16", "plain_bf16"):
+    for name in investigated(args):
         with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
             run(name)
         print(f"\n### torch.profiler: {name} (warm-up + timed steps), self CPU time, top 30")
@@ -520,7 +542,7 @@ def measure(args: argparse.Namespace, variant: str, name: str, storage: str, eve
             runner: Callable[[ExperimentConfig], dict[str, Any]], prepare_s: list[float],
             waits: list[float]) -> dict[str, Any]:
     """Prepare a fresh experiment ``name``, wait for a quiet machine, run one variant."""
-    config = experiment(args, name, storage, every)
+    config = experiment(args, name, storage, every, 2 if variant == "ds_zero2" else "auto")
     prepare_s.append(prepare(config))
     if args.max_busy < 1:
         waited, busy = wait_for_quiet(args.max_busy, args.quiet_timeout)
@@ -544,18 +566,25 @@ def measure(args: argparse.Namespace, variant: str, name: str, storage: str, eve
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=300, help="optimizer steps per run")
-    parser.add_argument("--checkpoint-every", type=int, default=50,
-                        help="K: checkpoint every K steps in the ds_ckpt variant; the first K "
-                        "steps are also the warm-up left out of the steady rate")
+    parser.add_argument("--steps", type=int, default=400,
+                        help="optimizer steps per run (a multiple of K: the steady window then "
+                        "holds exactly one checkpoint per K steps)")
+    parser.add_argument("--checkpoint-every", type=int, default=StudentConfig().checkpoint_every,
+                        help="K: checkpoint every K steps in the ds_ckpt variant (default: the "
+                        "student stage's checkpoint_every); the first K steps are also the "
+                        "warm-up left out of the steady rate")
     parser.add_argument("--rt-examples", type=int, default=8000,
                         help="rotten_tomatoes train rows (deterministic subset)")
-    parser.add_argument("--trec-examples", type=int, default=3200, help="trec train rows")
+    parser.add_argument("--trec-examples", type=int, default=5000,
+                        help="trec train rows (with --rt-examples: enough for --steps in one "
+                        "epoch)")
     parser.add_argument("--dev-examples", type=int, default=200, help="dev rows per task")
     parser.add_argument("--rounds", type=int, default=1,
                         help="rounds of the variants (order reversed on odd rounds)")
     parser.add_argument("--no-async", dest="async_variant", action="store_false",
                         help="skip ds_ckpt_async (the ASYNC-upload proposal)")
+    parser.add_argument("--no-zero2", dest="zero2_variant", action="store_false",
+                        help="skip ds_zero2 (one worker forced to ZeRO-2, for comparison)")
     parser.add_argument("--max-busy", type=float, default=0.3,
                         help="before each variant wait until other processes use at most this "
                         "fraction of the CPUs (1: never wait)")
@@ -568,11 +597,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="re-measurements of a contended run (fresh experiment each)")
     parser.add_argument("--investigate", action="store_true",
                         help="instead: in one process (no Ray, no S3) plain vs DeepSpeed "
-                        "ZeRO-2/0, bf16/fp32 and pure-bf16 weights, per phase")
+                        "ZeRO-0/1/2, autocast/half weights, fp32 and pure-bf16 weights, per "
+                        "phase")
     parser.add_argument("--inv-warmup", type=int, default=5, help="--investigate warm-up steps")
     parser.add_argument("--inv-steps", type=int, default=30, help="--investigate timed steps")
     parser.add_argument("--profile", action="store_true",
                         help="--investigate: also torch.profiler tables")
+    parser.add_argument("--variants", default=",".join(INVESTIGATE),
+                        help="--investigate: which variants to run or profile (comma list; "
+                             "plain_bf16, the reference, always runs)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 30 steps, K=10, small subsets (about 3 min)")
     args = parser.parse_args(argv)
@@ -582,6 +615,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.rounds = 1
     if args.steps < 3 * args.checkpoint_every:
         parser.error("--steps must be at least 3 × --checkpoint-every")
+    if (args.rt_examples + args.trec_examples) // 32 < args.steps:
+        parser.error("--rt-examples + --trec-examples must give at least --steps batches of 32 "
+                     "(one epoch)")
     return args
 
 
@@ -611,9 +647,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     server = start_seaweedfs(work / "s3")
     runners: dict[str, Callable[[ExperimentConfig], dict[str, Any]]] = {
         "plain": run_plain, "ds": run_ds, "ds_ckpt": run_ds,
-        "ds_ckpt_async": lambda config: run_ds(config, async_upload=True)}
+        "ds_ckpt_async": lambda config: run_ds(config, async_upload=True), "ds_zero2": run_ds}
     if not args.async_variant:
         runners.pop("ds_ckpt_async")
+    if not args.zero2_variant:
+        runners.pop("ds_zero2")
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in runners}
     waits: list[float] = []
     contended: dict[str, int] = {}

@@ -40,9 +40,12 @@ def ensure_ray(config: RayConfig) -> None:
 
     if ray.is_initialized():
         return
+    # The dashboard serves Ray's State API, which Ray Train's placement-group cleaner polls
+    # every second: without it each poll fails with a warning in the log, and the cleaner
+    # cannot release a dead run's resources. It is also where users watch a local run.
     kwargs: dict = {"runtime_env": {"env_vars": worker_env(config)},
                     "log_to_driver": True, "logging_level": logging.WARNING,
-                    "include_dashboard": False}
+                    "include_dashboard": True}
     # Inside a Ray job RAY_ADDRESS is set: join that cluster; local-only settings would
     # make ray.init fail there.
     joining = config.address is not None or bool(os.environ.get("RAY_ADDRESS"))
@@ -55,12 +58,13 @@ def ensure_ray(config: RayConfig) -> None:
             kwargs["address"] = config.address
         kwargs.pop("include_dashboard")
     try:
-        ray.init(**kwargs)
+        context = ray.init(**kwargs)
     except ConnectionError as err:
         raise MtkdError(f"cannot connect to the Ray cluster at ray.address={config.address!r}: "
                         f"{err} (fix: start it with `ray start --head`, check the address, or "
                         "set ray.address: null for a local Ray)") from None
     resources = ray.cluster_resources()
     where = config.address or os.environ.get("RAY_ADDRESS") or "local"
-    log.info("Ray %s: %s CPU, %s GPU", where,
-             resources.get("CPU", 0), resources.get("GPU", 0))
+    dashboard = getattr(context, "dashboard_url", None)
+    log.info("Ray %s: %s CPU, %s GPU%s", where, resources.get("CPU", 0), resources.get("GPU", 0),
+             f"; dashboard http://{dashboard}" if dashboard and not joining else "")

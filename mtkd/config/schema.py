@@ -442,11 +442,20 @@ class KDConfig:
 class DeepSpeedConfig:
     """DeepSpeed settings of the student; precision comes from student.training.precision."""
 
-    zero_stage: Literal[0, 1, 2, 3] = 2
+    zero_stage: Literal[0, 1, 2, 3, "auto"] = "auto"
     """ZeRO stage: 0 (plain data parallel), 1 (optimizer states), 2 (+ gradients),
-    3 (+ parameters)."""
+    3 (+ parameters) partitioned over the workers. auto: 0 for one worker (there is nothing
+    to partition, and ZeRO's flat buffers only add copies: 0.64x the steps per second of
+    ZeRO-0 on CPU, see docs/BENCHMARKS.md), 2 for several."""
     offload_optimizer: bool = False
     """Keep optimizer states in CPU memory (ZeRO 1-3)."""
+    mixed_precision: Literal["autocast", "half_weights"] = "autocast"
+    """How bf16/fp16 training is done. autocast: fp32 weights, the forward under
+    torch.autocast (DeepSpeed's torch_autocast; the same numerics as the teachers' loop,
+    the optimizer updates the weights in place). half_weights: DeepSpeed's bf16/fp16 mode,
+    the module in bf16/fp16 and an fp32 master copy in the (ZeRO-partitioned) optimizer:
+    less weight and gradient memory for large models on GPU, but every step copies
+    gradients and weights between the two."""
 
 
 @dataclass
@@ -482,6 +491,15 @@ class StudentConfig:
     checkpoint."""
     seeds: list[int] = field(default_factory=lambda: [0])
     """Student seeds; several seeds train several students (the quality benchmark)."""
+
+    @property
+    def zero_stage(self) -> int:
+        """The ZeRO stage in use: deepspeed.zero_stage, with "auto" resolved by the number
+        of workers."""
+        stage = self.deepspeed.zero_stage
+        if stage == "auto":
+            return 0 if self.num_workers == 1 else 2
+        return stage
 
     def problems(self, path: str) -> list[Problem]:
         found: list[Problem] = []

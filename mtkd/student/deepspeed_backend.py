@@ -17,27 +17,40 @@ from mtkd.training.optim import build_adamw, linear_warmup_decay
 
 
 def deepspeed_config(student: StudentConfig, world_size: int) -> dict[str, Any]:
-    """DeepSpeed's JSON config from the experiment config (ZeRO stage, precision,
-    accumulation, clipping); optimizer and schedule are mtkd's own AdamW and warm-up/decay."""
+    """DeepSpeed's JSON config from the experiment config (ZeRO stage, precision and how
+    mixed precision is done, accumulation, clipping); optimizer and schedule are mtkd's own
+    AdamW and warm-up/decay."""
     training, ds = student.training, student.deepspeed
     config: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": training.batch_size,
         "gradient_accumulation_steps": training.grad_accum,
         "train_batch_size": training.batch_size * training.grad_accum * world_size,
         "gradient_clipping": training.grad_clip,
-        "zero_optimization": {"stage": ds.zero_stage},
+        "zero_optimization": {"stage": student.zero_stage},
         # mtkd passes torch's AdamW (no JIT-built fused/CPU Adam op needed on any machine).
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
-    if ds.offload_optimizer and ds.zero_stage > 0:
+    if ds.offload_optimizer and student.zero_stage > 0:
         config["zero_optimization"]["offload_optimizer"] = {"device": "cpu"}
-    if training.precision == "bf16":
+    if training.precision == "fp32":
+        return config
+    if ds.mixed_precision == "autocast":
+        # fp32 weights; DeepSpeed runs the forward under torch.autocast (and adds a
+        # GradScaler for fp16). No "lower precision safe" modules: gradients are reduced in
+        # fp32, as DDP does in the teachers' loop (DeepSpeed's default would round the
+        # Linear layers' gradients to bf16/fp16 before reducing them).
+        config["torch_autocast"] = {"enabled": True, "dtype": AUTOCAST_DTYPES[training.precision],
+                                    "lower_precision_safe_modules": []}
+    elif training.precision == "bf16":
         config["bf16"] = {"enabled": True}
-    elif training.precision == "fp16":
+    else:
         config["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16}
     return config
+
+
+AUTOCAST_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
 
 
 class DeepSpeedBackend:
@@ -56,9 +69,22 @@ class DeepSpeedBackend:
                 opt, lambda step: linear_warmup_decay(step, warmup, total_steps))
 
         self.config = deepspeed_config(student, world_size)
+        if "torch_autocast" not in self.config:
+            # DeepSpeed keeps its torch_autocast state in module globals (a TODO of theirs);
+            # a process that built an autocast engine before (tests, benchmarks) would
+            # otherwise carry it into this one.
+            import deepspeed.runtime.torch_autocast as ds_autocast
+
+            ds_autocast.TORCH_AUTOCAST_INITIALIZED = False
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=schedule, config=self.config,
             dist_init_required=False)
+        if world_size == 1 and student.zero_stage == 0:
+            # Averaging gradients over one rank is the identity, but DeepSpeed's ZeRO-0 path
+            # still flattens, "reduces" and copies back every gradient (~30% of a CPU
+            # backward). ZeRO 1-3 move gradients into their partitions in that reduction, so
+            # it stays on for them.
+            self.engine.enable_backward_allreduce = False
         self.model = self.engine.module
         self.device = self.engine.device
         self.precision = training.precision

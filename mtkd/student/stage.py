@@ -68,7 +68,7 @@ def consolidate(folder: Path, zero_stage: int) -> dict[str, torch.Tensor]:
         return get_fp32_state_dict_from_zero_checkpoint(str(folder), tag=CHECKPOINT_TAG)
     # Stage 0: the full module is in rank 0's model-states file, written by DeepSpeed itself.
     states = torch.load(folder / CHECKPOINT_TAG / "mp_rank_00_model_states.pt",
-                        map_location="cpu", weights_only=False)
+                        map_location="cpu", weights_only=True)
     return {k: v.float() for k, v in states["module"].items()}
 
 
@@ -118,7 +118,7 @@ def _export(ctx: StageContext, run: StudentRun, result: Any) -> dict[str, Any]:
                         num_layers=config.student.num_layers,
                         dropout=config.student.training.dropout, seed=run.seed)
     with result.checkpoint.as_directory() as folder:
-        model.load_state_dict(consolidate(Path(folder), config.student.deepspeed.zero_stage))
+        model.load_state_dict(consolidate(Path(folder), config.student.zero_stage))
     from mtkd.data.tokenize import load_tokenizer
     from mtkd.pretrained import resolve_encoder_dir
 
@@ -148,7 +148,7 @@ def run_student(ctx: StageContext) -> dict[str, Any]:
         ensure_ray(config.ray)
         started = time.time()
         log.info("[student] %s: %d worker(s), ZeRO-%d, %s, %s", run.name,
-                 config.student.num_workers, config.student.deepspeed.zero_stage,
+                 config.student.num_workers, config.student.zero_stage,
                  config.student.training.precision,
                  "distilling" if run.distill else "hard labels only (baseline)")
         with tempfile.TemporaryDirectory():

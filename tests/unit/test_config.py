@@ -57,7 +57,8 @@ def test_defaults_fill_missing_sections() -> None:
     config = config_from_dict(minimal())
     assert config.storage_path == "./runs"
     assert config.teachers.size == 3
-    assert config.student.deepspeed.zero_stage == 2
+    assert config.student.deepspeed.zero_stage == "auto" and config.student.zero_stage == 0
+    assert config.student.deepspeed.mixed_precision == "autocast"
     assert config.tasks[0].source == "bundled"
 
 
@@ -127,6 +128,10 @@ def test_unknown_wrong_type_and_out_of_range_all_reported_with_lines(tmp_path: P
 def test_literal_typo_suggests_valid_choice() -> None:
     found = problems_of(minimal(soft_targets={"aggregation": "mean_probs"}))
     assert "did you mean 'mean_prob'" in found["soft_targets.aggregation"]
+    found = problems_of(minimal(student={"deepspeed": {"zero_stage": 4,
+                                                       "mixed_precision": "autocasts"}}))
+    assert "one of 0, 1, 2, 3, 'auto'" in found["student.deepspeed.zero_stage"]
+    assert "did you mean 'autocast'" in found["student.deepspeed.mixed_precision"]
 
 
 def test_bool_is_not_an_integer_and_int_is_a_float() -> None:

@@ -1,0 +1,179 @@
+"""The student's DeepSpeed adapter in one process (gloo, world size 1, as Ray Train sets it
+up for one worker): the generated config, the same numerics as the teachers' TorchBackend,
+and checkpoint round trips in both mixed-precision modes."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from mtkd.config import config_from_dict
+from mtkd.config.schema import StudentConfig
+from mtkd.model.mtdnn import build_mtdnn
+from mtkd.student.deepspeed_backend import DeepSpeedBackend, deepspeed_config
+from mtkd.student.stage import consolidate
+from mtkd.tasks.spec import TaskSpec
+from mtkd.training.backend import TorchBackend
+
+SPECS = [TaskSpec("cls", "classification", ("neg", "pos"), ("accuracy",), 16)]
+
+
+def student(precision: str = "bf16", zero: int | str = "auto", mixed: str = "autocast",
+            workers: int = 1) -> StudentConfig:
+    return config_from_dict({
+        "name": "t", "tasks": [{"name": "rotten_tomatoes"}],
+        "student": {"num_workers": workers, "use_gpu": precision == "fp16",
+                    "deepspeed": {"zero_stage": zero, "mixed_precision": mixed},
+                    "training": {"precision": precision, "batch_size": 8, "grad_clip": 1.0,
+                                 "learning_rate": 1e-3, "warmup_ratio": 0.0,
+                                 "dropout": 0.0}}}).student
+
+
+# ------------------------------------------------------------------------ generated config
+
+
+def test_autocast_mode_keeps_fp32_weights_and_reduces_gradients_in_fp32() -> None:
+    config = deepspeed_config(student("bf16"), world_size=1)
+    assert config["torch_autocast"] == {"enabled": True, "dtype": "bfloat16",
+                                        "lower_precision_safe_modules": []}
+    assert "bf16" not in config and "fp16" not in config
+    assert deepspeed_config(student("fp16"), 1)["torch_autocast"]["dtype"] == "float16"
+
+
+def test_half_weights_mode_is_deepspeeds_bf16_and_fp16() -> None:
+    bf16 = deepspeed_config(student("bf16", mixed="half_weights"), 1)
+    assert bf16["bf16"] == {"enabled": True} and "torch_autocast" not in bf16
+    fp16 = deepspeed_config(student("fp16", mixed="half_weights"), 1)
+    assert fp16["fp16"]["enabled"] and fp16["fp16"]["loss_scale"] == 0  # dynamic scaling
+
+
+def test_fp32_has_no_mixed_precision_section() -> None:
+    for mixed in ("autocast", "half_weights"):
+        config = deepspeed_config(student("fp32", mixed=mixed), 1)
+        assert not {"torch_autocast", "bf16", "fp16"} & set(config)
+
+
+def test_zero_stage_auto_is_0_for_one_worker_and_2_for_several() -> None:
+    assert student(workers=1).zero_stage == 0
+    assert student(workers=2).zero_stage == 2
+    assert student(zero=1, workers=1).zero_stage == 1  # an explicit stage is kept
+    config = deepspeed_config(student(workers=2), world_size=2)
+    assert config["zero_optimization"]["stage"] == 2
+    assert config["train_batch_size"] == 16
+
+
+def test_offload_only_applies_to_zero_stages_that_partition() -> None:
+    offload = student(zero=2)
+    offload = dataclasses.replace(offload, deepspeed=dataclasses.replace(
+        offload.deepspeed, offload_optimizer=True))
+    assert deepspeed_config(offload, 1)["zero_optimization"]["offload_optimizer"] == {
+        "device": "cpu"}
+    zero0 = dataclasses.replace(offload, deepspeed=dataclasses.replace(
+        offload.deepspeed, zero_stage=0))
+    assert "offload_optimizer" not in deepspeed_config(zero0, 1)["zero_optimization"]
+
+
+# ------------------------------------------------------------------------ engines
+
+
+@pytest.fixture(scope="module")
+def process_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    import torch.distributed as dist
+
+    init = tmp_path_factory.mktemp("pg") / "init"
+    with pytest.MonkeyPatch.context() as env:
+        # What Ray Train's torch setup exports for its worker (DeepSpeed checks LOCAL_RANK).
+        for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0",
+                           "LOCAL_WORLD_SIZE": "1"}.items():
+            env.setenv(key, value)
+        dist.init_process_group("gloo", init_method=f"file://{init}", rank=0, world_size=1,
+                                timeout=datetime.timedelta(seconds=60))
+        try:
+            yield
+        finally:
+            dist.destroy_process_group()
+
+
+def batches(n: int) -> list[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+    generator = torch.Generator().manual_seed(3)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(5, 25, (8, 12), generator=generator)
+        out.append(({"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                     "token_type_ids": torch.zeros_like(ids)},
+                    torch.randint(0, 2, (8,), generator=generator)))
+    return out
+
+
+def train(backend: object, data: list) -> list[float]:
+    losses = []
+    for inputs, labels in data:
+        loss = torch.nn.functional.cross_entropy(backend.forward("cls", inputs).float(), labels)
+        backend.backward(loss)
+        assert backend.step()
+        losses.append(loss.item())
+    return losses
+
+
+def fresh_model(encoder_dir: Path) -> torch.nn.Module:
+    return build_mtdnn(encoder_dir, SPECS, dropout=0.0, seed=0).train()
+
+
+@pytest.mark.parametrize("zero", [0, 2])
+def test_autocast_engine_trains_like_the_teachers_torch_backend(
+        tiny_encoder_dir: Path, process_group: None, zero: int) -> None:
+    """fp32 weights + autocast through DeepSpeed (ZeRO-0 and ZeRO-2) follow the plain
+    TorchBackend's bf16 losses and weights step for step."""
+    config = student("bf16", zero=zero)
+    data = batches(4)
+    engine = DeepSpeedBackend(fresh_model(tiny_encoder_dir), config, total_steps=4,
+                              world_size=1)
+    assert all(p.dtype == torch.float32 for p in engine.model.parameters())
+    plain = TorchBackend(fresh_model(tiny_encoder_dir), config.training, total_steps=4)
+    ours, theirs = train(engine, data), train(plain, data)
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+    assert ours[-1] != ours[0]  # it did learn something
+    for (name, a), b in zip(engine.model.state_dict().items(),
+                            plain.model.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize(("zero", "mixed"), [(0, "autocast"), (2, "autocast"),
+                                             (2, "half_weights")])
+def test_checkpoint_round_trip_continues_the_same_run(
+        tiny_encoder_dir: Path, process_group: None, tmp_path: Path, zero: int,
+        mixed: str) -> None:
+    """Save after 2 steps, load into a fresh engine: the next 2 steps equal the
+    uninterrupted run's (weights, optimizer moments and schedule all restored)."""
+    config = student("bf16", zero=zero, mixed=mixed)
+    data = batches(4)
+    whole = DeepSpeedBackend(fresh_model(tiny_encoder_dir), config, 4, 1)
+    train(whole, data[:2])
+    whole.save(str(tmp_path), client_state={"step": 2})
+    saved = {k: v.float().clone() for k, v in whole.model.state_dict().items()}
+    expected = train(whole, data[2:])
+    # The export path reads the same weights back from the checkpoint (ZeRO shards or, at
+    # stage 0, DeepSpeed's model-states file loaded with weights_only=True).
+    consolidated = consolidate(tmp_path, zero)
+    tolerance = 0 if mixed == "autocast" else 1e-2  # half_weights: fp32 masters vs bf16
+    for name, value in saved.items():
+        torch.testing.assert_close(consolidated[name], value, rtol=tolerance, atol=tolerance,
+                                   msg=name)
+
+    resumed = DeepSpeedBackend(build_mtdnn(tiny_encoder_dir, SPECS, dropout=0.0, seed=1),
+                               config, 4, 1)
+    assert resumed.load(str(tmp_path))["step"] == 2
+    assert resumed.learning_rate() == pytest.approx(whole_lr_after(2, config))
+    assert train(resumed, data[2:]) == expected
+    if mixed == "half_weights":
+        assert {p.dtype for p in resumed.model.parameters()} == {torch.bfloat16}
+
+
+def whole_lr_after(steps: int, config: StudentConfig) -> float:
+    """The schedule's learning rate after ``steps`` of 4 (no warm-up, linear decay)."""
+    return config.training.learning_rate * (4 - steps) / 4
