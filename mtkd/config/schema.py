@@ -445,8 +445,8 @@ class DeepSpeedConfig:
     zero_stage: Literal[0, 1, 2, 3, "auto"] = "auto"
     """ZeRO stage: 0 (plain data parallel), 1 (optimizer states), 2 (+ gradients),
     3 (+ parameters) partitioned over the workers. auto: 0 for one worker (there is nothing
-    to partition, and ZeRO's flat buffers only add copies: 0.64x the steps per second of
-    ZeRO-0 on CPU, see docs/BENCHMARKS.md), 2 for several."""
+    to partition, and ZeRO's flat buffers only add copies: ZeRO-2 ran at 0.54x ZeRO-0's
+    steps per second for one CPU worker, see docs/BENCHMARKS.md), 2 for several."""
     offload_optimizer: bool = False
     """Keep optimizer states in CPU memory (ZeRO 1-3)."""
     mixed_precision: Literal["autocast", "half_weights"] = "autocast"
