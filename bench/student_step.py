@@ -5,9 +5,11 @@ Real data: the prepare stage on deterministic subsets of the bundled rotten_toma
 train splits (``--rt-examples``, ``--trec-examples``; dev capped at ``--dev-examples``),
 tokenized with the bundled all-MiniLM-L6-v2 tokenizer. The model is the student: MT-DNN on
 the first 3 layers of all-MiniLM-L6-v2, dropout 0.1, bf16, batch 32, distillation off (the
-``baseline`` run, so no teachers are needed). Storage is a real S3 server (SeaweedFS ``weed
-mini`` from ``tests/s3server.py`` on 127.0.0.1, fresh bucket) for every variant; Ray is
-started once (``mtkd.raycluster.ensure_ray``, ``num_cpus: 2``) before anything is timed.
+``baseline`` run, so no teachers are needed), as many epochs over the subsets as ``--steps``
+needs, ``eval_every`` 10⁹ (the only dev evaluation is the final one). Storage is a real S3
+server (SeaweedFS ``weed mini`` from ``tests/s3server.py`` on 127.0.0.1, fresh bucket) for
+every variant; Ray is started once (``mtkd.raycluster.ensure_ray``, ``num_cpus: 2``) before
+anything is timed.
 Variants, each its own experiment (own name, own prepare, nothing reused):
 
 * ``plain``: mtkd's ``TrainingLoop`` + ``TorchBackend`` (fp32 weights, bf16 autocast,
@@ -45,7 +47,7 @@ printed next to it; the
 loop's ``train_seconds`` includes the ``on_checkpoint`` hook time (the hook runs after the
 throughput window was restarted and before the next step) and excludes evaluations.
 
-    .venv/bin/python bench/student_step.py [--quick] [--steps 400] [--checkpoint-every 100]
+    .venv/bin/python bench/student_step.py [--quick] [--steps 1000] [--checkpoint-every 500]
                                            [--rounds 1] [--no-async] [--no-zero2]
     .venv/bin/python bench/student_step.py --investigate [--rounds 3] [--profile]
                                            [--variants ds_z2_autocast,ds_z0_autocast]
@@ -265,6 +267,8 @@ def experiment(args: argparse.Namespace, name: str, storage: str,
                checkpoint_every: int, zero_stage: int | str = "auto") -> ExperimentConfig:
     task = {"max_train_examples": None, "max_dev_examples": args.dev_examples,
             "teacher": False}
+    # Enough epochs over the subsets for --steps (max_steps stops the run there).
+    epochs = -(-args.steps // ((args.rt_examples + args.trec_examples) // 32))
     return config_from_dict({
         "name": name, "storage_path": storage, "ray": {"num_cpus": 2},
         "encoder": {"path": ENCODER},
@@ -274,8 +278,8 @@ def experiment(args: argparse.Namespace, name: str, storage: str,
                     "resources_per_worker": {"cpu": 2}, "checkpoint_every": checkpoint_every,
                     "keep_checkpoints": 2, "max_failures": 0,
                     "deepspeed": {"zero_stage": zero_stage},
-                    "training": {"epochs": 1, "max_steps": args.steps, "batch_size": 32,
-                                 "precision": "bf16", "eval_every": 0, "dropout": 0.1}},
+                    "training": {"epochs": epochs, "max_steps": args.steps, "batch_size": 32,
+                                 "precision": "bf16", "eval_every": NEVER, "dropout": 0.1}},
     })
 
 
@@ -566,9 +570,9 @@ def measure(args: argparse.Namespace, variant: str, name: str, storage: str, eve
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=400,
-                        help="optimizer steps per run (a multiple of K: the steady window then "
-                        "holds exactly one checkpoint per K steps)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="optimizer steps per run, a multiple of K (the steady window, steps "
+                        "K+1..N, then holds exactly one checkpoint per K steps; default 2K)")
     parser.add_argument("--checkpoint-every", type=int, default=StudentConfig().checkpoint_every,
                         help="K: checkpoint every K steps in the ds_ckpt variant (default: the "
                         "student stage's checkpoint_every); the first K steps are also the "
@@ -613,11 +617,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.steps, args.checkpoint_every = 30, 10
         args.rt_examples, args.trec_examples, args.dev_examples = 1500, 600, 100
         args.rounds = 1
-    if args.steps < 3 * args.checkpoint_every:
-        parser.error("--steps must be at least 3 × --checkpoint-every")
-    if (args.rt_examples + args.trec_examples) // 32 < args.steps:
-        parser.error("--rt-examples + --trec-examples must give at least --steps batches of 32 "
-                     "(one epoch)")
+    K = args.checkpoint_every
+    args.steps = args.steps or 2 * K
+    if args.steps < 2 * K or args.steps % K:
+        parser.error(f"--steps must be a multiple of --checkpoint-every ({K}) and at least "
+                     f"{2 * K}: the steady window, steps K+1..N, must hold whole K-step "
+                     "intervals")
     return args
 
 
