@@ -23,6 +23,7 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -210,23 +211,37 @@ def _train_in_trial(job: MemberJob, started: float) -> dict[str, Any]:
     torch.set_num_threads(max(1, int(resources.cpu)))
     device = "cuda" if resources.gpu > 0 and torch.cuda.is_available() else "cpu"
     loop = job.build_loop(device)
+    result, attempts = _train_with_checkpoints(job, loop, tune.get_checkpoint(), started,
+                                               tune.report, tune.Checkpoint.from_directory)
+    return job.write_member(result, started, attempts)
+
+
+def _train_with_checkpoints(job: MemberJob, loop: TrainingLoop, checkpoint: Any,
+                            started_at: float, report: Callable[..., Any],
+                            as_checkpoint: Callable[[str], Any], rank: int = 0
+                            ) -> tuple[TrainResult, list[dict]]:
+    """Run ``loop`` from ``checkpoint`` (or the start), reporting a checkpoint at every
+    evaluation through ``report`` (Tune's or Ray Train's); the result and the attempts."""
     resume, attempts, best = None, [], None
-    checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
-        resume, attempts, best = _restore(checkpoint)
+        resume, attempts, best = _restore(checkpoint, rank)
+        loop_state = resume[1]
+        log.info("resumed from step %d (epoch %d, batch %d)", loop_state.step,
+                 loop_state.epoch, loop_state.position)
     attempts.append({"pid": os.getpid(), "start_step": resume[1].step if resume else 0,
-                     "started_at": started})
+                     "started_at": started_at})
 
     def on_eval(state: LoopState, record: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory(prefix="mtkd-ckpt-") as folder:
-            _save(Path(folder), loop, state, attempts)
-            tune.report(_flat_metrics(record),
-                        checkpoint=tune.Checkpoint.from_directory(folder))
-        job.write_progress(state, record, len(attempts))
+            _save(Path(folder), loop, state, attempts, rank)
+            report(_flat_metrics(record), checkpoint=as_checkpoint(folder))
+        if rank == 0:
+            job.write_progress(state, record, len(attempts))
 
     loop.hooks = LoopHooks(on_eval=on_eval)
-    result = run_training(loop, job.member.encoder, job.member.seed, resume, best)
-    return job.write_member(result, started, attempts)
+    # Each rank its own dropout stream; rank 0's is the single-process one.
+    result = run_training(loop, job.member.encoder, job.member.seed + rank, resume, best)
+    return result, attempts
 
 
 def _drive_workers(job: MemberJob, trial_config: dict[str, Any], started: float) -> None:
@@ -281,27 +296,9 @@ def member_worker(loop_config: dict[str, Any]) -> None:
     else:
         device = torch.device("cpu")
     loop = job.build_loop(device, data_parallel=True)
-    resume, attempts, best = None, [], None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        resume, attempts, best = _restore(checkpoint, rank)
-        loop_state = resume[1]
-        log.info("resumed from step %d (epoch %d, batch %d)", loop_state.step,
-                 loop_state.epoch, loop_state.position)
-    attempts.append({"pid": os.getpid(), "start_step": resume[1].step if resume else 0,
-                     "started_at": loop_config["started_at"]})
-
-    def on_eval(state: LoopState, record: dict[str, Any]) -> None:
-        with tempfile.TemporaryDirectory(prefix="mtkd-ckpt-") as folder:
-            _save(Path(folder), loop, state, attempts, rank)
-            ray.train.report(_flat_metrics(record),
-                             checkpoint=ray.train.Checkpoint.from_directory(folder))
-        if rank == 0:
-            job.write_progress(state, record, len(attempts))
-
-    loop.hooks = LoopHooks(on_eval=on_eval)
-    # Each rank its own dropout stream; rank 0's is the single-process one.
-    result = run_training(loop, job.member.encoder, job.member.seed + rank, resume, best)
+    result, attempts = _train_with_checkpoints(
+        job, loop, ray.train.get_checkpoint(), loop_config["started_at"], ray.train.report,
+        ray.train.Checkpoint.from_directory, rank)
     examples, tokens = sum_over_ranks([result.state.examples, result.state.tokens],
                                       loop.backend.device)
     if rank == 0:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from tiny import make_tiny_bert, write_task
 
-from mtkd.config import config_from_dict
+from mtkd.config import ExperimentConfig, config_from_dict
 from mtkd.data.sampler import MultiTaskBatchSampler
 from mtkd.errors import MtkdError
 from mtkd.model.remote import load_model_from
@@ -61,14 +61,21 @@ def kill_when_checkpointed(store: Storage, member: str, killed: dict) -> None:
         time.sleep(0.05)
 
 
-def test_ensemble_trains_resumes_and_scales(experiment: dict) -> None:
-    config = config_from_dict(experiment)
+def train_teachers_killing(config: ExperimentConfig, member: str) -> tuple[Storage, dict]:
+    """Run the teachers stage while :func:`kill_when_checkpointed` kills ``member`` once;
+    the experiment's store and what was killed."""
     store = experiment_store(config)
     killed: dict = {}
-    watcher = threading.Thread(target=kill_when_checkpointed, args=(store, "m001", killed))
+    watcher = threading.Thread(target=kill_when_checkpointed, args=(store, member, killed))
     watcher.start()
     run_pipeline(config, to_stage="teachers")
     watcher.join()
+    return store, killed
+
+
+def test_ensemble_trains_resumes_and_scales(experiment: dict) -> None:
+    config = config_from_dict(experiment)
+    store, killed = train_teachers_killing(config, "m001")
 
     report = store.read_json("teachers/teachers.json")
     members = {m["name"]: m for m in report["members"]}
@@ -161,12 +168,7 @@ def test_member_with_two_workers_trains_data_parallel_and_resumes(
                 "training": {"epochs": 2, "batch_size": 16, "eval_every": 15,
                              "dropout": 0.0}}
     config = config_from_dict({**experiment, "name": "ddp", "teachers": teachers})
-    store = experiment_store(config)
-    killed: dict = {}
-    watcher = threading.Thread(target=kill_when_checkpointed, args=(store, "m000", killed))
-    watcher.start()
-    run_pipeline(config, to_stage="teachers")
-    watcher.join()
+    store, killed = train_teachers_killing(config, "m000")
 
     report = store.read_json("teachers/teachers.json")
     assert [m["name"] for m in report["members"]] == ["m000"] and report["failed"] == {}
