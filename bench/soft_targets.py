@@ -84,11 +84,12 @@ from mtkd.data.tokenize import load_tokenizer
 from mtkd.model.mtdnn import MTDNN, build_mtdnn, non_embedding_parameters
 from mtkd.model.remote import load_model_from, save_model_to
 from mtkd.pipeline import experiment_store, run_pipeline
+from mtkd.precision import autocast
 from mtkd.pretrained import resolve_encoder_dir
 from mtkd.raycluster import ensure_ray
 from mtkd.stages.prepare import read_prepared, read_task_spec
 from mtkd.storage import Storage
-from mtkd.training.evaluate import autocast, model_inputs
+from mtkd.training.evaluate import model_inputs
 
 ENCODER = "bundled:all-MiniLM-L6-v2"
 MAX_LENGTHS = {"rotten_tomatoes": 128, "boolq": 256}

@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="dev examples per task timed for the speed comparison")
     report.add_argument("--no-speed", action="store_true",
                         help="skip the inference-speed measurement")
+    report.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="precision of the speed measurement on this CPU (default: auto, "
+                             "bf16 where the CPU has native bf16, else fp32)")
     report.set_defaults(handler=_cmd_report)
 
     assets = sub.add_parser("assets", help="fetch or list the pinned model and data assets",
@@ -121,7 +124,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if not store.exists("manifests/prepare.json"):
         raise MtkdError(f"{store.uri} is not an mtkd experiment (no manifests/prepare.json; "
                         "fix: give <storage_path>/<name> of a run)")
-    write_report(store, args.speed_examples, measure=not args.no_speed)
+    write_report(store, args.speed_examples, measure=not args.no_speed,
+                 precision=args.precision)
     print(f"report: {store.uri_of('report/report.md')}")
     return 0
 

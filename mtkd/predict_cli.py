@@ -39,8 +39,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
+from mtkd.config.schema import Precision
 from mtkd.errors import DataError, MtkdError
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
     from mtkd.tasks.files import Table
     from mtkd.tasks.spec import TaskSpec
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = get_args(Precision)  # auto, fp32, bf16, fp16
 META_FILE = "mtdnn.json"  # = mtkd.model.io.META_FILE (not imported: that pulls in torch)
 CHUNK_BATCHES = 8
 """Rows are sorted by length and handed to predict_texts this many batches at a time (the
@@ -88,8 +89,10 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
                         help="examples per forward pass (default: 32)")
     parser.add_argument("--device", choices=("cpu", "cuda"),
                         help="where to run the model (default: cuda if available, else cpu)")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                        help="fp32, or bf16/fp16 autocast (fp16 needs cuda) (default: fp32)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="auto: the best for the device (bf16 on CUDA >= 8.0 and CPUs "
+                             "with native bf16, fp16 on CUDA 7.x, else fp32); or fp32, "
+                             "bf16, fp16 (cuda only) (default: auto)")
 
 
 # ------------------------------------------------------------------------ model
@@ -286,13 +289,12 @@ def _device_and_dtype(args: argparse.Namespace) -> tuple[str, Any]:
     if device == "cuda" and not torch.cuda.is_available():
         raise MtkdError("--device cuda: no CUDA GPU is available to torch (fix: use --device "
                         "cpu, or install the CUDA build of torch)")
-    if args.precision == "fp16" and device == "cpu":
-        raise MtkdError("--precision fp16 needs --device cuda (fix: use bf16 or fp32 on cpu)")
-    if args.precision == "bf16" and device == "cuda" and not torch.cuda.is_bf16_supported():
-        raise MtkdError("--precision bf16: this GPU has no bfloat16 support (fix: use fp16 "
-                        "or fp32)")
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
-    return device, dtype
+    from mtkd.precision import resolve_here
+
+    resolved = resolve_here(args.precision, device, "--precision")
+    if resolved.warning:
+        print(f"warning: {resolved.warning}", file=sys.stderr)
+    return device, None if resolved.precision == "fp32" else resolved.dtype
 
 
 def run_predict(args: argparse.Namespace) -> int:

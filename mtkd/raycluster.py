@@ -12,10 +12,14 @@ import os
 
 from mtkd.config import RayConfig
 from mtkd.errors import MtkdError
+from mtkd.precision import DeviceInfo
 
 log = logging.getLogger("mtkd")
 # Keep Ray's own console output for what matters; its deprecation chatter goes to the log.
 QUIET_ENV = {"RAY_DEDUP_LOGS": "1", "RAY_AIR_NEW_OUTPUT": "0",
+             # mtkd's own lines (progress of each member, each worker) are never folded
+             # into "[repeated Nx across cluster]": they differ in what they report.
+             "RAY_DEDUP_LOGS_ALLOW_REGEX": r"\[mtkd ",
              "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
              # Ctrl-C must reach mtkd (which keeps finished work and exits 130), not be
              # swallowed by a handler Tune leaves installed after fit().
@@ -32,6 +36,47 @@ def worker_env(config: RayConfig) -> dict[str, str]:
     return env
 
 
+def joins_cluster(config: RayConfig) -> bool:
+    """Whether mtkd joins an existing cluster (ray.address, or RAY_ADDRESS inside a Ray
+    job) rather than starting a local Ray on this machine."""
+    return config.address is not None or bool(os.environ.get("RAY_ADDRESS"))
+
+
+def _probe(use_gpu: bool) -> DeviceInfo:
+    import torch
+
+    from mtkd.precision import probe_device
+
+    return probe_device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+
+
+PROBE_TIMEOUT_S = 900.0
+"""How long a stage waits for a node to take its device probe (an autoscaler may have to
+start one first)."""
+
+
+def probe_work_device(config: RayConfig, gpu: float, timeout_s: float = PROBE_TIMEOUT_S
+                      ) -> DeviceInfo | None:
+    """The device a unit of work that asks for ``gpu`` GPUs will get.
+
+    A local Ray runs the work on this machine: probed here. On a cluster a small Ray task
+    with the same GPU request (and no CPU) probes a node of the kind the work lands on;
+    None when no node took it within ``timeout_s`` (the workers then decide alone).
+    """
+    if not joins_cluster(config):
+        return _probe(gpu > 0)
+    import ray
+
+    ensure_ray(config)
+    ref = ray.remote(_probe).options(num_cpus=0, num_gpus=gpu or 0).remote(gpu > 0)
+    ready, _ = ray.wait([ref], timeout=timeout_s)
+    if not ready:
+        ray.cancel(ref, force=True)
+        log.warning("no node took the device probe (gpu=%s) within %.0f s", gpu, timeout_s)
+        return None
+    return ray.get(ref)
+
+
 def ensure_ray(config: RayConfig) -> None:
     """Start or join Ray once per process (a second call is a no-op)."""
     for key, value in QUIET_ENV.items():
@@ -46,9 +91,7 @@ def ensure_ray(config: RayConfig) -> None:
     kwargs: dict = {"runtime_env": {"env_vars": worker_env(config)},
                     "log_to_driver": True, "logging_level": logging.WARNING,
                     "include_dashboard": True}
-    # Inside a Ray job RAY_ADDRESS is set: join that cluster; local-only settings would
-    # make ray.init fail there.
-    joining = config.address is not None or bool(os.environ.get("RAY_ADDRESS"))
+    joining = joins_cluster(config)
     if not joining:
         kwargs.update(num_cpus=config.num_cpus, num_gpus=config.num_gpus)
         if config.object_store_memory_gb:

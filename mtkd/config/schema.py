@@ -15,7 +15,7 @@ from typing import Literal
 
 from mtkd.errors import Problem
 
-Precision = Literal["fp32", "bf16", "fp16"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
 TaskType = Literal["classification", "pair_classification", "regression", "ranking"]
 BUNDLED_TASK_NAMES = ("rotten_tomatoes", "boolq", "trec", "vader_movies", "lp50", "sms_spam")
 """Names of the bundled tasks (mtkd.tasks.bundled.BUNDLED; a test keeps them equal)."""
@@ -240,8 +240,10 @@ class TrainingConfig:
     """Clip the global gradient norm to this (0: off)."""
     grad_accum: int = 1
     """Mini-batches accumulated per optimizer step."""
-    precision: Precision = "fp32"
-    """fp32, bf16 (CPU and GPU), or fp16 (GPU only)."""
+    precision: Precision = "auto"
+    """auto: decided where the work runs (bf16 on CUDA >= 8.0 and on CPUs with native bf16,
+    fp16 with dynamic loss scaling on CUDA 7.x such as V100/T4, fp32 otherwise); or fp32,
+    bf16 (slow where a CPU only emulates it: warned), fp16 (GPU only)."""
     dropout: float = 0.1
     """Dropout of the task heads and the encoder."""
     eval_every: int = 0
@@ -395,8 +397,10 @@ class SoftTargetsConfig:
     logits; geometric: normalised geometric mean of the probabilities."""
     temperature: float = 1.0
     """Softmax temperature applied to member logits before averaging."""
-    precision: Precision = "fp32"
-    """Inference precision: fp32, bf16, or fp16 (GPU only)."""
+    precision: Precision = "auto"
+    """Inference precision of the soft-target actors: auto (the rule of
+    teachers.training.precision, decided on each actor's device), fp32, bf16, fp16 (GPU
+    only)."""
     num_actors: int | None = None
     """Inference actors (null: sized to the cluster's resources)."""
     resources_per_actor: Resources = field(default_factory=lambda: Resources(cpu=0.5))
@@ -527,6 +531,10 @@ class ReportConfig:
     """Write PNG plots next to report.md."""
     speed_examples: int = 256
     """Dev examples timed to compare inference speed of the ensemble and the student."""
+    precision: Precision = "auto"
+    """Precision of what the pipeline's driver process evaluates itself: the exported
+    student's dev scores and the report's speed measurement (auto: the precision rule on
+    the driver's device; fp16 needs a GPU there)."""
 
     def problems(self, path: str) -> list[Problem]:
         found: list[Problem] = []
@@ -587,9 +595,12 @@ class ExperimentConfig:
 
 
 def _precision_problems(path: str, precision: str, on_gpu: bool) -> list[Problem]:
+    """What validate can tell without the hardware (the rest is decided where the work
+    runs, by mtkd.precision)."""
     if precision == "fp16" and not on_gpu:
         return [Problem(path, "fp16 needs a GPU but this work runs on CPU",
-                        "use bf16 or fp32 on CPU, or give the work a GPU")]
+                        "use auto (the best precision for the hardware) or fp32 on CPU, "
+                        "or give the work a GPU")]
     return []
 
 

@@ -19,6 +19,7 @@ from mtkd.metrics import average_score
 from mtkd.model.mtdnn import num_parameters
 from mtkd.model.remote import load_model_from
 from mtkd.pipeline import read_manifest
+from mtkd.precision import Resolved, resolve_here
 from mtkd.stages.prepare import read_prepared, read_task_spec
 from mtkd.storage import Storage
 from mtkd.training.evaluate import predict_outputs
@@ -38,10 +39,12 @@ def _mean_run(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
             "params": runs[0]["params"], "models": [r["model"] for r in runs]}
 
 
-def measure_speed(store: Storage, model_rels: list[str], examples: int) -> dict[str, Any]:
+def measure_speed(store: Storage, model_rels: list[str], examples: int,
+                  precision: str = "fp32") -> dict[str, Any]:
     """Examples per second of predicting ``examples`` dev rows of every task with each model
-    in turn (length-sorted batches, fp32, this process); returns per-model rates, the rate
-    of all of them together (an ensemble predicts with every member) and parameters."""
+    in turn (length-sorted batches, this process, CPU, a resolved ``precision``); returns
+    per-model rates, the rate of all of them together (an ensemble predicts with every
+    member) and parameters."""
     rates, params, total_seconds, examples_per_task = {}, {}, 0.0, {}
     with tempfile.TemporaryDirectory(prefix="mtkd-report-") as tmp:
         for i, rel in enumerate(model_rels):
@@ -51,10 +54,11 @@ def measure_speed(store: Storage, model_rels: list[str], examples: int) -> dict[
             for task in model.specs:
                 split = read_prepared(store, task, "dev")
                 split = split.select(range(min(examples, len(split))))
-                predict_outputs(model, read_task_spec(store, task), split.select(range(
-                    min(8, len(split)))))  # warm-up
+                spec = read_task_spec(store, task)
+                predict_outputs(model, spec, split.select(range(min(8, len(split)))),
+                                precision=precision)  # warm-up
                 started = time.perf_counter()
-                predict_outputs(model, read_task_spec(store, task), split)
+                predict_outputs(model, spec, split, precision=precision)
                 seconds += time.perf_counter() - started
                 count += len(split)
                 examples_per_task[task] = len(split)
@@ -65,8 +69,32 @@ def measure_speed(store: Storage, model_rels: list[str], examples: int) -> dict[
     return {"per_model": rates, "together": together, "params": params}
 
 
-def collect(store: Storage, speed_examples: int = 256, measure: bool = True) -> dict[str, Any]:
-    """The report's data (see docs/ARCHITECTURE.md for the keys)."""
+def _hardware(store: Storage, manifests: dict[str, Any], runs: dict[str, Any],
+              report_precision: Resolved) -> list[dict[str, Any]]:
+    """One row per piece of work: stage, what, requested -> resolved precision, device."""
+    rows: list[dict[str, Any]] = []
+
+    def add(stage: str, what: str, recorded: dict[str, Any] | None) -> None:
+        if recorded:
+            rows.append({"stage": stage, "what": what, **recorded})
+
+    if store.exists("teachers/teachers.json"):
+        for member in store.read_json("teachers/teachers.json")["members"]:
+            add("teachers", f"member {member['name']}", member.get("precision"))
+    if manifests.get("soft"):
+        add("soft", "soft-target inference", manifests["soft"].get("precision"))
+    for name, run in runs.items():
+        add("student", f"{name} training", run.get("precision"))
+        add("student", f"{name} dev scores", run.get("scored_in"))
+    add("report", "inference speed", report_precision.to_json())
+    return rows
+
+
+def collect(store: Storage, speed_examples: int = 256, measure: bool = True,
+            precision: str = "auto") -> dict[str, Any]:
+    """The report's data (see docs/ARCHITECTURE.md for the keys). ``precision``: that of
+    the speed measurement (report.precision), resolved on this process's CPU."""
+    resolved = resolve_here(precision, "cpu", "report.precision")
     manifests = {s: read_manifest(store, s) for s in STAGES}
     prepared = manifests["prepare"] or {}
     report: dict[str, Any] = {"experiment": store.uri, "tasks": sorted(prepared.get("tasks", {})),
@@ -93,6 +121,7 @@ def collect(store: Storage, speed_examples: int = 256, measure: bool = True) -> 
     report["baseline"] = _mean_run([r for r in runs.values() if not r["distill"]])
     report["student_runs"] = {n: {"average": r["average"], "seed": r["seed"],
                                   "distill": r["distill"]} for n, r in runs.items()}
+    report["hardware"] = _hardware(store, manifests, runs, resolved)
     for name, run in runs.items():
         report["artifacts"][f"model:{name}"] = run["model"]
     for name in (m["name"] for m in report["members"]):
@@ -101,13 +130,15 @@ def collect(store: Storage, speed_examples: int = 256, measure: bool = True) -> 
         student_run = next(n for n, r in runs.items() if r["distill"] == bool(report["student"]))
         student_rel = f"student/{student_run}/final"
         member_rels = [f"teachers/{m['name']}/model" for m in report["members"]]
-        student_speed = measure_speed(store, [student_rel], speed_examples)
+        student_speed = measure_speed(store, [student_rel], speed_examples, resolved.precision)
         row = report["student"] or report["baseline"]
         row["examples_per_s"] = student_speed["together"]
         if member_rels:
-            ensemble_speed = measure_speed(store, member_rels, speed_examples)
+            ensemble_speed = measure_speed(store, member_rels, speed_examples,
+                                           resolved.precision)
             report["ensemble"]["examples_per_s"] = ensemble_speed["together"]
             report["ensemble"]["params"] = int(sum(ensemble_speed["params"].values()))
             report["speedup"] = student_speed["together"] / max(ensemble_speed["together"],
                                                                 1e-9)
+        report["speed_precision"] = resolved.precision
     return report

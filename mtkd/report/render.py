@@ -10,6 +10,13 @@ import matplotlib
 matplotlib.use("Agg")  # no display: render to files only
 import matplotlib.pyplot as plt
 
+from mtkd.precision import DeviceInfo
+
+
+def describe_device(device: dict[str, Any]) -> str:
+    """A recorded DeviceInfo as one phrase, e.g. "cpu AMD EPYC (AVX2, bf16 emulated)"."""
+    return DeviceInfo(**device).describe()
+
 
 def _rows(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     rows = [(m["name"], m) for m in report["members"]]
@@ -54,7 +61,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(f"| student | {student['params']:,} | {student['examples_per_s']:.1f} |")
     if report.get("speedup"):
         lines.append(f"\nThe student predicts {report['speedup']:.1f}x faster than the "
-                     "ensemble (same dev examples, fp32, one process).")
+                     f"ensemble (same dev examples, {report.get('speed_precision', 'fp32')}, "
+                     "one process).")
+    if report.get("hardware"):
+        lines += ["", "## Hardware and precision", "",
+                  "| stage | work | precision | device |", "|---|---|---|---|"]
+        lines += [f"| {h['stage']} | {h['what']} | {h['requested']} -> {h['precision']} | "
+                  f"{describe_device(h['device'])} |" for h in report["hardware"]]
     lines += ["", "## Stages", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in report["stages"].items()]
     lines += ["", "## Artifacts", ""]

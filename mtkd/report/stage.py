@@ -15,9 +15,10 @@ log = logging.getLogger("mtkd")
 
 
 def write_report(store: Storage, speed_examples: int = 256, plot: bool = True,
-                 measure: bool = True) -> dict[str, Any]:
-    """Collect and render the report of the experiment at ``store``."""
-    report = collect(store, speed_examples, measure=measure)
+                 measure: bool = True, precision: str = "auto") -> dict[str, Any]:
+    """Collect and render the report of the experiment at ``store`` (``precision``: of
+    the speed measurement, report.precision)."""
+    report = collect(store, speed_examples, measure=measure, precision=precision)
     if plot:
         store.write_atomic("report/scores.png", render_plot(report))
         report["artifacts"]["plot"] = store.uri_of("report/scores.png")
@@ -29,7 +30,8 @@ def write_report(store: Storage, speed_examples: int = 256, plot: bool = True,
 
 def run_report(ctx: StageContext) -> dict[str, Any]:
     config = ctx.config
-    report = write_report(ctx.store, config.report.speed_examples, config.report.plot)
+    report = write_report(ctx.store, config.report.speed_examples, config.report.plot,
+                          precision=config.report.precision)
     log.info("[report] %s", ctx.store.uri_of("report/report.md"))
     return {"artifacts": ["report/report.json", "report/report.md", "report/scores.png"],
             "average": {k: (report[k] or {}).get("average")

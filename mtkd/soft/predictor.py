@@ -17,21 +17,25 @@ import torch
 
 from mtkd.data.collate import collate
 from mtkd.model.remote import load_model_from
+from mtkd.precision import autocast, resolve_here
 from mtkd.storage import Storage
-from mtkd.training.evaluate import autocast, model_inputs
+from mtkd.training.evaluate import model_inputs
 
 OUTPUT_SCHEMA = pa.schema([("task", pa.string()), ("split", pa.string()),
                            ("uid", pa.string()), ("logits", pa.list_(pa.float32()))])
 
 
 class MemberPredictor:
-    """Loads the member's model once (in the actor's constructor), predicts every batch."""
+    """Loads the member's model once (in the actor's constructor), predicts every batch.
+
+    ``precision`` is the configured value, resolved on the actor's own device by the
+    precision rule (``precision_key`` names it in errors)."""
 
     def __init__(self, storage: str, model_rel: str, precision: str, threads: int,
-                 use_gpu: bool) -> None:
+                 use_gpu: bool, precision_key: str = "soft_targets.precision") -> None:
         torch.set_num_threads(max(1, threads))
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-        self.precision = precision
+        self.precision = resolve_here(precision, self.device, precision_key).precision
         self._tmp = tempfile.TemporaryDirectory(prefix="mtkd-member-")
         self.model, _ = load_model_from(Storage.from_uri(storage), model_rel,
                                         Path(self._tmp.name) / "model", device=self.device)

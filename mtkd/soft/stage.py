@@ -30,9 +30,11 @@ from mtkd.data.columns import random_access_columns
 from mtkd.errors import MtkdError
 from mtkd.metrics import average_score, compute_task_metrics, task_score
 from mtkd.pipeline import Stage, StageContext, read_manifest
-from mtkd.raycluster import ensure_ray
+from mtkd.precision import Resolved, stage_precision
+from mtkd.progress import Progress
+from mtkd.raycluster import ensure_ray, probe_work_device
 from mtkd.soft.aggregate import aggregate, check_targets, stack_members
-from mtkd.soft.predictor import MemberPredictor
+from mtkd.soft.predictor import OUTPUT_SCHEMA, MemberPredictor
 from mtkd.stages.prepare import read_prepared, read_task_spec
 from mtkd.storage import Storage
 
@@ -96,8 +98,9 @@ def _member_rows(store: Storage, tasks: list[str]) -> pa.Table:
 
 
 def _infer_member(config: ExperimentConfig, store: Storage, member: dict[str, Any],
-                  tasks: list[str]) -> pa.Table:
-    """Run the member over its tasks' rows with a Ray Data actor pool."""
+                  tasks: list[str], label: str) -> pa.Table:
+    """Run the member over its tasks' rows with a Ray Data actor pool; a progress line
+    (``label``: which member of how many) at least every 30 s."""
     import ray
 
     soft = config.soft_targets
@@ -106,6 +109,11 @@ def _infer_member(config: ExperimentConfig, store: Storage, member: dict[str, An
     # Several blocks per actor so that the last ones (the shortest rows) balance the pool.
     blocks = max(1, min(actors * 8, len(rows) // max(soft.batch_size, 1)))
     per = soft.resources_per_actor
+    # mtkd prints one progress line (rows, ex/s, ETA) at least every 30 s; Ray Data's own
+    # non-terminal progress log would add a dozen lines every 10 s.
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     dataset = ray.data.from_arrow(rows).repartition(blocks)
     outputs = dataset.map_batches(
         MemberPredictor, batch_size=soft.batch_size, batch_format="pyarrow",
@@ -113,9 +121,16 @@ def _infer_member(config: ExperimentConfig, store: Storage, member: dict[str, An
         fn_constructor_kwargs={"storage": store.uri,
                                "model_rel": f"teachers/{member['name']}/model",
                                "precision": soft.precision,
+                               "precision_key": "soft_targets.precision",
                                "threads": max(1, round(per.cpu)), "use_gpu": per.gpu > 0},
         num_cpus=per.cpu, num_gpus=per.gpu or None)
-    return pa.concat_tables(ray.get(outputs.to_arrow_refs()))
+    progress = Progress(f"soft {label} {member['name']}", len(rows), "ex")
+    tables, done = [], 0
+    for block in outputs.iter_batches(batch_size=None, batch_format="pyarrow"):
+        tables.append(block)
+        done += len(block)
+        progress.update(done)
+    return pa.concat_tables(tables) if tables else OUTPUT_SCHEMA.empty_table()
 
 
 def _parquet(table: pa.Table) -> bytes:
@@ -133,19 +148,29 @@ def _member_done(store: Storage, name: str, fingerprint: str) -> bool:
     return store.exists(path) and store.read_json(path).get("fingerprint") == fingerprint
 
 
+def _preflight(config: ExperimentConfig) -> Resolved | None:
+    """The precision the actors will run in, on the device an actor gets (refused with
+    exit 2 if it cannot run there, warned if it runs badly)."""
+    soft = config.soft_targets
+    return stage_precision("soft", "soft_targets.precision", soft.precision,
+                           probe_work_device(config.ray, soft.resources_per_actor.gpu))
+
+
 def _predict_members(config: ExperimentConfig, store: Storage,
-                     members: list[dict[str, Any]], tasks: set[str]) -> None:
+                     members: list[dict[str, Any]], tasks: set[str],
+                     resolved: Resolved | None) -> None:
+    # Predictions depend on the precision they were made in, not on how it was asked for.
+    precision = resolved.precision if resolved else config.soft_targets.precision
     for i, member in enumerate(members, 1):
         name = member["name"]
-        fingerprint = stable_hash({"member": member["fingerprint"],
-                                   "precision": config.soft_targets.precision})
+        fingerprint = stable_hash({"member": member["fingerprint"], "precision": precision})
         if _member_done(store, name, fingerprint):
             log.info("[soft] %d/%d %s: predictions reused", i, len(members), name)
             continue
         ensure_ray(config.ray)
         started = time.time()
         own = [t for t in member["tasks"] if t in tasks]
-        result = _infer_member(config, store, member, own)
+        result = _infer_member(config, store, member, own, f"{i}/{len(members)}")
         seconds = time.time() - started
         for task in own:
             mask = np.asarray(result["task"].to_pylist()) == task
@@ -153,7 +178,8 @@ def _predict_members(config: ExperimentConfig, store: Storage,
                                _parquet(result.filter(pa.array(mask)).drop(["task"])))
         store.write_json_atomic(f"soft_targets/_members/{name}/done.json",
                                 {"fingerprint": fingerprint, "tasks": own,
-                                 "rows": len(result), "seconds": round(seconds, 2)})
+                                 "rows": len(result), "seconds": round(seconds, 2),
+                                 "precision": resolved.to_json() if resolved else None})
         log.info("[soft] %d/%d %s: %d examples in %.1f s (%.0f ex/s)", i, len(members), name,
                  len(result), seconds, len(result) / max(seconds, 1e-9))
 
@@ -223,8 +249,10 @@ def run_soft(ctx: StageContext) -> dict[str, Any]:
                         "without --only)")
     members = [store.read_json(f"teachers/{name}/member.json") for name in teachers["members"]]
     tasks = {t.name for t in config.tasks if t.teacher}
-    _predict_members(config, store, members, tasks)
-    report: dict[str, Any] = {"tasks": {}, "aggregation": config.soft_targets.aggregation}
+    resolved = _preflight(config)
+    _predict_members(config, store, members, tasks, resolved)
+    report: dict[str, Any] = {"tasks": {}, "aggregation": config.soft_targets.aggregation,
+                              "precision": resolved.to_json() if resolved else None}
     for task in sorted(tasks):
         covering = [m for m in members if task in m["tasks"]]
         report["tasks"][task] = _task_targets(config, store, task, covering)
@@ -240,6 +268,7 @@ def run_soft(ctx: StageContext) -> dict[str, Any]:
              report["ensemble_average"], report["member_mean_average"],
              store.uri_of("teachers/ensemble.json"))
     return {"ensemble_average": report["ensemble_average"],
+            "precision": report["precision"],
             "member_mean_average": report["member_mean_average"],
             "artifacts": [f"soft_targets/{t}/{s}.parquet" for t in sorted(tasks)
                           for s in SPLITS] + ["teachers/ensemble.json"]}

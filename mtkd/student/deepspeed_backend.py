@@ -13,14 +13,24 @@ from typing import Any
 import torch
 
 from mtkd.config import StudentConfig
+from mtkd.precision import DTYPES, Resolved, resolve_here
 from mtkd.training.optim import build_adamw, linear_warmup_decay
 
+PRECISION_KEY = "student.training.precision"
 
-def deepspeed_config(student: StudentConfig, world_size: int) -> dict[str, Any]:
+
+def deepspeed_config(student: StudentConfig, world_size: int,
+                     precision: str | None = None) -> dict[str, Any]:
     """DeepSpeed's JSON config from the experiment config (ZeRO stage, precision and how
     mixed precision is done, accumulation, clipping); optimizer and schedule are mtkd's own
-    AdamW and warm-up/decay."""
+    AdamW and warm-up/decay. ``precision``: the resolved one (fp32, bf16, fp16; default
+    ``student.training.precision``, which must then not be "auto"). fp16 gets dynamic
+    loss scaling: DeepSpeed's GradScaler under torch_autocast (ZeRO-0 and ZeRO 1-3 alike),
+    its own dynamic loss scaler in half_weights mode."""
     training, ds = student.training, student.deepspeed
+    precision = precision or training.precision
+    if precision not in DTYPES:
+        raise ValueError(f"deepspeed_config needs a resolved precision, got {precision!r}")
     config: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": training.batch_size,
         "gradient_accumulation_steps": training.grad_accum,
@@ -34,33 +44,39 @@ def deepspeed_config(student: StudentConfig, world_size: int) -> dict[str, Any]:
     }
     if ds.offload_optimizer and student.zero_stage > 0:
         config["zero_optimization"]["offload_optimizer"] = {"device": "cpu"}
-    if training.precision == "fp32":
+    if precision == "fp32":
         return config
     if ds.mixed_precision == "autocast":
         # fp32 weights; DeepSpeed runs the forward under torch.autocast (and adds a
         # GradScaler for fp16). No "lower precision safe" modules: gradients are reduced in
         # fp32, as DDP does in the teachers' loop (DeepSpeed's default would round the
         # Linear layers' gradients to bf16/fp16 before reducing them).
-        config["torch_autocast"] = {"enabled": True, "dtype": AUTOCAST_DTYPES[training.precision],
+        dtype = str(DTYPES[precision]).removeprefix("torch.")  # "bfloat16", "float16"
+        config["torch_autocast"] = {"enabled": True, "dtype": dtype,
                                     "lower_precision_safe_modules": []}
-    elif training.precision == "bf16":
+    elif precision == "bf16":
         config["bf16"] = {"enabled": True}
     else:
         config["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16}
     return config
 
 
-AUTOCAST_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
-
-
 class DeepSpeedBackend:
     """Training step through a DeepSpeed engine (ZeRO 0-3, bf16/fp16/fp32)."""
 
     def __init__(self, model: torch.nn.Module, student: StudentConfig, total_steps: int,
-                 world_size: int) -> None:
+                 world_size: int, device: torch.device | str | None = None,
+                 resolved: Resolved | None = None) -> None:
+        """``device``: where this rank runs (default: DeepSpeed's accelerator device);
+        ``student.training.precision`` is resolved there unless ``resolved`` is given."""
         import deepspeed
+        from deepspeed.accelerator import get_accelerator
 
         training = student.training
+        if device is None:
+            device = (torch.device(get_accelerator().current_device_name())
+                      if student.use_gpu else torch.device("cpu"))
+        self.resolved = resolved or resolve_here(training.precision, device, PRECISION_KEY)
         optimizer = build_adamw(model, training.learning_rate, training.weight_decay)
         warmup = round(training.warmup_ratio * total_steps)
 
@@ -68,7 +84,7 @@ class DeepSpeedBackend:
             return torch.optim.lr_scheduler.LambdaLR(
                 opt, lambda step: linear_warmup_decay(step, warmup, total_steps))
 
-        self.config = deepspeed_config(student, world_size)
+        self.config = deepspeed_config(student, world_size, self.resolved.precision)
         if "torch_autocast" not in self.config:
             # DeepSpeed keeps its torch_autocast state in module globals (a TODO of theirs);
             # a process that built an autocast engine before (tests, benchmarks) would
@@ -87,7 +103,7 @@ class DeepSpeedBackend:
             self.engine.enable_backward_allreduce = False
         self.model = self.engine.module
         self.device = self.engine.device
-        self.precision = training.precision
+        self.precision = self.resolved.precision
         self._head_params = [p for name, p in self.model.named_parameters()
                              if name.startswith("heads.")]
 
@@ -108,6 +124,17 @@ class DeepSpeedBackend:
 
     def learning_rate(self) -> float:
         return float(self.engine.get_lr()[0])
+
+    def loss_scale(self) -> float | None:
+        """DeepSpeed's current fp16 loss scale (None without loss scaling)."""
+        if self.precision != "fp16":
+            return None
+        scaler = (getattr(self.engine, "torch_autocast_z0_gradscaler", None)
+                  or getattr(self.engine.optimizer, "torch_autocast_gradscaler", None))
+        if scaler is not None:
+            return float(scaler.get_scale())
+        scale = getattr(self.engine.optimizer, "cur_scale", None)  # half_weights mode
+        return float(scale) if scale is not None else None
 
     def save(self, folder: str, client_state: dict[str, Any]) -> None:
         """This rank's DeepSpeed shard (every rank must call it)."""

@@ -27,7 +27,8 @@ from mtkd.errors import MtkdError
 from mtkd.model.mtdnn import num_parameters
 from mtkd.model.remote import save_model_to
 from mtkd.pipeline import Stage, StageContext, read_manifest
-from mtkd.raycluster import ensure_ray
+from mtkd.precision import resolve_here, stage_precision
+from mtkd.raycluster import ensure_ray, probe_work_device
 from mtkd.storage import Storage
 from mtkd.student.deepspeed_backend import CHECKPOINT_TAG
 from mtkd.student.worker import student_worker
@@ -125,9 +126,14 @@ def _export(ctx: StageContext, run: StudentRun, result: Any) -> dict[str, Any]:
     tokenizer = load_tokenizer(resolve_encoder_dir(config.student.encoder or config.encoder.path))
     uri = save_model_to(store.child("student", run.name), "final", model, tokenizer,
                         extra={"run": dataclasses.asdict(run)})
-    metrics = evaluate(model, data.specs, data.dev)
+    # Scored here, in the driver, at report.precision resolved on this process's device.
+    scoring = resolve_here(config.report.precision, "cpu", "report.precision")
+    metrics = evaluate(model, data.specs, data.dev, precision=scoring.precision,
+                       progress=f"{run.name} dev")
+    trained = store.read_json(f"student/{run.name}/train_state.json")
     return {"model": uri, "metrics": metrics["tasks"], "average": metrics["average"],
-            "params": num_parameters(model)}
+            "params": num_parameters(model), "precision": trained.get("precision"),
+            "loss_scale": trained.get("loss_scale"), "scored_in": scoring.to_json()}
 
 
 def run_student(ctx: StageContext) -> dict[str, Any]:
@@ -136,7 +142,7 @@ def run_student(ctx: StageContext) -> dict[str, Any]:
     if config.student.distill and not read_manifest(store, "soft"):
         raise MtkdError("the student needs soft targets first (fix: run `mtkd run` without "
                         "--only, or set student.distill: false)")
-    summaries = {}
+    summaries, checked = {}, False
     for run in plan_runs(config):
         fingerprint = _fingerprint(config, run, store)
         path = f"student/{run.name}/student.json"
@@ -145,11 +151,16 @@ def run_student(ctx: StageContext) -> dict[str, Any]:
             log.info("[student] %s finished before, reusing %s", run.name,
                      summaries[run.name]["model"])
             continue
+        if not checked:  # before the first run: refused (exit 2) or warned once
+            stage_precision("student", "student.training.precision",
+                            config.student.training.precision,
+                            probe_work_device(config.ray, 1.0 if config.student.use_gpu
+                                              else 0.0))
+            checked = True
         ensure_ray(config.ray)
         started = time.time()
-        log.info("[student] %s: %d worker(s), ZeRO-%d, %s, %s", run.name,
+        log.info("[student] %s: %d worker(s), ZeRO-%d, %s", run.name,
                  config.student.num_workers, config.student.zero_stage,
-                 config.student.training.precision,
                  "distilling" if run.distill else "hard labels only (baseline)")
         with tempfile.TemporaryDirectory():
             result = _train(ctx, run, fingerprint)

@@ -77,6 +77,7 @@ def student_worker(loop_config: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, int(student.resources_per_worker.cpu)))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"[mtkd {run['name']} rank {rank}] %(message)s", force=True)
+    logging.getLogger("mtkd.progress").setLevel(logging.INFO if rank == 0 else logging.WARNING)
     store = Storage.from_uri(loop_config["storage"]).child(config.name)
     run_store = store.child("student", run["name"])
     data = load_prepared_tasks(store, [t.name for t in config.tasks])
@@ -88,8 +89,14 @@ def student_worker(loop_config: dict[str, Any]) -> None:
                         seed=run["seed"])
     sampler = make_sampler(data.train, config, training, run["seed"], num_shards=world,
                            shard_index=rank)
+    if student.use_gpu:
+        import ray.train.torch
+
+        device = ray.train.torch.get_device()
+    else:
+        device = torch.device("cpu")
     backend = DeepSpeedBackend(model, student, total_optimizer_steps(training, len(sampler)),
-                               world)
+                               world, device=device)
     loop = TrainingLoop(backend, LoopData(data.specs, data.train, data.dev, teachers),
                         training, sampler=sampler, kd=student.kd, name=run["name"],
                         keep_best_in_memory=False, record_steps=True,
@@ -106,6 +113,8 @@ def student_worker(loop_config: dict[str, Any]) -> None:
         log.info("resumed from step %d (epoch %d, batch %d)", state.step, state.epoch,
                  state.position)
     attempts.append({"pid": os.getpid(), "start_step": state.step if state else 0})
+    log.info("precision %s, ZeRO-%d, %d steps", backend.resolved.describe(),
+             student.zero_stage, loop.total_steps)
     last_saved = {"step": -1}
 
     def save(state: LoopState) -> None:
@@ -132,12 +141,13 @@ def student_worker(loop_config: dict[str, Any]) -> None:
         outputs = {task: {"uids": list(split["uid"]),
                           "outputs": predict_outputs(backend.model, data.specs[task], split,
                                                      device=backend.device,
-                                                     precision=training.precision).tolist()}
+                                                     precision=backend.precision).tolist()}
                    for task, split in data.dev.items()}
         run_store.write_json_atomic("in_training_dev_outputs.json", outputs)
         run_store.write_json_atomic("train_state.json", {
             "steps": final.step, "attempts": attempts, "step_log": final.step_log,
             "history": final.history, "examples_per_s": final.examples / max(
-                final.train_seconds, 1e-9), "world_size": world})
+                final.train_seconds, 1e-9), "world_size": world,
+            "precision": backend.resolved.to_json(), "loss_scale": backend.loss_scale()})
         log.info("finished at step %d: dev average %.2f", final.step,
                  final.history[-1]["average"] if final.history else float("nan"))

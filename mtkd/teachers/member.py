@@ -91,10 +91,13 @@ class MemberJob:
         return summary if summary.get("fingerprint") == self.fingerprint else None
 
     def setup_logging(self, rank: int | None = None) -> None:
+        """Warnings always, progress lines (every 30 s, see mtkd.progress) from rank 0
+        always, everything with teachers.verbose; Ray forwards them to the console."""
         verbose = self.config.teachers.verbose and not rank
         where = self.member.name if rank is None else f"{self.member.name} rank {rank}"
         logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                             format=f"[mtkd {where}] %(message)s", force=rank is not None)
+        logging.getLogger("mtkd.progress").setLevel(logging.WARNING if rank else logging.INFO)
         logging.getLogger("ray").setLevel(logging.WARNING)
 
     def build_loop(self, device: torch.device | str, data_parallel: bool = False
@@ -137,6 +140,8 @@ class MemberJob:
             "train_examples_per_s": round(examples / max(state.train_seconds, 1e-9), 2),
             "train_tokens_per_s": round(tokens / max(state.train_seconds, 1e-9), 1),
             "workers": workers, "attempts": attempts, "history": state.history,
+            "precision": result.loop.backend.resolved.to_json(),
+            "loss_scale": result.loop.backend.loss_scale(),
         }
         self.here.write_json_atomic("member.json", summary)
         return summary
@@ -230,6 +235,10 @@ def _train_with_checkpoints(job: MemberJob, loop: TrainingLoop, checkpoint: Any,
                  loop_state.epoch, loop_state.position)
     attempts.append({"pid": os.getpid(), "start_step": resume[1].step if resume else 0,
                      "started_at": started_at})
+    if rank == 0:
+        logging.getLogger("mtkd.progress").info("precision %s, %d steps",
+                                                loop.backend.resolved.describe(),
+                                                loop.total_steps)
 
     def on_eval(state: LoopState, record: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory(prefix="mtkd-ckpt-") as folder:

@@ -20,7 +20,8 @@ from typing import Any
 from mtkd.config import ExperimentConfig, config_to_dict, stable_hash
 from mtkd.errors import MtkdError
 from mtkd.pipeline import Stage, StageContext, read_manifest
-from mtkd.raycluster import ensure_ray
+from mtkd.precision import stage_precision
+from mtkd.raycluster import ensure_ray, probe_work_device
 from mtkd.storage import Storage
 from mtkd.teachers.member import DRIVER_MEMORY, member_dir, train_member_trial
 from mtkd.teachers.plan import Member, init_member, member_fingerprint, plan_members
@@ -133,10 +134,20 @@ def _trial_dirname(trial: Any) -> str:
     return trial.config["trial"]["member"]["name"] + "-" + trial.trial_id
 
 
+def _preflight(config: ExperimentConfig) -> None:
+    """Before the first trial: the precision the members will train in, on the device a
+    member gets (refused with exit 2 if it cannot run there, warned if it runs badly)."""
+    stage_precision("teachers", "teachers.training.precision",
+                    config.teachers.training.precision,
+                    probe_work_device(config.ray, config.teachers.resources_per_member.gpu))
+    ensure_ray(config.ray)
+
+
 def run_teachers(ctx: StageContext) -> dict[str, Any]:
     """Train the members that are not finished yet; summarise all of them."""
     config, store = ctx.config, ctx.store
     started = time.time()
+    checked = False
     fingerprints = _data_fingerprints(store)
     init = init_member(config)
     if init is not None:
@@ -144,7 +155,8 @@ def run_teachers(ctx: StageContext) -> dict[str, Any]:
         if finished_member(store, init, init_fp) is None:
             log.info("[teachers] training the shared multi-task model the per-task members "
                      "start from")
-            ensure_ray(config.ray)
+            _preflight(config)
+            checked = True
             failed = _run_trials(ctx, [(init, init_fp)], 1, 0)
             if finished_member(store, init, init_fp) is None:
                 raise MtkdError(f"the shared multi-task model (teachers/init) failed: "
@@ -159,7 +171,8 @@ def run_teachers(ctx: StageContext) -> dict[str, Any]:
              len(members), config.teachers.shape, len(done), len(todo))
     failed: dict[str, str] = {}
     if todo:
-        ensure_ray(config.ray)
+        if not checked:
+            _preflight(config)
         failed = _run_trials(ctx, todo, len(members), len(done))
     summaries, missing = [], []
     for member, fp in planned:

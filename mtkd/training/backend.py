@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import torch
 
 from mtkd.config import TrainingConfig
-from mtkd.training.evaluate import autocast
+from mtkd.precision import Resolved, autocast, resolve_here
 from mtkd.training.optim import build_adamw, build_scheduler
 
 
@@ -26,6 +26,9 @@ class Backend(Protocol):
     """The bare model (for evaluation and saving), already on ``device``."""
     device: torch.device
     precision: str
+    """The resolved precision the step runs in: fp32, bf16 or fp16."""
+    resolved: Resolved
+    """How it was chosen (requested value, device), for the artifacts."""
 
     def forward(self, task: str, inputs: dict[str, torch.Tensor]) -> torch.Tensor: ...
 
@@ -37,19 +40,32 @@ class Backend(Protocol):
 
     def learning_rate(self) -> float: ...
 
+    def loss_scale(self) -> float | None:
+        """The fp16 dynamic loss scale now (None when the precision needs none)."""
+
 
 def warmup_steps(config: TrainingConfig, total_steps: int) -> int:
     return round(config.warmup_ratio * total_steps)
 
 
 class TorchBackend:
-    """Single-process PyTorch: AdamW, linear schedule, autocast, accumulation, clipping."""
+    """Single-process PyTorch: AdamW, linear schedule, autocast, accumulation, clipping.
+
+    ``config.precision`` is resolved on ``device`` by the precision rule
+    (:mod:`mtkd.precision`; ``precision_key`` names the setting in its errors) unless
+    ``resolved`` is given. fp16 trains with dynamic loss scaling (torch's GradScaler:
+    the loss is multiplied by the scale before backward, gradients are unscaled before
+    clipping, a step whose gradients hold inf/NaN is skipped and the scale halved, and
+    the scale doubles after 2000 clean steps).
+    """
 
     def __init__(self, model: torch.nn.Module, config: TrainingConfig, total_steps: int,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", *, resolved: Resolved | None = None,
+                 precision_key: str = "training.precision") -> None:
         self.device = torch.device(device)
+        self.resolved = resolved or resolve_here(config.precision, self.device, precision_key)
+        self.precision = self.resolved.precision
         self.model = model.to(self.device)
-        self.precision = config.precision
         self.grad_accum = config.grad_accum
         self.grad_clip = config.grad_clip
         self.optimizer = build_adamw(self.model, config.learning_rate, config.weight_decay)
@@ -57,8 +73,10 @@ class TorchBackend:
                                          total_steps)
         # fp16 needs loss scaling; bf16 has fp32's range and does not.
         self.scaler = (torch.amp.GradScaler(self.device.type)
-                       if self.precision == "fp16" else None)
+                       if self.resolved.loss_scaling else None)
         self.micro_steps = 0
+        self.skipped_steps = 0
+        """Optimizer steps the loss scaler skipped (inf/NaN gradients)."""
 
     def forward(self, task: str, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         with autocast(self.device, self.precision):
@@ -77,8 +95,11 @@ class TorchBackend:
         if self.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         if self.scaler:
-            self.scaler.step(self.optimizer)
+            scale = self.scaler.get_scale()
+            self.scaler.step(self.optimizer)  # skipped when the gradients hold inf/NaN
             self.scaler.update()
+            if self.scaler.get_scale() < scale:
+                self.skipped_steps += 1
         else:
             self.optimizer.step()
         self.scheduler.step()
@@ -88,10 +109,15 @@ class TorchBackend:
     def learning_rate(self) -> float:
         return float(self.scheduler.get_last_lr()[0])
 
+    def loss_scale(self) -> float | None:
+        """The current fp16 loss scale (None without loss scaling)."""
+        return float(self.scaler.get_scale()) if self.scaler else None
+
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume (load with torch.load(weights_only=True))."""
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "micro_steps": self.micro_steps,
+                "skipped_steps": self.skipped_steps,
                 "scaler": self.scaler.state_dict() if self.scaler else {}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -99,6 +125,7 @@ class TorchBackend:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.micro_steps = int(state["micro_steps"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
         if self.scaler and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
 
@@ -117,6 +144,7 @@ class DataParallelBackend:
 
         self.inner = inner
         self.model, self.device, self.precision = inner.model, inner.device, inner.precision
+        self.resolved = inner.resolved
         # At every step all ranks train one task (see the sampler); with several tasks the
         # others' heads get no gradient, and DDP must look for such parameters (globally
         # unused ones keep no gradient, so AdamW skips them as in one process). One task
@@ -145,6 +173,9 @@ class DataParallelBackend:
 
     def learning_rate(self) -> float:
         return self.inner.learning_rate()
+
+    def loss_scale(self) -> float | None:
+        return self.inner.loss_scale()
 
     def state_dict(self) -> dict[str, Any]:
         """The same as a single-process backend's (the ranks hold identical states)."""

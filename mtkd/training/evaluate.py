@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,16 +12,9 @@ import torch
 from mtkd.data.collate import collate
 from mtkd.data.columns import random_access_columns
 from mtkd.metrics import average_score, compute_task_metrics
+from mtkd.precision import autocast
+from mtkd.progress import EVERY_SECONDS, Progress
 from mtkd.tasks.spec import TaskSpec
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Mixed-precision context for ``precision`` ("fp32" → no autocast)."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=DTYPES[precision])
 
 
 def model_inputs(batch: Mapping[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
@@ -42,9 +34,12 @@ def _pad_candidates(chunks: list[np.ndarray]) -> np.ndarray:
 @torch.no_grad()
 def predict_outputs(model: torch.nn.Module, spec: TaskSpec, split: datasets.Dataset, *,
                     batch_size: int = 64, device: torch.device | str = "cpu",
-                    precision: str = "fp32", pad_id: int = 0) -> np.ndarray:
+                    precision: str = "fp32", pad_id: int = 0,
+                    progress: str | None = None) -> np.ndarray:
     """Model outputs for every row of a tokenized split, in the split's row order.
 
+    ``precision`` is a resolved one (fp32, bf16, fp16; see :mod:`mtkd.precision`).
+    ``progress`` names the work in progress lines, logged when it runs longer than 30 s.
     Returns float32 [N, C] logits (classification), [N] scores (regression) or [N, K]
     candidate scores (ranking).
     """
@@ -55,6 +50,8 @@ def predict_outputs(model: torch.nn.Module, spec: TaskSpec, split: datasets.Data
     uids, ids, types = columns["uid"], columns["input_ids"], columns["token_type_ids"]
     order = np.argsort(np.asarray(columns["length"]), kind="stable")
     chunks: list[np.ndarray] = []
+    watch = Progress(f"{progress} {spec.name}", len(order), "ex",
+                     first_after=EVERY_SECONDS) if progress else None
     try:
         for start in range(0, len(order), batch_size):
             rows = [{"uid": uids[i], "input_ids": ids[i], "token_type_ids": types[i]}
@@ -63,6 +60,8 @@ def predict_outputs(model: torch.nn.Module, spec: TaskSpec, split: datasets.Data
             with autocast(device, precision):
                 out = model(spec.name, **model_inputs(batch, device))
             chunks.append(out.float().cpu().numpy())
+            if watch:
+                watch.update(min(start + batch_size, len(order)))
     finally:
         model.train(was_training)
     if not chunks:

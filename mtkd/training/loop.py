@@ -25,6 +25,7 @@ import torch
 from mtkd.config import KDConfig, TrainingConfig
 from mtkd.data.sampler import MultiTaskBatchSampler
 from mtkd.losses import TeacherTargets, task_loss
+from mtkd.progress import Progress
 from mtkd.tasks.spec import TaskSpec
 from mtkd.training.backend import Backend
 from mtkd.training.data import CollateFn, MultiTaskRows, TeacherArrays, epoch_loader
@@ -155,7 +156,7 @@ class TrainingLoop:
     def evaluate(self) -> dict[str, Any]:
         return evaluate(self.backend.model, self.data.specs, self.data.dev,
                         batch_size=self.eval_batch_size, device=self.backend.device,
-                        precision=self.backend.precision)
+                        precision=self.backend.precision, progress="dev")
 
     def _weights_on_cpu(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().to("cpu", copy=True)
@@ -222,6 +223,8 @@ class TrainingLoop:
         running, window_start, window = 0.0, time.time(), {"ex": 0, "tok": 0, "n": 0}
         last_eval_step = state.history[-1]["step"] if state.history else -1
         last_loss = float("nan")
+        # Worker log lines already carry the run's name: "[mtkd m000] [train] 15/114 steps".
+        progress = Progress("train", self.total_steps, "step", start_done=state.step)
 
         def timed_eval(loss: float) -> bool:
             # Evaluation time is not training time: shift the throughput window past it.
@@ -229,6 +232,7 @@ class TrainingLoop:
             started = time.time()
             stop = self._after_eval(state, loss)
             window_start += time.time() - started
+            progress.pause(time.time() - started)
             return stop
 
         while state.step < self.total_steps and not state.stopped_early:
@@ -254,8 +258,11 @@ class TrainingLoop:
                 if self.record_steps:
                     state.step_log.append([state.step, state.epoch, state.position,
                                            last_loss])
-                if state.step % self.log_every == 0 or state.step == self.total_steps:
-                    self._log_progress(state, running / window["n"], window, window_start)
+                if (state.step % self.log_every == 0 or state.step == self.total_steps
+                        or progress.due()):
+                    progress.done = state.step
+                    progress.emit(self._progress_fields(state, running / window["n"], window,
+                                                        window_start))
                     running, window_start = 0.0, time.time()
                     window = {"ex": 0, "tok": 0, "n": 0}
                 if eval_every and state.step % eval_every == 0 and self.data.dev:
@@ -285,24 +292,15 @@ class TrainingLoop:
         state.tokens += window["tok"]
         state.train_seconds += time.time() - started
 
-    def _log_progress(self, state: LoopState, loss: float, window: dict[str, int],
-                      started: float) -> None:
+    def _progress_fields(self, state: LoopState, loss: float, window: dict[str, int],
+                         started: float) -> str:
+        """Accounts the window into ``state``; the loop's fields of a progress line."""
         self._account(state, window, started)
         seconds = max(time.time() - started, 1e-9)
-        rate = state.step / max(state.train_seconds, 1e-9)
-        eta = (self.total_steps - state.step) / max(rate, 1e-9)
-        log.info("[%s] step %d/%d (%3.0f%%) epoch %d loss %.4f lr %.2e | %.1f ex/s %.0f tok/s"
-                 " | eta %s", self.name, state.step, self.total_steps,
-                 100 * state.step / self.total_steps, state.epoch, loss,
-                 self.backend.learning_rate(), window["ex"] / seconds, window["tok"] / seconds,
-                 _duration(eta))
+        return (f"epoch {state.epoch} loss {loss:.4f} lr {self.backend.learning_rate():.2e} | "
+                f"{window['ex'] / seconds:.1f} ex/s {window['tok'] / seconds:.0f} tok/s")
 
 
 def _format_metrics(per_task: Mapping[str, Mapping[str, float]]) -> str:
     return " ".join(f"{task}[" + ",".join(f"{m}={v:.1f}" for m, v in metrics.items()) + "]"
                     for task, metrics in per_task.items())
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"

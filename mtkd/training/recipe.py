@@ -88,7 +88,8 @@ def build_training_loop(config: ExperimentConfig, data: PreparedTasks, *, encode
                         kd: KDConfig | None = None, hooks: LoopHooks | None = None,
                         name: str = "train", log_every: int = 50,
                         model: MTDNN | None = None,
-                        data_parallel: bool = False) -> TrainingLoop:
+                        data_parallel: bool = False,
+                        precision_key: str = "teachers.training.precision") -> TrainingLoop:
     """Model, sampler and plain-PyTorch backend for one run, ready to ``run``.
 
     ``model`` starts from an existing MT-DNN instead of the pretrained ``encoder``.
@@ -96,7 +97,8 @@ def build_training_loop(config: ExperimentConfig, data: PreparedTasks, *, encode
     process group (a Ray Train worker): it trains its shard of the batches
     (``total_steps`` shrinks accordingly), gradients are averaged with DDP, and rank 0's
     dev score decides keep-best and early stopping on every rank (only rank 0 keeps the
-    best weights).
+    best weights). ``training.precision`` is resolved on ``device`` (``precision_key``
+    names it in errors).
     """
     world, rank = 1, 0
     if data_parallel:
@@ -109,7 +111,8 @@ def build_training_loop(config: ExperimentConfig, data: PreparedTasks, *, encode
     sampler = make_sampler(data.train, config, training, seed, num_shards=world,
                            shard_index=rank)
     backend: TorchBackend | DataParallelBackend = TorchBackend(
-        model, training, total_optimizer_steps(training, len(sampler)), device)
+        model, training, total_optimizer_steps(training, len(sampler)), device,
+        precision_key=precision_key)
     score = None
     if data_parallel:
         backend = DataParallelBackend(backend, several_tasks=len(data.specs) > 1)

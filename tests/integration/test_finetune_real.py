@@ -28,7 +28,7 @@ def test_mtdnn_beats_majority_on_two_real_tasks(tmp_path: Path) -> None:
     store = experiment_store(config)
     data = load_prepared_tasks(store, ["rotten_tomatoes", "trec"])
     training = TrainingConfig(epochs=3, batch_size=16, learning_rate=1e-4, warmup_ratio=0.1,
-                              precision="bf16", dropout=0.1)
+                              precision="auto", dropout=0.1)
     result = train_mtdnn(config, data, encoder=config.encoder.path, num_layers=None,
                          training=training, seed=0, name="finetune", log_every=20)
 

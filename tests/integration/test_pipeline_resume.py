@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 from tiny import toy_experiment
+
+from mtkd.precision import probe_device, resolve_precision
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -45,6 +48,9 @@ def test_interrupt_after_teachers_then_resume_to_the_report(tmp_path: Path) -> N
     assert not (root / "manifests" / "student.json").exists()
     members = {p: p.stat().st_mtime_ns for p in root.glob("teachers/m*/member.json")}
     assert len(members) == 2
+    # Progress of each member reached this console, from the Ray trial processes.
+    for name in ("m000", "m001"):
+        assert re.search(rf"\[mtkd {name}\] \[train\] (\d+)/\1 steps \(100%\)", err), err[-3000:]
 
     second = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900,
                             env=os.environ.copy())
@@ -61,3 +67,25 @@ def test_interrupt_after_teachers_then_resume_to_the_report(tmp_path: Path) -> N
     assert set(report["stages"]) >= {"prepare", "teachers", "soft", "student"}
     assert (root / "report" / "scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "results in" in second.stdout and "report" in second.stdout
+
+    # Each stage's precision, resolved on this machine's CPU and recorded where it ran.
+    cpu = probe_device("cpu")
+    auto = resolve_precision("auto", cpu).precision
+    hardware = {(h["stage"], h["what"]): (h["requested"], h["precision"], h["device"])
+                for h in report["hardware"]}
+    expected = {("teachers", "member m000"): ("auto", auto),
+                ("teachers", "member m001"): ("auto", auto),
+                ("soft", "soft-target inference"): ("auto", auto),
+                ("student", "student training"): ("bf16", "bf16"),  # asked for explicitly
+                ("student", "student dev scores"): ("auto", auto),
+                ("report", "inference speed"): ("auto", auto)}
+    assert {k: v[:2] for k, v in hardware.items()} == expected
+    assert all(v[2] == cpu.to_json() for v in hardware.values())
+    member = json.loads((root / "teachers" / "m000" / "member.json").read_text())
+    assert member["precision"]["precision"] == auto and member["loss_scale"] is None
+    assert "## Hardware and precision" in (root / "report" / "report.md").read_text()
+    # bf16 where the CPU only emulates it: one warning for the stage, naming key and fix.
+    warned = [line for line in second.stderr.splitlines()
+              if "student.training.precision: bf16 on cpu" in line]
+    assert len(warned) == (0 if cpu.native_bf16 else 1), second.stderr[-3000:]
+    assert all("fix: set it to auto or fp32" in line for line in warned)

@@ -52,7 +52,7 @@ def make_loop(encoder_dir: Path, config: TrainingConfig, data: LoopData | None =
     total = total_optimizer_steps(config, len(sampler))
     backend = TorchBackend(model, config, total)
     return TrainingLoop(backend, data, config, sampler=sampler, kd=kd, hooks=hooks,
-                        log_every=5, **loop_kwargs)
+                        **{"log_every": 5, **loop_kwargs})
 
 
 def weights(loop: TrainingLoop) -> dict[str, torch.Tensor]:
