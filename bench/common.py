@@ -201,3 +201,29 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def bf16_native() -> bool:
+    """Whether this CPU runs bf16 in hardware (mtkd's precision probe: avx512_bf16/AMX, and
+    oneDNN not capped below them)."""
+    from mtkd.precision import probe_device
+
+    return probe_device("cpu").native_bf16
+
+
+def bench_precision() -> str:
+    """What ``precision: auto`` resolves to on this CPU: bf16 where it is native, else
+    fp32. Benchmarks time their mixed-precision variants in it, so that a CPU that only
+    emulates bf16 (65x slower on a Zen 3) is not left running for an hour."""
+    from mtkd.precision import resolve_here
+
+    return resolve_here("auto", "cpu").precision
+
+
+def emulated_bf16_note() -> str:
+    """One line for a benchmark's output where bf16 variants are skipped: the probe's
+    figures, measured briefly."""
+    from mtkd.precision import bf16_cost, probe_device
+
+    return (f"bf16 is emulated on this CPU ({probe_device('cpu').describe()}): "
+            f"{bf16_cost()}; bf16 variants are not timed")

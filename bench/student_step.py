@@ -82,7 +82,10 @@ sys.path.insert(0, str(ROOT / "tests"))  # s3server.py: the SeaweedFS helper of 
 
 import torch  # noqa: E402
 from common import (  # noqa: E402
+    bench_precision,
+    bf16_native,
     describe_machine,
+    emulated_bf16_note,
     machine,
     markdown_table,
     matmul_gflops,
@@ -279,7 +282,8 @@ def experiment(args: argparse.Namespace, name: str, storage: str,
                     "keep_checkpoints": 2, "max_failures": 0,
                     "deepspeed": {"zero_stage": zero_stage},
                     "training": {"epochs": epochs, "max_steps": args.steps, "batch_size": 32,
-                                 "precision": "bf16", "eval_every": NEVER, "dropout": 0.1}},
+                                 "precision": args.precision, "eval_every": NEVER,
+                                 "dropout": 0.1}},
     })
 
 
@@ -407,8 +411,9 @@ def investigate(args: argparse.Namespace) -> int:
             kind, precision, zero, cast, extra, mixed = INVESTIGATE[name]
             original_config = ds_module.deepspeed_config
 
-            def with_extra(student_config: Any, world_size: int) -> dict[str, Any]:
-                config = original_config(student_config, world_size)
+            def with_extra(student_config: Any, world_size: int,
+                           precision: str | None = None) -> dict[str, Any]:
+                config = original_config(student_config, world_size, precision)
                 config["zero_optimization"].update(extra)
                 return config
 
@@ -461,7 +466,8 @@ def investigate(args: argparse.Namespace) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     rows = []
-    base = [r["examples_per_s"] for r in results["plain_bf16"]]
+    reference = investigated(args)[0]
+    base = [r["examples_per_s"] for r in results[reference]]
     for name, res in results.items():
         rows.append([name, f"{median(r['examples_per_s'] for r in res):.1f}",
                      f"{median(r['mean_step_ms'] for r in res):.0f}",
@@ -474,18 +480,23 @@ def investigate(args: argparse.Namespace) -> int:
     print(f"\n### In-process, {steps} steps after {warm} warm-up, medians over {args.rounds} "
           "round(s)\n")
     print(markdown_table(["variant", "ex/s", "ms/step", "forward+loss ms", "backward ms",
-                          "step ms", "vs plain_bf16", "cpu share", "optimizer / weights"],
+                          "step ms", f"vs {reference}", "cpu share", "optimizer / weights"],
                          rows))
     return 0
 
 
 def investigated(args: argparse.Namespace) -> list[str]:
-    """The ``--variants`` to run, checked, with the plain_bf16 reference first."""
-    names = [n for n in args.variants.split(",") if n and n != "plain_bf16"]
+    """The ``--variants`` to run, checked, with the reference first: plain_bf16, or
+    plain_fp32 where this CPU only emulates bf16 (its bf16 variants are then skipped)."""
+    native = bf16_native()
+    reference = "plain_bf16" if native else "plain_fp32"
+    names = [n for n in args.variants.split(",") if n and n != reference]
     unknown = [n for n in names if n not in INVESTIGATE]
     if unknown:
         raise SystemExit(f"--variants: unknown {unknown}; choose from {list(INVESTIGATE)}")
-    return ["plain_bf16", *names]
+    if not native:
+        names = [n for n in names if INVESTIGATE[n][1] == "fp32" and not INVESTIGATE[n][3]]
+    return [reference, *names]
 
 
 def profile_step(run: Callable[[str], dict[str, Any]], args: argparse.Namespace) -> None:
@@ -609,10 +620,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="--investigate: also torch.profiler tables")
     parser.add_argument("--variants", default=",".join(INVESTIGATE),
                         help="--investigate: which variants to run or profile (comma list; "
-                             "plain_bf16, the reference, always runs)")
+                             "plain_bf16, the reference, always runs; plain_fp32 and only "
+                             "fp32 variants where bf16 is emulated)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 30 steps, K=10, small subsets (about 3 min)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="of the student runs (auto: bf16 where this CPU has native bf16, "
+                             "else fp32)")
     args = parser.parse_args(argv)
+    if args.precision == "auto":
+        args.precision = bench_precision()
+        if args.precision != "bf16":
+            print(emulated_bf16_note(), flush=True)
     if args.quick:
         args.steps, args.checkpoint_every = 30, 10
         args.rt_examples, args.trec_examples, args.dev_examples = 1500, 600, 100
@@ -672,8 +691,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"Ray started in {time.perf_counter() - ray_start:.1f} s "
               f"({ray.cluster_resources().get('CPU', 0):.0f} CPU); S3 {server.endpoint_url}",
               flush=True)
-        mm_before = matmul_gflops(2048, torch.bfloat16, 2.0)
-        print(f"bf16 matmul ceiling before: {mm_before:.0f} GFLOP/s", flush=True)
+        dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+        mm_before = matmul_gflops(2048, dtype, 2.0)
+        print(f"{args.precision} matmul ceiling before: {mm_before:.0f} GFLOP/s", flush=True)
         names = list(runners)
         for r in range(args.rounds):
             for variant in names if r % 2 == 0 else list(reversed(names)):
@@ -691,7 +711,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"   (cpu share {rec['steady']['cpu_share']:.2f} < "
                           f"{args.min_cpu_share}: contended, measuring again)", flush=True)
                 results[variant].append(max(attempts, key=lambda x: x["steady"]["cpu_share"]))
-        mm_after = matmul_gflops(2048, torch.bfloat16, 2.0)
+        mm_after = matmul_gflops(2048, dtype, 2.0)
     finally:
         try:
             import ray
@@ -725,8 +745,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                           "step ms", "cpu share", "wall s (incl. start-up, export)"], rows))
     print(f"\nbatches: {same}; info: plain {results['plain'][0]['info']}; "
           f"ds {results['ds'][0]['info']}")
-    print(f"bf16 matmul ceiling: {mm_before:.0f} GFLOP/s before, {mm_after:.0f} after; "
-          f"prepare stage {median(prepare_s):.1f} s per experiment (untimed)")
+    print(f"{args.precision} matmul ceiling: {mm_before:.0f} GFLOP/s before, {mm_after:.0f} "
+          f"after; prepare stage {median(prepare_s):.1f} s per experiment (untimed)")
 
     for rec in results["ds_ckpt"] + results.get("ds_ckpt_async", []):
         periodic, seen = [], set()

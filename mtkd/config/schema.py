@@ -459,7 +459,9 @@ class DeepSpeedConfig:
     the optimizer updates the weights in place). half_weights: DeepSpeed's bf16/fp16 mode,
     the module in bf16/fp16 and an fp32 master copy in the (ZeRO-partitioned) optimizer:
     less weight and gradient memory for large models on GPU, but every step copies
-    gradients and weights between the two."""
+    gradients and weights between the two. fp16 at ZeRO 1-3 always uses half_weights
+    (DeepSpeed's torch_autocast never lowers its fp16 loss scale there after an overflow,
+    so every step would be skipped)."""
 
 
 @dataclass

@@ -19,6 +19,22 @@ from mtkd.training.optim import build_adamw, linear_warmup_decay
 PRECISION_KEY = "student.training.precision"
 
 
+def mixed_precision(student: StudentConfig, precision: str) -> str:
+    """How the resolved ``precision`` is trained: student.deepspeed.mixed_precision, except
+    fp16 at ZeRO 1-3, which always uses DeepSpeed's fp16 mode (half_weights).
+
+    Why: in DeepSpeed 0.18-0.19 (checked on 0.19.8) torch_autocast with fp16 under ZeRO
+    1-3 scales the loss with a GradScaler, but the ZeRO optimizer detects an overflow
+    itself and skips the step before the GradScaler can back off: the scale stays at
+    2**16 and every later step overflows and is skipped too (tests/unit/
+    test_deepspeed_backend.py reproduces it on CPU). DeepSpeed's fp16 mode has its own
+    dynamic loss scaler, which halves the scale on overflow as it should.
+    """
+    if precision == "fp16" and student.zero_stage > 0:
+        return "half_weights"
+    return student.deepspeed.mixed_precision
+
+
 def deepspeed_config(student: StudentConfig, world_size: int,
                      precision: str | None = None) -> dict[str, Any]:
     """DeepSpeed's JSON config from the experiment config (ZeRO stage, precision and how
@@ -46,7 +62,7 @@ def deepspeed_config(student: StudentConfig, world_size: int,
         config["zero_optimization"]["offload_optimizer"] = {"device": "cpu"}
     if precision == "fp32":
         return config
-    if ds.mixed_precision == "autocast":
+    if mixed_precision(student, precision) == "autocast":
         # fp32 weights; DeepSpeed runs the forward under torch.autocast (and adds a
         # GradScaler for fp16). No "lower precision safe" modules: gradients are reduced in
         # fp32, as DDP does in the teachers' loop (DeepSpeed's default would round the
@@ -126,15 +142,18 @@ class DeepSpeedBackend:
         return float(self.engine.get_lr()[0])
 
     def loss_scale(self) -> float | None:
-        """DeepSpeed's current fp16 loss scale (None without loss scaling)."""
+        """DeepSpeed's current fp16 loss scale (None without loss scaling): the
+        GradScaler of torch_autocast at ZeRO-0, else the fp16 mode's dynamic scaler."""
         if self.precision != "fp16":
             return None
-        scaler = (getattr(self.engine, "torch_autocast_z0_gradscaler", None)
-                  or getattr(self.engine.optimizer, "torch_autocast_gradscaler", None))
+        scaler = getattr(self.engine, "torch_autocast_z0_gradscaler", None)
         if scaler is not None:
             return float(scaler.get_scale())
-        scale = getattr(self.engine.optimizer, "cur_scale", None)  # half_weights mode
-        return float(scale) if scale is not None else None
+        for name in ("loss_scale", "cur_scale"):  # ZeRO optimizers; FP16_Optimizer (ZeRO-0)
+            scale = getattr(self.engine.optimizer, name, None)
+            if isinstance(scale, (int, float)):
+                return float(scale)
+        return None
 
     def save(self, folder: str, client_state: dict[str, Any]) -> None:
         """This rank's DeepSpeed shard (every rank must call it)."""

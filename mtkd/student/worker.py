@@ -24,7 +24,7 @@ import torch
 
 from mtkd.config import ExperimentConfig, config_from_dict
 from mtkd.storage import Storage
-from mtkd.student.deepspeed_backend import DeepSpeedBackend
+from mtkd.student.deepspeed_backend import DeepSpeedBackend, mixed_precision
 from mtkd.training.data import TeacherArrays, align_by_uid
 from mtkd.training.evaluate import predict_outputs
 from mtkd.training.loop import (
@@ -113,8 +113,9 @@ def student_worker(loop_config: dict[str, Any]) -> None:
         log.info("resumed from step %d (epoch %d, batch %d)", state.step, state.epoch,
                  state.position)
     attempts.append({"pid": os.getpid(), "start_step": state.step if state else 0})
-    log.info("precision %s, ZeRO-%d, %d steps", backend.resolved.describe(),
-             student.zero_stage, loop.total_steps)
+    log.info("precision %s (%s), ZeRO-%d, %d steps", backend.resolved.describe(),
+             mixed_precision(student, backend.precision) if backend.precision != "fp32"
+             else "no mixed precision", student.zero_stage, loop.total_steps)
     last_saved = {"step": -1}
 
     def save(state: LoopState) -> None:

@@ -60,6 +60,9 @@ def test_defaults_fill_missing_sections() -> None:
     assert config.student.deepspeed.zero_stage == "auto" and config.student.zero_stage == 0
     assert config.student.deepspeed.mixed_precision == "autocast"
     assert config.tasks[0].source == "bundled"
+    # Every precision setting is decided by the hardware unless the user says otherwise.
+    assert {config.teachers.training.precision, config.soft_targets.precision,
+            config.student.training.precision, config.report.precision} == {"auto"}
 
 
 def test_overrides_parse_yaml_scalars_and_index_lists(tmp_path: Path) -> None:

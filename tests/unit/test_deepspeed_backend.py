@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import torch
 from mtkd.config import config_from_dict
 from mtkd.config.schema import StudentConfig
 from mtkd.model.mtdnn import build_mtdnn
+from mtkd.precision import DeviceInfo, Resolved
 from mtkd.student.deepspeed_backend import DeepSpeedBackend, deepspeed_config
 from mtkd.student.stage import consolidate
 from mtkd.tasks.spec import TaskSpec
@@ -50,6 +52,22 @@ def test_half_weights_mode_is_deepspeeds_bf16_and_fp16() -> None:
     assert bf16["bf16"] == {"enabled": True} and "torch_autocast" not in bf16
     fp16 = deepspeed_config(student("fp16", mixed="half_weights"), 1)
     assert fp16["fp16"]["enabled"] and fp16["fp16"]["loss_scale"] == 0  # dynamic scaling
+
+
+@pytest.mark.parametrize(("resolved", "section"), [
+    ("bf16", {"torch_autocast": "bfloat16"}), ("fp16", {"torch_autocast": "float16"}),
+    ("fp32", {})])
+def test_auto_takes_the_precision_resolved_on_the_worker(resolved: str,
+                                                         section: dict[str, str]) -> None:
+    config = deepspeed_config(student("auto"), 1, precision=resolved)
+    found = {k: config[k]["dtype"] for k in ("torch_autocast",) if k in config}
+    assert found == section
+    assert not {"bf16", "fp16"} & set(config)
+
+
+def test_unresolved_auto_is_a_programming_error() -> None:
+    with pytest.raises(ValueError, match="resolved precision"):
+        deepspeed_config(student("auto"), 1)
 
 
 def test_fp32_has_no_mixed_precision_section() -> None:
@@ -177,3 +195,83 @@ def test_checkpoint_round_trip_continues_the_same_run(
 def whole_lr_after(steps: int, config: StudentConfig) -> float:
     """The schedule's learning rate after ``steps`` of 4 (no warm-up, linear decay)."""
     return config.training.learning_rate * (4 - steps) / 4
+
+
+# ------------------------------------------------------------------------ fp16 loss scaling
+# What a V100/T4 resolves auto to. DeepSpeed refuses its fp16 *mode* on CPU, but its
+# torch_autocast fp16 path runs here, so the loss-scaling logic is checked on CPU with the
+# resolution forced (the GPU run is in docs/BENCHMARKS.md when a GPU was lent).
+FP16_HERE = Resolved("fp16", "fp16", DeviceInfo("cpu", "test", "AVX2", False))
+
+
+def overflowing_steps(backend: DeepSpeedBackend, steps: int, factor: float
+                      ) -> tuple[int, list[float | None]]:
+    """Train ``steps`` steps on a loss multiplied by ``factor``; how many changed the
+    weights, and the loss scale after each."""
+    ids = torch.randint(5, 25, (8, 12), generator=torch.Generator().manual_seed(0))
+    changed, scales = 0, []
+    for _ in range(steps):
+        before = {k: v.clone() for k, v in backend.model.state_dict().items()}
+        logits = backend.forward("cls", {"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+        loss = torch.nn.functional.cross_entropy(logits.float(), torch.tensor([0, 1] * 4))
+        backend.backward(loss * factor)
+        backend.step()
+        after = backend.model.state_dict()
+        changed += any(not torch.equal(before[k], after[k]) for k in before)
+        scales.append(backend.loss_scale())
+    return changed, scales
+
+
+def test_fp16_autocast_at_zero0_backs_off_and_skips_overflows(tiny_encoder_dir: Path,
+                                                              process_group: None) -> None:
+    config = student("fp16", zero=0)
+    backend = DeepSpeedBackend(fresh_model(tiny_encoder_dir), config, 20, 1, device="cpu",
+                               resolved=FP16_HERE)
+    assert backend.config["torch_autocast"]["dtype"] == "float16"
+    # A loss 1e4 times too large overflows fp16 at the initial scale 2**16: each such step
+    # is skipped and halves the scale, until the scaled gradients fit and steps go through.
+    changed, scales = overflowing_steps(backend, 20, 1e4)
+    assert scales[0] == 2.0**15
+    assert all(b <= a for a, b in itertools.pairwise(scales))
+    skipped = 20 - changed
+    assert skipped >= 1 and changed >= 1
+    assert scales[-1] == 2.0**16 / 2**skipped  # halved once per skipped step, no growth yet
+
+
+def test_fp16_at_zero2_uses_deepspeeds_fp16_mode() -> None:
+    """torch_autocast + fp16 + ZeRO 1-3 would never back off (see the next test)."""
+    for zero in (1, 2, 3):
+        config = deepspeed_config(student("fp16", zero=zero, workers=2), 2, "fp16")
+        assert "torch_autocast" not in config
+        assert config["fp16"] == {"enabled": True, "loss_scale": 0, "initial_scale_power": 16}
+    assert "torch_autocast" in deepspeed_config(student("bf16", zero=2, workers=2), 2, "bf16")
+
+
+def test_upstream_autocast_fp16_zero2_never_backs_off(tiny_encoder_dir: Path,
+                                                      process_group: None) -> None:
+    """Why fp16 at ZeRO 1-2 avoids torch_autocast: DeepSpeed's ZeRO optimizer skips an
+    overflowing step before its GradScaler can lower the scale, so it stays at 2**16 and no
+    step ever goes through. If this starts failing, DeepSpeed fixed it: revisit
+    mtkd.student.deepspeed_backend.mixed_precision."""
+    import deepspeed
+
+    config = student("fp16", zero=2)
+    raw = {**deepspeed_config(config, 1, "bf16"),
+           "torch_autocast": {"enabled": True, "dtype": "float16",
+                              "lower_precision_safe_modules": []}}
+    model = fresh_model(tiny_encoder_dir)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3), config=raw,
+        dist_init_required=False)
+    ids = torch.randint(5, 25, (8, 12))
+    weights = {k: v.clone() for k, v in engine.module.state_dict().items()}
+    for _ in range(6):
+        logits = engine("cls", input_ids=ids, attention_mask=torch.ones_like(ids))
+        engine.backward(torch.nn.functional.cross_entropy(logits.float(),
+                                                          torch.tensor([0, 1] * 4)) * 1e4)
+        engine.step()
+    assert engine.optimizer.torch_autocast_gradscaler.get_scale() == 2.0**16
+    assert all(torch.equal(v, engine.module.state_dict()[k]) for k, v in weights.items())
+    import deepspeed.runtime.torch_autocast as ds_autocast
+
+    ds_autocast.TORCH_AUTOCAST_INITIALIZED = False  # do not leak into later engines
