@@ -563,7 +563,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n### Results (medians over rounds)\n")
     print(markdown_table(["variant", "tokens/s", "ex/s", "ms/step", "useful GFLOP/s",
                           "MFU (same-dtype matmul)", "vs its baseline", "cpu share"], rows))
-    print(f"\nmatmul {args.matmul_n}² ceiling: fp32 {mm32:.1f} GFLOP/s, bf16 {mm16:.1f} GFLOP/s "
+    bf16_text = (f"bf16 {mm16:.1f} GFLOP/s" if native else "bf16 emulated, not timed")
+    print(f"\nmatmul {args.matmul_n}² ceiling: fp32 {mm32:.1f} GFLOP/s, {bf16_text} "
           f"(per round fp32 {', '.join(f'{c.gflops:.0f}' for c in results['matmul_fp32'])}; "
           f"bf16 {', '.join(f'{c.gflops:.0f}' for c in results.get('matmul_bf16', []))})")
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -240,8 +241,6 @@ def stage_precision(stage: str, key: str, requested: str, device: DeviceInfo | N
     one warning (the workers resolve again where they run and do not repeat it). Raises
     :class:`PrecisionError` (exit 2) for a precision the device cannot run.
     """
-    import logging
-
     logger = logging.getLogger("mtkd")
     if device is None:
         logger.info("[%s] %s: %s, decided on each worker's device", stage, key, requested)

@@ -98,7 +98,7 @@ def _member_rows(store: Storage, tasks: list[str]) -> pa.Table:
 
 
 def _infer_member(config: ExperimentConfig, store: Storage, member: dict[str, Any],
-                  tasks: list[str], label: str) -> pa.Table:
+                  tasks: list[str], label: str = "") -> pa.Table:
     """Run the member over its tasks' rows with a Ray Data actor pool; a progress line
     (``label``: which member of how many) at least every 30 s."""
     import ray
@@ -124,7 +124,8 @@ def _infer_member(config: ExperimentConfig, store: Storage, member: dict[str, An
                                "precision_key": "soft_targets.precision",
                                "threads": max(1, round(per.cpu)), "use_gpu": per.gpu > 0},
         num_cpus=per.cpu, num_gpus=per.gpu or None)
-    progress = Progress(f"soft {label} {member['name']}", len(rows), "ex")
+    progress = Progress(" ".join(x for x in ("soft", label, member["name"]) if x), len(rows),
+                        "ex")
     tables, done = [], 0
     for block in outputs.iter_batches(batch_size=None, batch_format="pyarrow"):
         tables.append(block)
