@@ -130,7 +130,8 @@ def _export(ctx: StageContext, run: StudentRun, result: Any) -> dict[str, Any]:
     scoring = resolve_here(config.report.precision, "cpu", "report.precision")
     metrics = evaluate(model, data.specs, data.dev, precision=scoring.precision,
                        progress=f"{run.name} dev")
-    trained = store.read_json(f"student/{run.name}/train_state.json")
+    state_path = f"student/{run.name}/train_state.json"
+    trained = store.read_json(state_path) if store.exists(state_path) else {}
     return {"model": uri, "metrics": metrics["tasks"], "average": metrics["average"],
             "params": num_parameters(model), "precision": trained.get("precision"),
             "loss_scale": trained.get("loss_scale"), "scored_in": scoring.to_json()}
