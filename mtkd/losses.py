@@ -41,14 +41,19 @@ _NEG = -1e30
 class TeacherTargets:
     """The teachers' predictions for a batch; unused fields may be None.
 
-    * ``probs`` [B, C] / [B, K]: averaged teacher probabilities (0 at padded candidates);
+    * ``probs`` [B, C] / [B, K]: the aggregated teacher distribution (0 at padded
+      candidates), made at softmax temperature ``temperature``;
     * ``logits`` [B, C] / [B, K]: mean teacher logits (needed by ``kind="mse_logits"``);
     * ``score`` [B]: the teachers' mean score (regression).
+
+    The width K of ranking targets may differ from the batch's outputs (targets are padded
+    to the widest row of the training split, outputs to the widest row of the batch).
     """
 
     probs: Tensor | None = None
     logits: Tensor | None = None
     score: Tensor | None = None
+    temperature: float = 1.0
 
 
 class LossParts(NamedTuple):
@@ -106,11 +111,27 @@ def hard_loss(spec: TaskSpec, outputs: Tensor, labels: Tensor) -> Tensor:
 def _teacher(teacher: TeacherTargets | Mapping[str, Tensor | None]) -> TeacherTargets:
     if isinstance(teacher, TeacherTargets):
         return teacher
-    return TeacherTargets(**{k: teacher.get(k) for k in ("probs", "logits", "score")})
+    return TeacherTargets(**{k: teacher.get(k) for k in ("probs", "logits", "score")},
+                          temperature=float(teacher.get("temperature") or 1.0))
 
 
-def _target(x: Tensor | None, like: Tensor) -> Tensor | None:
-    return None if x is None else x.detach().to(device=like.device, dtype=torch.float32)
+def _target(x: Tensor | None, like: Tensor, padding: float) -> Tensor | None:
+    """Teacher values as float32 on ``like``'s device, cut or padded (with ``padding``) to
+    ``like``'s width. Only padding may be cut: a row's candidates all fit its batch."""
+    if x is None:
+        return None
+    x = x.detach().to(device=like.device, dtype=torch.float32)
+    width = like.shape[-1]
+    if x.dim() < 2 or x.shape[-1] == width:
+        return x
+    if x.shape[-1] > width:
+        extra = x[..., width:]
+        real = extra > PAD_THRESHOLD if padding < 0 else extra != padding
+        if bool((real & ~torch.isnan(extra)).any()):
+            raise ValueError(f"teacher targets have {x.shape[-1]} real entries per row but the "
+                             f"outputs only {width}")
+        return x[..., :width]
+    return F.pad(x, (0, width - x.shape[-1]), value=padding)
 
 
 def soft_loss(spec: TaskSpec, outputs: Tensor,
@@ -120,29 +141,36 @@ def soft_loss(spec: TaskSpec, outputs: Tensor,
 
     Regression ([B] vs ``teacher.score`` [B]): MSE whatever ``kind``. Otherwise (over the
     classes [B, C], or the real candidates [B, K] for ranking), rows whose teacher targets
-    hold a NaN are ignored, and:
+    hold a NaN are ignored. With tau = ``temperature`` (Hinton, Vinyals, Dean 2015,
+    "Distilling the knowledge in a neural network", section 2):
 
-    * ``"ce"``: mean over rows of -sum_c p_teacher[c] * log_softmax(outputs)[c] (the paper);
-    * ``"kl"``: tau**2 * KL(p_teacher_tau || softmax(outputs / tau)), batchmean. The
-      teacher at tau is softmax(logits / tau) when ``teacher.logits`` is given, otherwise
-      probs ** (1 / tau) renormalised (the same thing when probs = softmax(logits));
+    * the teacher distribution p_tau is the stored aggregate ``teacher.probs`` (the
+      paper's mean of member probabilities, or whatever ``soft_targets.aggregation`` made)
+      brought to tau: as stored when it was made at tau (``teacher.temperature == tau``),
+      ``p ** (1 / tau)`` renormalised when it was made at 1 (the same as softmax(z / tau)
+      for p = softmax(z)); softmax(``teacher.logits`` / tau) only when no probs are given;
+    * the student's distribution is softmax(outputs / tau);
+    * ``"ce"``: tau**2 * mean over rows of -sum_c p_tau[c] * log q_tau[c] (tau = 1: the
+      MT-DNN-KD paper's soft loss, section 3);
+    * ``"kl"``: tau**2 * KL(p_tau || q_tau), the same gradients as ``"ce"`` (they differ by
+      the teacher's entropy, a constant);
     * ``"mse_logits"``: MSE between outputs and ``teacher.logits``, mean over rows and
-      classes (real candidates only for ranking).
+      classes (real candidates only for ranking); tau is not used.
 
-    ``"ce"`` falls back to softmax(teacher.logits) when ``teacher.probs`` is None.
-    Teacher probabilities are zeroed at padded candidates and renormalised.
+    The tau**2 factor keeps the soft gradients' scale independent of tau. Raises
+    ValueError when the targets were made at a temperature other than 1 and tau (they
+    cannot be brought to tau: refused at validate).
     """
     t = _teacher(teacher)
     out, valid = _prepare(spec, outputs)
     if spec.kind.is_regression:
-        score = _target(t.score, out)
-        if score is None:
+        if t.score is None:
             raise ValueError(f"task {spec.name!r}: regression distillation needs teacher.score")
-        score = score.reshape(out.shape)
+        score = t.score.detach().to(device=out.device, dtype=torch.float32).reshape(out.shape)
         keep = ~torch.isnan(score)
         diff = out - torch.nan_to_num(score)
         return _masked_mean(diff * diff, keep)
-    probs, logits = _target(t.probs, out), _target(t.logits, out)
+    probs, logits = _target(t.probs, out, 0.0), _target(t.logits, out, _NEG)
     rows = valid.any(-1)  # [B]: rows with at least one real candidate
     for x in (probs, logits):
         if x is not None:
@@ -155,12 +183,17 @@ def soft_loss(spec: TaskSpec, outputs: Tensor,
         return _masked_mean(diff * diff, keep)
     if kind not in ("ce", "kl"):
         raise ValueError(f"unknown soft loss kind {kind!r}; valid: ce, kl, mse_logits")
-    tau = float(temperature) if kind == "kl" else 1.0
-    if logits is not None and (kind == "kl" or probs is None):
-        p = F.softmax(torch.nan_to_num(logits).masked_fill(~valid, _NEG) / tau, dim=-1)
-    elif probs is not None:
+    tau, made_at = float(temperature), float(t.temperature)
+    if probs is not None:
         p = torch.nan_to_num(probs).clamp_min(0.0)
-        p = p.pow(1.0 / tau) if tau != 1.0 else p
+        if made_at != tau:
+            if made_at != 1.0:
+                raise ValueError(f"task {spec.name!r}: soft targets made at temperature "
+                                 f"{made_at} cannot be used at {tau} (set both to the same "
+                                 "value, or make the targets at 1)")
+            p = p.pow(1.0 / tau)
+    elif logits is not None:
+        p = F.softmax(torch.nan_to_num(logits).masked_fill(~valid, _NEG) / tau, dim=-1)
     else:
         raise ValueError(f"task {spec.name!r}: soft_loss {kind!r} needs teacher.probs or logits")
     p = p * valid
@@ -169,8 +202,8 @@ def soft_loss(spec: TaskSpec, outputs: Tensor,
     log_q = log_q.masked_fill(~valid, 0.0)  # p is 0 there: keeps 0 * (-huge) out of it
     per_row = -(p * log_q).sum(-1)  # [B] cross-entropy
     if kind == "kl":
-        per_row = (per_row + torch.special.xlogy(p, p).sum(-1)) * (tau * tau)
-    return _masked_mean(per_row, rows)
+        per_row = per_row + torch.special.xlogy(p, p).sum(-1)
+    return _masked_mean(per_row, rows) * (tau * tau)
 
 
 def task_loss(spec: TaskSpec, outputs: Tensor, labels: Tensor,

@@ -396,7 +396,11 @@ class SoftTargetsConfig:
     """mean_prob: the paper's mean of member probabilities; mean_logit: softmax of the mean
     logits; geometric: normalised geometric mean of the probabilities."""
     temperature: float = 1.0
-    """Softmax temperature applied to member logits before averaging."""
+    """Softmax temperature at which member logits become probabilities before they are
+    averaged: the stored soft targets are at this temperature. Leave it at 1 and set
+    student.kd.temperature to distil at a temperature (the targets are then softened in the
+    loss); a value other than 1 must equal student.kd.temperature (targets made at tau,
+    used as stored)."""
     precision: Precision = "auto"
     """Inference precision of the soft-target actors: auto (the rule of
     teachers.training.precision, decided on each actor's device), fp32, bf16, fp16 (GPU
@@ -425,13 +429,16 @@ class KDConfig:
     and soft-target objectives."""
 
     soft_loss: Literal["ce", "kl", "mse_logits"] = "ce"
-    """ce: cross-entropy against the averaged probabilities (the paper); kl: KL divergence
-    at `temperature` scaled by its square; mse_logits: MSE on logits. Regression tasks
-    always use MSE against the teachers' mean score."""
+    """ce: cross-entropy against the aggregated teacher distribution (the paper); kl: KL
+    divergence against it (the same gradients as ce); mse_logits: MSE on the mean teacher
+    logits. Regression tasks always use MSE against the teachers' mean score."""
     soft_weight: float = 0.5
     """Weight of the soft objective; the hard one gets 1 - soft_weight (0.5: the paper)."""
     temperature: float = 1.0
-    """Temperature of soft_loss "kl"."""
+    """Distillation temperature tau of ce and kl (Hinton et al. 2015): the aggregated
+    teacher distribution p is taken at tau (p ** (1/tau), renormalised), the student's
+    softmax at tau, and the soft term is multiplied by tau**2. 1: the paper. Not used by
+    mse_logits."""
 
     def problems(self, path: str) -> list[Problem]:
         found: list[Problem] = []
@@ -593,7 +600,22 @@ class ExperimentConfig:
         if self.tasks and self.student.distill and not any(t.teacher for t in self.tasks):
             found.append(Problem("student.distill", "is true but no task has a teacher",
                                  "set teacher: true on a task, or student.distill: false"))
+        found += self._temperature_problems()
         return found
+
+    def _temperature_problems(self) -> list[Problem]:
+        """Stored soft targets made at a temperature other than 1 can only be used at that
+        temperature (the loss cannot undo a softening of averaged probabilities)."""
+        made_at, tau = self.soft_targets.temperature, self.student.kd.temperature
+        kd = self.student.kd
+        if (not self.student.distill or kd.soft_loss == "mse_logits" or made_at == 1.0
+                or made_at == tau or made_at <= 0 or tau <= 0):
+            return []
+        return [Problem("soft_targets.temperature",
+                        f"is {made_at} but student.kd.temperature is {tau}: the targets would "
+                        f"be made at {made_at} and the student distilled at {tau}",
+                        f"set soft_targets.temperature: 1 (targets softened to {tau} in the "
+                        f"loss), or student.kd.temperature: {made_at}")]
 
 
 def _precision_problems(path: str, precision: str, on_gpu: bool) -> list[Problem]:

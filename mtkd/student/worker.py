@@ -45,13 +45,14 @@ def teacher_arrays(store: Storage, data: PreparedTasks,
                    config: ExperimentConfig) -> dict[str, TeacherArrays]:
     """Soft targets of every task with a teacher, joined to the train rows by uid."""
     arrays = {}
+    temperature = config.soft_targets.temperature  # what the stored probabilities are at
     for task in (t.name for t in config.tasks if t.teacher):
         table = pq.read_table(io.BytesIO(store.read_bytes(f"soft_targets/{task}/train.parquet")))
         uids = table["uid"].to_pylist()
         soft = table["soft_target"].to_pylist()
         logits = table["teacher_logits"].to_pylist()
         if data.specs[task].kind.is_regression:
-            arrays[task] = align_by_uid(data.train[task]["uid"], uids, task,
+            arrays[task] = align_by_uid(data.train[task]["uid"], uids, task, temperature,
                                         score=np.asarray([s[0] for s in soft], np.float32))
         else:
             width = max(len(s) for s in soft)  # ranking rows have different widths
@@ -59,8 +60,8 @@ def teacher_arrays(store: Storage, data: PreparedTasks,
             mean_logits = np.full((len(soft), width), np.finfo(np.float32).min / 2, np.float32)
             for i, (p, z) in enumerate(zip(soft, logits, strict=True)):
                 probs[i, : len(p)], mean_logits[i, : len(z)] = p, z
-            arrays[task] = align_by_uid(data.train[task]["uid"], uids, task, probs=probs,
-                                        logits=mean_logits)
+            arrays[task] = align_by_uid(data.train[task]["uid"], uids, task, temperature,
+                                        probs=probs, logits=mean_logits)
     return arrays
 
 

@@ -187,18 +187,32 @@ def run_teachers(ctx: StageContext) -> dict[str, Any]:
     report = {"members": [{k: v for k, v in s.items() if k != "history"} for s in summaries],
               "failed": failed, "shape": config.teachers.shape}
     store.write_json_atomic("teachers/teachers.json", report)
-    need = config.teachers.min_members * (1 if config.teachers.shape == "multitask"
-                                          else len({t for m in members for t in m.tasks}))
-    if len(summaries) < need:
-        raise MtkdError(f"only {len(summaries)} of {len(members)} teacher members finished, "
-                        f"fewer than teachers.min_members requires ({need}); failed: "
-                        + "; ".join(f"{k}: {v}" for k, v in failed.items())
+    short = short_tasks(config.teachers.min_members, [t for m in members for t in m.tasks],
+                        summaries)
+    if short:
+        raise MtkdError(f"only {len(summaries)} of {len(members)} teacher members finished; "
+                        "teachers.min_members is " + str(config.teachers.min_members)
+                        + " per task, but " + ", ".join(f"{t} has {n}" for t, n in short.items())
+                        + "; failed: " + "; ".join(f"{k}: {v}" for k, v in failed.items())
                         + " (fix: see the errors above; re-running resumes the rest)")
     log.info("[teachers] %d/%d members ready in %.0f s; summary %s", len(summaries),
              len(members), time.time() - started, store.uri_of("teachers/teachers.json"))
     return {"members": [s["name"] for s in summaries], "failed": sorted(failed),
             "output_fingerprint": stable_hash(sorted(s["fingerprint"] for s in summaries)),
             "artifacts": ["teachers/teachers.json"]}
+
+
+def short_tasks(min_members: int, tasks: list[str], summaries: list[dict[str, Any]]
+                ) -> dict[str, int]:
+    """Tasks covered by fewer than ``min_members`` finished members: {task: count}. A
+    multitask member covers all its tasks; a per_task member one (so the rule holds per
+    task for both shapes, not on the total count)."""
+    counts = dict.fromkeys(tasks, 0)
+    for summary in summaries:
+        for task in summary["tasks"]:
+            if task in counts:
+                counts[task] += 1
+    return {task: n for task, n in counts.items() if n < min_members}
 
 
 def _needs_teachers(config: ExperimentConfig) -> bool:

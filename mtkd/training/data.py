@@ -29,12 +29,14 @@ class TeacherArrays:
 
     probs: [N, C] averaged probabilities (C = classes or candidates), or None;
     logits: [N, C] averaged logits (for the mse_logits loss), or None;
-    score: [N] mean teacher score (regression), or None.
+    score: [N] mean teacher score (regression), or None;
+    temperature: the softmax temperature the probs were made at (soft_targets.temperature).
     """
 
     probs: np.ndarray | None = None
     logits: np.ndarray | None = None
     score: np.ndarray | None = None
+    temperature: float = 1.0
 
     def gather(self, rows: list[int]) -> dict[str, torch.Tensor]:
         """Tensors of the given rows: keys among probs, logits, score."""
@@ -47,7 +49,7 @@ class TeacherArrays:
 
 
 def align_by_uid(train_uids: list[str], teacher_uids: list[str], task: str,
-                 **columns: np.ndarray | None) -> TeacherArrays:
+                 temperature: float = 1.0, **columns: np.ndarray | None) -> TeacherArrays:
     """Reorder teacher columns to the train rows' order, joining on uid (never row order).
 
     Raises DataError naming the first missing uids if any train row lacks a target.
@@ -60,7 +62,7 @@ def align_by_uid(train_uids: list[str], teacher_uids: list[str], task: str,
     order = np.fromiter((position[u] for u in train_uids), dtype=np.int64,
                         count=len(train_uids))
     aligned = {k: None if v is None else np.asarray(v)[order] for k, v in columns.items()}
-    return TeacherArrays(**aligned)
+    return TeacherArrays(**aligned, temperature=temperature)
 
 
 class MultiTaskRows(torch.utils.data.Dataset):

@@ -128,7 +128,7 @@ def _teacher_targets(arrays: TeacherArrays | None, rows: list[int],
     if arrays is None:
         return None
     gathered = {k: v.to(device, non_blocking=True) for k, v in arrays.gather(rows).items()}
-    return TeacherTargets(**gathered)
+    return TeacherTargets(**gathered, temperature=arrays.temperature)
 
 
 class TrainingLoop:

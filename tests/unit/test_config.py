@@ -184,6 +184,26 @@ def test_value_rules(data: dict, path: str, needle: str) -> None:
     assert any(needle in m for m in messages), info.value.problems
 
 
+@pytest.mark.parametrize(("made_at", "tau", "loss", "distill", "ok"), [
+    (1.0, 1.0, "ce", True, True), (1.0, 3.0, "ce", True, True),   # softened in the loss
+    (2.0, 2.0, "kl", True, True),                                 # made at tau, as stored
+    (2.0, 1.0, "ce", True, False), (2.0, 3.0, "kl", True, False),  # contradictory
+    (2.0, 1.0, "mse_logits", True, True),                         # no temperature used
+    (2.0, 1.0, "ce", False, True),                                # no distillation
+])
+def test_one_meaning_of_temperature(made_at: float, tau: float, loss: str, distill: bool,
+                                    ok: bool) -> None:
+    data = minimal(soft_targets={"temperature": made_at},
+                   student={"distill": distill, "kd": {"temperature": tau, "soft_loss": loss}})
+    if ok:
+        config_from_dict(data)
+        return
+    found = problems_of(data)
+    assert set(found) == {"soft_targets.temperature"}
+    message = found["soft_targets.temperature"]
+    assert "student.kd.temperature" in message and f"{made_at}" in message, message
+
+
 def test_fp16_allowed_on_gpu() -> None:
     config = config_from_dict(minimal(student={"use_gpu": True,
                                                "training": {"precision": "fp16"}}))

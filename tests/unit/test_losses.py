@@ -109,8 +109,16 @@ def test_soft_ce_by_hand() -> None:
     teacher = TeacherTargets(probs=t([0.7, 0.3]))
     close(soft_loss(CLS, t([2.0, 0.0]), teacher, "ce"), 0.726928)
     close(soft_loss(CLS, t([2.0, 0.0]), teacher, "ce"), SOFT_CE)
-    # the temperature is ignored by "ce" (the paper's objective)
-    close(soft_loss(CLS, t([2.0, 0.0]), teacher, "ce", temperature=3.0), 0.726928)
+    # tau = 3 applies to ce as well (Hinton): p_3 = [0.7^(1/3), 0.3^(1/3)] renormalised =
+    # [0.887904, 0.669433] / 1.557337 = [0.570142, 0.429858]; q_3 = softmax([2/3, 0]) =
+    # [0.660733, 0.339267]; CE = -(0.570142 ln 0.660733 + 0.429858 ln 0.339267)
+    # = 0.570142 * 0.414403 + 0.429858 * 1.080968 = 0.236268 + 0.464663 = 0.700931; x 9
+    p3 = [0.7 ** (1 / 3), 0.3 ** (1 / 3)]
+    p3 = [x / sum(p3) for x in p3]
+    q3 = [math.exp(2 / 3) / (math.exp(2 / 3) + 1), 1 / (math.exp(2 / 3) + 1)]
+    expected = 9 * -(p3[0] * math.log(q3[0]) + p3[1] * math.log(q3[1]))
+    close(soft_loss(CLS, t([2.0, 0.0]), teacher, "ce", temperature=3.0), expected)
+    close(soft_loss(CLS, t([2.0, 0.0]), teacher, "ce", temperature=3.0), 9 * 0.700931, 1e-4)
 
 
 def test_soft_ce_san_log_probabilities_give_the_same() -> None:
@@ -307,3 +315,92 @@ def test_ranking_padding_of_every_precision_is_recognised(dtype: torch.dtype) ->
     assert scores.grad is not None and scores.grad[0, 2].item() == 0.0
     # the same scores cast up to float32 before the loss are still recognised
     close(hard_loss(RANK, scores.detach().float(), t(0, dtype=torch.long)), 0.313262, tol=1e-4)
+
+
+# ------------------------------------------------ the target is the aggregated distribution
+# Two members that disagree: logits [8, 0] and [0, 2]. Their averaged probabilities
+# (the paper's soft targets) differ from the softmax of their averaged logits.
+M1, M2 = [8.0, 0.0], [0.0, 2.0]
+
+
+def _softmax(z: list[float], tau: float = 1.0) -> list[float]:
+    e = [math.exp(v / tau) for v in z]
+    return [v / sum(e) for v in e]
+
+
+MEAN_PROB = [(a + b) / 2 for a, b in zip(_softmax(M1), _softmax(M2), strict=True)]
+MEAN_LOGIT = [(a + b) / 2 for a, b in zip(M1, M2, strict=True)]
+
+
+def test_disagreeing_members_make_different_targets() -> None:
+    assert pytest.approx([0.559434, 0.440566], abs=1e-6) == MEAN_PROB
+    assert _softmax(MEAN_LOGIT) == pytest.approx([0.952574, 0.047426], abs=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["ce", "kl"])
+@pytest.mark.parametrize("tau", [1.0, 2.0, 4.0])
+def test_ce_and_kl_train_toward_the_stored_averaged_probabilities(kind: str,
+                                                                  tau: float) -> None:
+    """Not toward softmax(mean logits / tau), though the mean logits are there too."""
+    student = [1.0, -1.0]
+    teacher = TeacherTargets(probs=t(MEAN_PROB), logits=t(MEAN_LOGIT))
+    p = [x ** (1 / tau) for x in MEAN_PROB]
+    p = [x / sum(p) for x in p]
+    q = _softmax(student, tau)
+    ce = -sum(a * math.log(b) for a, b in zip(p, q, strict=True))
+    entropy = -sum(a * math.log(a) for a in p)
+    expected = tau * tau * (ce if kind == "ce" else ce - entropy)
+    close(soft_loss(CLS, t(student), teacher, kind, tau), expected)
+
+
+def test_ce_and_kl_have_the_same_gradient() -> None:
+    teacher = TeacherTargets(probs=t(MEAN_PROB))
+    grads = []
+    for kind in ("ce", "kl"):
+        x = t([1.0, -1.0], grad=True)
+        soft_loss(CLS, x, teacher, kind, 2.0).backward()
+        grads.append(x.grad)
+    torch.testing.assert_close(grads[0], grads[1])
+    # d/dz of tau^2 * CE(p_tau, softmax(z / tau)) = tau * (q_tau - p_tau)
+    p = [x ** 0.5 for x in MEAN_PROB]
+    p = [x / sum(p) for x in p]
+    q = _softmax([1.0, -1.0], 2.0)
+    assert grads[0][0].tolist() == pytest.approx([2 * (q[0] - p[0]), 2 * (q[1] - p[1])],
+                                                 abs=1e-6)
+
+
+def test_targets_made_at_tau_are_used_as_stored() -> None:
+    made = [(a + b) / 2 for a, b in zip(_softmax(M1, 2.0), _softmax(M2, 2.0), strict=True)]
+    teacher = TeacherTargets(probs=t(made), temperature=2.0)
+    q = _softmax([1.0, -1.0], 2.0)
+    expected = 4 * -sum(a * math.log(b) for a, b in zip(made, q, strict=True))
+    close(soft_loss(CLS, t([1.0, -1.0]), teacher, "ce", 2.0), expected)
+    with pytest.raises(ValueError, match=r"made at temperature 2\.0 cannot be used at 3\.0"):
+        soft_loss(CLS, t([1.0, -1.0]), teacher, "ce", 3.0)
+
+
+# ---------------------------------------------- ranking targets wider than the batch
+@pytest.mark.parametrize("kind", ["ce", "kl", "mse_logits"])
+def test_ranking_targets_padded_to_the_split_fit_a_narrower_batch(kind: str) -> None:
+    """Targets are padded to the widest row of the training split (5 candidates), the
+    batch's outputs to its own widest row (3): the loss equals the one on cut targets."""
+    scores = t([2.0, 0.0, PAD], [1.0, 0.5, -1.0])
+    wide_probs = t([0.7, 0.3, 0.0, 0.0, 0.0], [0.2, 0.3, 0.5, 0.0, 0.0])
+    wide_logits = t([1.0, 0.0, PAD, PAD, PAD], [0.0, 1.0, 2.0, PAD, PAD])
+    wide = soft_loss(RANK, scores, TeacherTargets(probs=wide_probs, logits=wide_logits), kind)
+    cut = soft_loss(RANK, scores, TeacherTargets(probs=wide_probs[:, :3],
+                                                 logits=wide_logits[:, :3]), kind)
+    close(wide, cut.item())
+    # and narrower targets than outputs are padded
+    narrow = soft_loss(RANK, t([2.0, 0.0, PAD, PAD]),
+                       TeacherTargets(probs=t([0.7, 0.3, 0.0]), logits=t([1.0, 0.0, PAD])),
+                       kind)
+    close(narrow, soft_loss(RANK, t([2.0, 0.0]), TeacherTargets(probs=t([0.7, 0.3]),
+                                                                logits=t([1.0, 0.0])),
+                            kind).item())
+
+
+def test_ranking_targets_with_more_real_candidates_than_outputs_are_an_error() -> None:
+    with pytest.raises(ValueError, match="5 real entries per row but the outputs only 3"):
+        soft_loss(RANK, t([2.0, 0.0, 1.0]),
+                  TeacherTargets(probs=t([0.2, 0.2, 0.2, 0.2, 0.2])), "ce")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from mtkd.config import config_from_dict
 from mtkd.teachers.plan import SEED_STRIDE, member_fingerprint, plan_members
+from mtkd.teachers.stage import short_tasks
 
 
 def config(**teachers):
@@ -69,3 +72,21 @@ def test_fingerprint_tracks_data_parallel_workers() -> None:
         cfg = config(size=1, workers_per_member=workers)
         fingerprints[workers] = member_fingerprint(plan_members(cfg)[0], cfg, data)
     assert len(set(fingerprints.values())) == 3  # the global batch differs
+
+
+# ------------------------------------------------------------------------ min_members per task
+@pytest.mark.parametrize(("planned", "finished", "minimum", "short"), [
+    # multitask: every member covers every task
+    ([("a", "b")] * 3, [("a", "b")] * 2, 2, {}),
+    ([("a", "b")] * 3, [("a", "b")], 2, {"a": 1, "b": 1}),
+    # per_task: 4 members finished, 2 x min_members in all, but b has only 1
+    ([("a",)] * 3 + [("b",)] * 3, [("a",)] * 3 + [("b",)], 2, {"b": 1}),
+    # a task whose members all failed
+    ([("a",)] * 2 + [("b",)] * 2, [("a",)] * 2, 1, {"b": 0}),
+    ([("a",)] * 2 + [("b",)] * 2, [("a",), ("b",)], 1, {}),
+])
+def test_min_members_holds_per_task(planned: list, finished: list, minimum: int,
+                                    short: dict) -> None:
+    tasks = [t for member in planned for t in member]
+    summaries = [{"tasks": list(member)} for member in finished]
+    assert short_tasks(minimum, tasks, summaries) == short
