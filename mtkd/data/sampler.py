@@ -25,13 +25,18 @@ batches again. How an epoch is built:
      takes the first batches of its pass (a random subset).
    * ``capped``: ``min(b_t, cap)``, the first batches of one pass.
 3. **Mixing.** All tasks' batches are put in one random order.
-4. **Sharding.** With ``num_shards`` N each task's batches are grouped N at a time (a
-   task's last ``b_t % N`` batches, a different random few every epoch, are dropped), the
+4. **Sharding.** With ``num_shards`` N each task's batches are grouped N at a time, the
    groups are mixed instead of single batches, and shard i takes batches ``i, i + N, ...``:
    so at every step all shards train the *same task* (one global MT-DNN batch of that
    task, as in single-process training), every shard runs the same number of steps (which
-   DDP/DeepSpeed need), and no batch goes to two shards. With one shard this is exactly
-   step 3.
+   DDP/DeepSpeed need), and no batch goes to two shards of one step. A task whose batch
+   count is not a multiple of N completes its last group with batches of its next pass
+   (freshly shuffled), so no task is ever dropped, however small (a task of 60 examples
+   at batch 32 has 2 batches; with 4 shards it gets a group of 4). Each batch carries a
+   ``weight`` = N x its examples / the group's examples: data-parallel training averages
+   the shards' gradients with equal weight, and multiplying each shard's loss by its
+   weight makes that average the mean over the group's examples (a short batch counts
+   for what it holds). With one shard this is exactly step 3 and every weight is 1.
 
 Randomness comes from ``numpy.random.default_rng([seed, epoch, crc32(task)])`` per task
 (so a task's batches do not depend on which other tasks exist) and
@@ -53,10 +58,12 @@ STRATEGIES = ("proportional", "temperature", "capped")
 
 
 class Batch(NamedTuple):
-    """One mini-batch: the task it comes from and row indices into that task's table."""
+    """One mini-batch: the task it comes from, row indices into that task's table, and its
+    loss weight in the data-parallel mean (step 4 of the module docstring; 1 unsharded)."""
 
     task: str
     indices: list[int]
+    weight: float = 1.0
 
 
 class MultiTaskBatchSampler:
@@ -117,10 +124,12 @@ class MultiTaskBatchSampler:
         self.bucket_by_length, self.drop_last = bucket_by_length, drop_last
         self.seed, self.num_shards, self.shard_index = seed, num_shards, shard_index
         self.task_batch_counts = self._task_batch_counts()
-        """Batches per task per epoch, all shards together (before the tail is dropped)."""
-        self._len = sum(c // num_shards for c in self.task_batch_counts.values())
+        """Batches per task per epoch, all shards together (before the last group of a task
+        is completed from its next pass)."""
+        self._len = sum(-(-c // num_shards) for c in self.task_batch_counts.values())
         if self._len == 0:
-            raise ValueError(f"no task has {num_shards} batches for {num_shards} shards")
+            raise ValueError("no task has a full batch (drop_last with fewer examples than "
+                             "batch_size in every task)")
         self.epoch, self.position = 0, 0
 
     @classmethod
@@ -164,7 +173,7 @@ class MultiTaskBatchSampler:
         return [b for b in out if len(b) == bs] if self.drop_last else out
 
     def _task_batches(self, task: str, epoch: int) -> list[Batch]:
-        want = self.task_batch_counts[task]
+        want = -(-self.task_batch_counts[task] // self.num_shards) * self.num_shards
         rng = np.random.default_rng([self.seed, epoch, zlib.crc32(task.encode())])
         got: list[np.ndarray] = []
         while len(got) < want:
@@ -178,8 +187,12 @@ class MultiTaskBatchSampler:
         n = self.num_shards  # groups of n batches of one task: one step of all shards
         groups = []
         for task in self.tasks:
-            batches = self._task_batches(task, epoch)
-            groups += [batches[i:i + n] for i in range(0, len(batches) - len(batches) % n, n)]
+            batches = self._task_batches(task, epoch)  # a multiple of n
+            for i in range(0, len(batches), n):
+                group = batches[i:i + n]
+                examples = sum(len(b.indices) for b in group)
+                groups.append([b._replace(weight=n * len(b.indices) / examples)
+                               for b in group])
         order = np.random.default_rng([self.seed, epoch]).permutation(len(groups))
         return [batch for i in order for batch in groups[i]]
 
@@ -240,7 +253,8 @@ def padding_fraction(batches: Iterable[Batch], lengths: Mapping[str, Sequence[in
     (0.0: no padding; 0.0 for no batches)."""
     arrays = {t: np.asarray(v, dtype=np.int64) for t, v in lengths.items()}
     padded = real = 0
-    for task, indices in batches:
+    for batch in batches:
+        task, indices = batch.task, batch.indices
         if len(indices) == 0:
             continue
         lens = arrays[task][np.asarray(indices)]

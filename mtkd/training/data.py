@@ -79,10 +79,12 @@ class MultiTaskRows(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return sum(len(c["uid"]) for c in self.columns.values())
 
-    def __getitem__(self, key: tuple[str, int]) -> dict[str, Any]:
-        task, index = key
+    def __getitem__(self, key: tuple[str, int] | tuple[str, int, float]) -> dict[str, Any]:
+        """Row ``index`` of ``task``; a third key element is the batch's loss weight."""
+        task, index = key[0], key[1]
         cols = self.columns[task]
-        return {"task": task, "index": index, "uid": cols["uid"][index],
+        return {"task": task, "index": index, "weight": key[2] if len(key) > 2 else 1.0,
+                "uid": cols["uid"][index],
                 "input_ids": cols["input_ids"][index],
                 "token_type_ids": cols["token_type_ids"][index], "label": cols["label"][index]}
 
@@ -104,6 +106,7 @@ class CollateFn:
                         pad_to_multiple_of=self.pad_to_multiple_of)
         batch["task"] = task
         batch["indices"] = [item["index"] for item in items]
+        batch["weight"] = float(items[0].get("weight", 1.0))
         return batch
 
 
@@ -113,9 +116,9 @@ class _Keys(torch.utils.data.Sampler):
     def __init__(self, batches: Iterator[Batch], count: int) -> None:
         self.batches, self.count = batches, count
 
-    def __iter__(self) -> Iterator[list[tuple[str, int]]]:
+    def __iter__(self) -> Iterator[list[tuple[str, int, float]]]:
         for batch in self.batches:
-            yield [(batch.task, i) for i in batch.indices]
+            yield [(batch.task, i, batch.weight) for i in batch.indices]
 
     def __len__(self) -> int:
         return self.count

@@ -245,7 +245,10 @@ class TrainingLoop:
                 teacher = _teacher_targets(self.data.teachers.get(task), batch["indices"],
                                            device)
                 loss = task_loss(spec, outputs, labels, teacher, self.kd).total
-                backend.backward(loss)
+                # Data-parallel: a short batch's weight < 1 (see the sampler), so the
+                # shards' averaged gradient is the mean over the global batch's examples.
+                weight = batch.get("weight", 1.0)
+                backend.backward(loss * weight if weight != 1.0 else loss)
                 state.position += 1
                 last_loss = float(loss.detach())
                 running += last_loss

@@ -111,26 +111,58 @@ def test_deterministic_in_seed_and_epoch() -> None:
 def test_shards_are_disjoint_and_equal(shards: int, strategy: str) -> None:
     lengths = make_lengths()
     kw = {"seed": 2, "strategy": strategy, "temperature": 0.5}
-    whole = MultiTaskBatchSampler(lengths, 32, **kw).batches(3)
+    whole = MultiTaskBatchSampler(lengths, 32, **kw)
     parts = [
         MultiTaskBatchSampler(lengths, 32, num_shards=shards, shard_index=i, **kw).batches(3)
         for i in range(shards)
     ]
     assert len({len(p) for p in parts}) == 1
-    # Each task loses fewer than N batches to the grouping.
-    tasks = {b.task for b in whole}
-    assert len(whole) - len(tasks) * (shards - 1) <= sum(len(p) for p in parts) <= len(whole)
-    # At every step all shards train on the same task (one global batch of that task).
+    # No task loses batches: each gets its count rounded up to a multiple of N.
+    got = Counter(b.task for p in parts for b in p)
+    assert got == {t: math.ceil(c / shards) * shards
+                   for t, c in whole.task_batch_counts.items()}
+    # At every step all shards train on the same task (one global batch of that task),
+    # and the weights make the shards' equal-weight mean the mean over the step's examples.
     for step in zip(*parts, strict=True):
         assert len({b.task for b in step}) == 1
-    # Every shard's batches are batches of the unsharded epoch's passes.
-    whole_set = {(b.task, tuple(b.indices)) for b in whole}
-    assert all((b.task, tuple(b.indices)) in whole_set for p in parts for b in p)
-    if strategy == "proportional":  # examples are unique within the epoch, so across shards
-        seen = [(b.task, i) for p in parts for b in p for i in b.indices]
-        assert len(seen) == len(set(seen))
-        epoch = {(b.task, i) for b in whole for i in b.indices}
-        assert set(seen) <= epoch
+        examples = sum(len(b.indices) for b in step)
+        assert [b.weight for b in step] == pytest.approx(
+            [shards * len(b.indices) / examples for b in step])
+    if strategy == "proportional":
+        # Each task: one whole pass (every example once) plus the batches that complete
+        # its last group, taken from its next pass.
+        for task, n in SIZES.items():
+            seen = Counter(i for p in parts for b in p if b.task == task for i in b.indices)
+            assert set(seen) == set(range(n))
+            extra = sum(seen.values()) - n
+            first_pass = math.ceil(n / 32)
+            assert extra <= (got[task] - first_pass) * 32
+
+
+@pytest.mark.parametrize("shards", [2, 4])
+@pytest.mark.parametrize("strategy", ["proportional", "temperature", "capped"])
+def test_a_tiny_task_is_never_dropped(shards: int, strategy: str) -> None:
+    """60 examples at batch 32 make 2 batches; 4 shards need a group of 4 (the reported
+    case: the task got no batch at all and its head stayed untrained)."""
+    lengths = make_lengths({"big": 1000, "tiny": 60})
+    kw = {"seed": 5, "strategy": strategy, "cap": 3, "num_shards": shards}
+    parts = [MultiTaskBatchSampler(lengths, 32, shard_index=i, **kw).batches(0)
+             for i in range(shards)]
+    tiny = [b for p in parts for b in p if b.task == "tiny"]
+    assert len(tiny) == shards  # one group: 2 batches of its pass + recycled ones
+    assert {i for b in tiny for i in b.indices} == set(range(60))
+    for step in zip(*parts, strict=True):
+        if step[0].task == "tiny":
+            sizes = [len(b.indices) for b in step]
+            assert sum(b.weight for b in step) == pytest.approx(shards)
+            assert [b.weight for b in step] == pytest.approx(
+                [shards * k / sum(sizes) for k in sizes])
+
+
+def test_one_shard_weights_are_one() -> None:
+    batches = MultiTaskBatchSampler(make_lengths(), 32, seed=1).batches(0)
+    assert {b.weight for b in batches} == {1.0}
+    assert min(len(b.indices) for b in batches) < 32  # short batches still weigh 1
 
 
 def test_bad_arguments() -> None:
@@ -141,16 +173,20 @@ def test_bad_arguments() -> None:
             MultiTaskBatchSampler(lengths, 32, **kw)
     with pytest.raises(ValueError, match="without training examples"):
         MultiTaskBatchSampler({"a": [], "b": [3]}, 32)
-    with pytest.raises(ValueError, match="no task has"):
-        MultiTaskBatchSampler({"a": [3]}, 32, num_shards=2)
+    with pytest.raises(ValueError, match="no task has a full batch"):
+        MultiTaskBatchSampler({"a": [3]}, 32, drop_last=True)
+    # one example, two shards: its single batch is completed from the next pass
+    two = [MultiTaskBatchSampler({"a": [3]}, 32, num_shards=2, shard_index=i).batches(0)
+           for i in range(2)]
+    assert two == [[Batch("a", [0], 1.0)], [Batch("a", [0], 1.0)]]
 
 
-@pytest.mark.parametrize("k", [0, 1, 11, 21, 22])
+@pytest.mark.parametrize("k", [0, 1, 11, 22, 23])
 def test_resume_continues_at_the_exact_batch(k: int) -> None:
     lengths = make_lengths()
     kw = {"seed": 11, "num_shards": 2, "shard_index": 1}
     run = MultiTaskBatchSampler(lengths, 32, **kw)
-    assert len(run) == 22  # (32 + 11 + 2) // 2
+    assert len(run) == 23  # ceil(32 / 2) + ceil(11 / 2) + ceil(2 / 2)
     run.set_epoch(2)
     it = iter(run)
     first = [next(it) for _ in range(k)]

@@ -229,21 +229,23 @@ def _global_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
              torch.randint(0, 2, (16,), generator=generator)) for _ in range(2)]
 
 
-def _train_micro_batches(backend: object, rows: slice) -> tuple[dict, dict]:
-    """Forward/backward both micro-batches on ``rows``; (gradients before the step,
-    weights after it)."""
+def _train_micro_batches(backend: object, rows: slice, weight: float = 1.0
+                         ) -> tuple[dict, dict]:
+    """Forward/backward both micro-batches on ``rows``, the loss times ``weight`` (the
+    sampler's data-parallel weight); (gradients before the step, weights after it)."""
     for ids, labels in _global_batches():
         inputs = {"input_ids": ids[rows], "attention_mask": torch.ones_like(ids[rows]),
                   "token_type_ids": torch.zeros_like(ids[rows])}
-        backend.backward(torch.nn.functional.cross_entropy(backend.forward("cls", inputs),
-                                                           labels[rows]))
+        loss = torch.nn.functional.cross_entropy(backend.forward("cls", inputs), labels[rows])
+        backend.backward(loss * weight)
     grads = {n: None if p.grad is None else p.grad.clone()
              for n, p in backend.model.named_parameters()}
     assert backend.step()
     return grads, {k: v.clone() for k, v in backend.model.state_dict().items()}
 
 
-def _data_parallel_rank(rank: int, encoder_dir: str, init_file: str, out: str) -> None:
+def _data_parallel_rank(rank: int, encoder_dir: str, init_file: str, out: str,
+                        split: tuple[int, int] = (8, 8), weighted: bool = True) -> None:
     import torch.distributed as dist
 
     from mtkd.training.backend import DataParallelBackend, from_rank0
@@ -254,7 +256,11 @@ def _data_parallel_rank(rank: int, encoder_dir: str, init_file: str, out: str) -
     try:
         model = build_mtdnn(Path(encoder_dir), list(SPECS.values()), dropout=0.0, seed=0)
         backend = DataParallelBackend(TorchBackend(model, DP_CONFIG, total_steps=4))
-        grads, weights = _train_micro_batches(backend, slice(8 * rank, 8 * rank + 8))
+        start = 0 if rank == 0 else split[0]
+        # The sampler's weight of a shard's batch: N x its examples / the step's examples.
+        weight = 2 * split[rank] / sum(split) if weighted else 1.0
+        grads, weights = _train_micro_batches(backend, slice(start, start + split[rank]),
+                                              weight)
         agreed = from_rank0(float(rank + 1), backend.device)
         torch.save({"grads": grads, "weights": weights, "agreed": agreed},
                    Path(out) / f"rank{rank}.pt")
@@ -283,3 +289,26 @@ def test_data_parallel_backend_matches_one_process_on_the_global_batch(
     for key, value in ranks[0]["weights"].items():
         assert torch.equal(value, ranks[1]["weights"][key]), key
     assert [r["agreed"] for r in ranks] == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("weighted", [True, False])
+def test_short_shard_batches_weigh_what_they_hold(tiny_encoder_dir: Path, tmp_path: Path,
+                                                  weighted: bool) -> None:
+    """Rank 0 holds 11 of a step's 16 examples, rank 1 the last 5 (a task's short batch):
+    with the sampler's weights (2 x 11/16, 2 x 5/16) the ranks' averaged gradient is one
+    process's on all 16; without them the 5 examples would count as much as the 11."""
+    torch.multiprocessing.spawn(_data_parallel_rank, nprocs=2, join=True,
+                                args=(str(tiny_encoder_dir), str(tmp_path / "init"),
+                                      str(tmp_path), (11, 5), weighted))
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    model = build_mtdnn(tiny_encoder_dir, list(SPECS.values()), dropout=0.0, seed=0)
+    grads, _ = _train_micro_batches(TorchBackend(model, DP_CONFIG, total_steps=4),
+                                    slice(0, 16))
+    name = "heads.cls.linear.weight" if "heads.cls.linear.weight" in grads else next(
+        n for n in grads if n.startswith("heads.cls"))
+    if weighted:
+        for key, grad in grads.items():
+            if grad is not None:
+                torch.testing.assert_close(ranks[0]["grads"][key], grad, rtol=1e-4, atol=1e-6)
+    else:
+        assert not torch.allclose(ranks[0]["grads"][name], grads[name], rtol=1e-3, atol=1e-5)
