@@ -35,7 +35,13 @@ from mtkd.training.loop import (
     capture_rng,
     total_optimizer_steps,
 )
-from mtkd.training.recipe import PreparedTasks, build_model, load_prepared_tasks, make_sampler
+from mtkd.training.recipe import (
+    PreparedTasks,
+    build_model,
+    load_prepared_tasks,
+    make_sampler,
+    rank0_score,
+)
 
 log = logging.getLogger("mtkd")
 STATE_FILE = "loop_state.json"
@@ -101,7 +107,9 @@ def student_worker(loop_config: dict[str, Any]) -> None:
     loop = TrainingLoop(backend, LoopData(data.specs, data.train, data.dev, teachers),
                         training, sampler=sampler, kd=student.kd, name=run["name"],
                         keep_best_in_memory=False, record_steps=True,
-                        log_every=loop_config.get("log_every", 50))
+                        log_every=loop_config.get("log_every", 50),
+                        # Several ranks: rank 0's dev score decides early stopping for all.
+                        score=rank0_score(backend.device) if world > 1 else None)
 
     state, rng, attempts = None, None, []
     checkpoint = ray.train.get_checkpoint()

@@ -10,7 +10,7 @@ pieces with its own backend.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,13 +116,20 @@ def build_training_loop(config: ExperimentConfig, data: PreparedTasks, *, encode
     score = None
     if data_parallel:
         backend = DataParallelBackend(backend, several_tasks=len(data.specs) > 1)
-        score = functools.partial(_rank0_score, device=backend.device)
+        score = rank0_score(backend.device)
     return TrainingLoop(backend, LoopData(data.specs, data.train, data.dev, teachers or {}),
                         training, sampler=sampler, kd=kd, hooks=hooks, name=name,
                         log_every=log_every, score=score, keep_best_in_memory=rank == 0)
 
 
-def _rank0_score(result: dict[str, Any], device: torch.device) -> float:
+def rank0_score(device: torch.device) -> Callable[[dict[str, Any]], float]:
+    """The loop's ``score`` for a data-parallel rank: rank 0's dev average, broadcast, so
+    that keep-best and early stopping decide the same on every rank (a collective: every
+    rank evaluates at the same steps)."""
+    return functools.partial(_rank0_average, device=device)
+
+
+def _rank0_average(result: dict[str, Any], device: torch.device) -> float:
     return from_rank0(float(result["average"]), device)
 
 
