@@ -188,9 +188,18 @@ def resolve_precision(requested: str, device: DeviceInfo, key: str = "precision"
             "(fix: set it to auto, which picks fp16 with loss scaling here, or fp16/fp32)")
     warning = None
     if requested == "bf16" and not device.native_bf16:
-        warning = (f"{key}: bf16 on {device.describe()}: this CPU has no avx512_bf16/AMX, so "
-                   f"bf16 is emulated: {bf16_cost()} (fix: set it to auto or fp32)")
+        warning = (f"{key}: bf16 on {device.describe()}: {_why_emulated()}, so bf16 is "
+                   f"emulated: {bf16_cost()} (fix: set it to auto or fp32)")
     return Resolved(requested, requested, device, warning)
+
+
+def _why_emulated() -> str:
+    flags = _cpu_flags()
+    if (flags["avx512_bf16"] or flags["amx_bf16"]) and not onednn_allows_bf16():
+        cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+        return (f"this CPU has native bf16 but ONEDNN_MAX_CPU_ISA={cap} keeps oneDNN from "
+                "using it")
+    return "this CPU has no avx512_bf16/AMX"
 
 
 @functools.lru_cache(maxsize=1)

@@ -294,6 +294,8 @@ def _device_and_dtype(args: argparse.Namespace) -> tuple[str, Any]:
     resolved = resolve_here(args.precision, device, "--precision")
     if resolved.warning:
         print(f"warning: {resolved.warning}", file=sys.stderr)
+    elif not getattr(args, "quiet", False):
+        print(f"precision {resolved.describe()}", file=sys.stderr)
     return device, None if resolved.precision == "fp32" else resolved.dtype
 
 

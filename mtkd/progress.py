@@ -58,6 +58,10 @@ class Progress:
             return now - self.started >= self.first_after
         return now - self.last_line >= self.every
 
+    def recent(self, seconds: float) -> bool:
+        """Whether a line was logged less than ``seconds`` ago."""
+        return self.last_line is not None and self.clock() - self.last_line < seconds
+
     def rate(self) -> float:
         """Units per second since the start (paused time excluded)."""
         elapsed = self.clock() - self.started - self.paused

@@ -381,7 +381,8 @@ class TeachersConfig:
         _at_least(found, f"{path}.max_failures", self.max_failures, 0)
         _in_range(found, f"{path}.verbose", self.verbose, 0, 3)
         found += _precision_problems(f"{path}.training.precision", self.training.precision,
-                                     self.resources_per_member.gpu > 0)
+                                     self.resources_per_member.gpu > 0,
+                                     f"{path}.resources_per_member.gpu: 1")
         return found
 
 
@@ -419,7 +420,8 @@ class SoftTargetsConfig:
                                  "use 1.0 for plain probabilities"))
         _at_least(found, f"{path}.num_actors", self.num_actors, 1)
         found += _precision_problems(f"{path}.precision", self.precision,
-                                     self.resources_per_actor.gpu > 0)
+                                     self.resources_per_actor.gpu > 0,
+                                     f"{path}.resources_per_actor.gpu: 1")
         return found
 
 
@@ -528,7 +530,7 @@ class StudentConfig:
         if not self.seeds:
             found.append(Problem(f"{path}.seeds", "is empty", "give at least one seed, e.g. [0]"))
         found += _precision_problems(f"{path}.training.precision", self.training.precision,
-                                     self.use_gpu)
+                                     self.use_gpu, f"{path}.use_gpu: true")
         return found
 
 
@@ -541,13 +543,15 @@ class ReportConfig:
     speed_examples: int = 256
     """Dev examples timed to compare inference speed of the ensemble and the student."""
     precision: Precision = "auto"
-    """Precision of what the pipeline's driver process evaluates itself: the exported
-    student's dev scores and the report's speed measurement (auto: the precision rule on
-    the driver's device; fp16 needs a GPU there)."""
+    """Precision of what the pipeline's driver process evaluates itself, on its CPU: the
+    exported student's dev scores and the report's speed measurement. auto: bf16 where
+    that CPU has native bf16, else fp32; bf16 where it is emulated is warned about; fp16
+    is refused (a CPU)."""
 
     def problems(self, path: str) -> list[Problem]:
         found: list[Problem] = []
         _at_least(found, f"{path}.speed_examples", self.speed_examples, 1)
+        found += _precision_problems(f"{path}.precision", self.precision, False, None)
         return found
 
 
@@ -618,13 +622,16 @@ class ExperimentConfig:
                         f"loss), or student.kd.temperature: {made_at}")]
 
 
-def _precision_problems(path: str, precision: str, on_gpu: bool) -> list[Problem]:
+def _precision_problems(path: str, precision: str, on_gpu: bool,
+                        gpu_setting: str | None) -> list[Problem]:
     """What validate can tell without the hardware (the rest is decided where the work
-    runs, by mtkd.precision)."""
+    runs, by mtkd.precision). ``gpu_setting``: how to give this work a GPU (None: it
+    always runs on a CPU)."""
     if precision == "fp16" and not on_gpu:
+        fix = "use auto (the best precision for the hardware) or fp32 on CPU"
         return [Problem(path, "fp16 needs a GPU but this work runs on CPU",
-                        "use auto (the best precision for the hardware) or fp32 on CPU, "
-                        "or give the work a GPU")]
+                        fix + (f", or give the work a GPU ({gpu_setting})" if gpu_setting
+                               else ""))]
     return []
 
 

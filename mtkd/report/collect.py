@@ -8,6 +8,7 @@ dev examples.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from pathlib import Path
@@ -19,11 +20,12 @@ from mtkd.metrics import average_score
 from mtkd.model.mtdnn import num_parameters
 from mtkd.model.remote import load_model_from
 from mtkd.pipeline import read_manifest
-from mtkd.precision import Resolved, resolve_here
+from mtkd.precision import Resolved, probe_device, stage_precision
 from mtkd.stages.prepare import read_prepared, read_task_spec
 from mtkd.storage import Storage
 from mtkd.training.evaluate import predict_outputs
 
+log = logging.getLogger("mtkd")
 STAGES = ("prepare", "teachers", "soft", "student", "report")
 
 
@@ -94,7 +96,8 @@ def collect(store: Storage, speed_examples: int = 256, measure: bool = True,
             precision: str = "auto") -> dict[str, Any]:
     """The report's data (see docs/ARCHITECTURE.md for the keys). ``precision``: that of
     the speed measurement (report.precision), resolved on this process's CPU."""
-    resolved = resolve_here(precision, "cpu", "report.precision")
+    resolved = stage_precision("report", "report.precision", precision, probe_device("cpu"))
+    assert resolved is not None  # probed here
     manifests = {s: read_manifest(store, s) for s in STAGES}
     prepared = manifests["prepare"] or {}
     report: dict[str, Any] = {"experiment": store.uri, "tasks": sorted(prepared.get("tasks", {})),
@@ -130,6 +133,8 @@ def collect(store: Storage, speed_examples: int = 256, measure: bool = True,
         student_run = next(n for n, r in runs.items() if r["distill"] == bool(report["student"]))
         student_rel = f"student/{student_run}/final"
         member_rels = [f"teachers/{m['name']}/model" for m in report["members"]]
+        log.info("[report] timing inference: the student and %d member(s) on up to %d dev "
+                 "examples per task", len(member_rels), speed_examples)
         student_speed = measure_speed(store, [student_rel], speed_examples, resolved.precision)
         row = report["student"] or report["baseline"]
         row["examples_per_s"] = student_speed["together"]

@@ -124,12 +124,13 @@ def _infer_member(config: ExperimentConfig, store: Storage, member: dict[str, An
                                "precision_key": "soft_targets.precision",
                                "threads": max(1, round(per.cpu)), "use_gpu": per.gpu > 0},
         num_cpus=per.cpu, num_gpus=per.gpu or None)
-    progress = Progress(" ".join(x for x in ("soft", label, member["name"]) if x), len(rows),
-                        "ex")
-    tables, done = [], 0
+    what = " ".join(x for x in ("soft", label, member["name"]) if x)
+    tables, done, progress = [], 0, None
     for block in outputs.iter_batches(batch_size=None, batch_format="pyarrow"):
         tables.append(block)
         done += len(block)
+        if progress is None:  # rate and ETA from the first block on, not actor start-up
+            progress = Progress(what, len(rows), "ex", start_done=done)
         progress.update(done)
     return pa.concat_tables(tables) if tables else OUTPUT_SCHEMA.empty_table()
 

@@ -8,6 +8,7 @@ up the process group (gloo on CPU, NCCL on GPU), which DeepSpeed joins.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -92,6 +93,7 @@ class DeepSpeedBackend:
         if device is None:
             device = (torch.device(get_accelerator().current_device_name())
                       if student.use_gpu else torch.device("cpu"))
+        device = torch.device(device)
         self.resolved = resolved or resolve_here(training.precision, device, PRECISION_KEY)
         optimizer = build_adamw(model, training.learning_rate, training.weight_decay)
         warmup = round(training.warmup_ratio * total_steps)
@@ -108,6 +110,11 @@ class DeepSpeedBackend:
             import deepspeed.runtime.torch_autocast as ds_autocast
 
             ds_autocast.TORCH_AUTOCAST_INITIALIZED = False
+        if device.type == "cpu":
+            # Users watch the console: say why the next line may take a while.
+            logging.getLogger("mtkd").info(
+                "initialising DeepSpeed (ZeRO-%d); its first start on a machine compiles its "
+                "CPU communication op, about 40 s", student.zero_stage)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=schedule, config=self.config,
             dist_init_required=False)

@@ -27,7 +27,7 @@ from mtkd.errors import MtkdError
 from mtkd.model.mtdnn import num_parameters
 from mtkd.model.remote import save_model_to
 from mtkd.pipeline import Stage, StageContext, read_manifest
-from mtkd.precision import resolve_here, stage_precision
+from mtkd.precision import Resolved, probe_device, stage_precision
 from mtkd.raycluster import ensure_ray, probe_work_device
 from mtkd.storage import Storage
 from mtkd.student.deepspeed_backend import CHECKPOINT_TAG
@@ -108,8 +108,10 @@ def _train(ctx: StageContext, run: StudentRun, fingerprint: str) -> Any:
     return trainer.fit()
 
 
-def _export(ctx: StageContext, run: StudentRun, result: Any) -> dict[str, Any]:
-    """Consolidate the final checkpoint, save the model, evaluate it on dev."""
+def _export(ctx: StageContext, run: StudentRun, result: Any, scoring: Resolved
+            ) -> dict[str, Any]:
+    """Consolidate the final checkpoint, save the model, evaluate it on dev (in this
+    process, at ``scoring``: report.precision resolved on its CPU)."""
     config, store = ctx.config, ctx.store
     if result.checkpoint is None:
         raise MtkdError(f"student run {run.name} finished without a checkpoint")
@@ -126,8 +128,6 @@ def _export(ctx: StageContext, run: StudentRun, result: Any) -> dict[str, Any]:
     tokenizer = load_tokenizer(resolve_encoder_dir(config.student.encoder or config.encoder.path))
     uri = save_model_to(store.child("student", run.name), "final", model, tokenizer,
                         extra={"run": dataclasses.asdict(run)})
-    # Scored here, in the driver, at report.precision resolved on this process's device.
-    scoring = resolve_here(config.report.precision, "cpu", "report.precision")
     metrics = evaluate(model, data.specs, data.dev, precision=scoring.precision,
                        progress=f"{run.name} dev")
     state_path = f"student/{run.name}/train_state.json"
@@ -143,7 +143,8 @@ def run_student(ctx: StageContext) -> dict[str, Any]:
     if config.student.distill and not read_manifest(store, "soft"):
         raise MtkdError("the student needs soft targets first (fix: run `mtkd run` without "
                         "--only, or set student.distill: false)")
-    summaries, checked = {}, False
+    summaries: dict[str, Any] = {}
+    scoring: Resolved | None = None
     for run in plan_runs(config):
         fingerprint = _fingerprint(config, run, store)
         path = f"student/{run.name}/student.json"
@@ -152,12 +153,13 @@ def run_student(ctx: StageContext) -> dict[str, Any]:
             log.info("[student] %s finished before, reusing %s", run.name,
                      summaries[run.name]["model"])
             continue
-        if not checked:  # before the first run: refused (exit 2) or warned once
+        if scoring is None:  # before the first run: refused (exit 2) or warned once
             stage_precision("student", "student.training.precision",
                             config.student.training.precision,
                             probe_work_device(config.ray, 1.0 if config.student.use_gpu
                                               else 0.0))
-            checked = True
+            scoring = stage_precision("student", "report.precision", config.report.precision,
+                                      probe_device("cpu"))
         ensure_ray(config.ray)
         started = time.time()
         log.info("[student] %s: %d worker(s), ZeRO-%d, %s", run.name,
@@ -168,7 +170,7 @@ def run_student(ctx: StageContext) -> dict[str, Any]:
         if result.error is not None:
             raise MtkdError(f"student run {run.name} failed: {result.error}")
         summary = {"name": run.name, "seed": run.seed, "distill": run.distill,
-                   "fingerprint": fingerprint, **_export(ctx, run, result),
+                   "fingerprint": fingerprint, **_export(ctx, run, result, scoring),
                    "seconds": round(time.time() - started, 1)}
         store.write_json_atomic(path, summary)
         summaries[run.name] = summary

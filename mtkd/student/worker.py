@@ -82,9 +82,13 @@ def student_worker(loop_config: dict[str, Any]) -> None:
     student = config.student
     training = student.training
     torch.set_num_threads(max(1, int(student.resources_per_worker.cpu)))
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+    # Warnings from everything; mtkd's own lines (progress, precision) from rank 0. Ray
+    # Train's and DeepSpeed's INFO chatter (a line per checkpoint) stays in the worker log.
+    logging.basicConfig(level=logging.WARNING,
                         format=f"[mtkd {run['name']} rank {rank}] %(message)s", force=True)
-    logging.getLogger("mtkd.progress").setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    logging.getLogger("mtkd").setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    for name in ("ray", "ray.train"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     store = Storage.from_uri(loop_config["storage"]).child(config.name)
     run_store = store.child("student", run["name"])
     data = load_prepared_tasks(store, [t.name for t in config.tasks])

@@ -261,8 +261,10 @@ class TrainingLoop:
                 if self.record_steps:
                     state.step_log.append([state.step, state.epoch, state.position,
                                            last_loss])
-                if (state.step % self.log_every == 0 or state.step == self.total_steps
-                        or progress.due()):
+                # Every log_every steps (unless a line went out just now), at least every
+                # 30 s, and at the end.
+                if ((state.step % self.log_every == 0 and not progress.recent(10.0))
+                        or state.step == self.total_steps or progress.due()):
                     progress.done = state.step
                     progress.emit(self._progress_fields(state, running / window["n"], window,
                                                         window_start))

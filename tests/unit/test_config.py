@@ -159,7 +159,14 @@ def test_list_and_mapping_types_checked_per_item() -> None:
                      "files": {"train": "t.csv"}, "metrics": ["auc"]}]), "tasks.0.metrics.0",
      "unknown metric"),
     (minimal(student={"training": {"precision": "fp16"}}), "student.training.precision",
-     "needs a GPU"),
+     "student.use_gpu: true"),
+    (minimal(teachers={"training": {"precision": "fp16"}}), "teachers.training.precision",
+     "teachers.resources_per_member.gpu: 1"),
+    (minimal(soft_targets={"precision": "fp16"}), "soft_targets.precision",
+     "soft_targets.resources_per_actor.gpu: 1"),
+    # the driver's own evaluations run on its CPU: no GPU to give (found after training
+    # before, by a new user)
+    (minimal(report={"precision": "fp16"}), "report.precision", "auto (the best precision"),
     (minimal(tasks=[{"name": "trec", "teacher": False}]), "student.distill", "no task has"),
     (minimal(storage_path="s3://AKIA:secret@bucket/x"), "storage_path", "credentials"),
     (minimal(storage_path="gs://bucket"), "storage_path", "not supported"),

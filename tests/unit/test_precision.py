@@ -254,3 +254,19 @@ def test_fp32_backend_has_no_scaler(tiny_encoder_dir: Path) -> None:
     backend = _backend(tiny_encoder_dir, None)
     assert backend.scaler is None and backend.loss_scale() is None
     assert backend.resolved.requested == "fp32" and backend.resolved.device.type == "cpu"
+
+
+@pytest.mark.parametrize(("flags", "cap", "reason"), [
+    ({"avx512_bf16": False, "amx_bf16": False}, None, "no avx512_bf16/AMX"),
+    ({"avx512_bf16": True, "amx_bf16": False}, "AVX2", "ONEDNN_MAX_CPU_ISA=AVX2 keeps oneDNN"),
+])
+def test_the_warning_gives_the_real_reason(monkeypatch: pytest.MonkeyPatch, flags: dict,
+                                           cap: str | None, reason: str) -> None:
+    monkeypatch.setattr(P, "_cpu_flags", lambda: flags)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    if cap:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    else:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    warning = resolve_precision("bf16", ZEN3, "student.training.precision").warning
+    assert warning is not None and reason in warning, warning
