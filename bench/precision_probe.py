@@ -30,23 +30,13 @@ CAPPED = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 
 def probe(n: int, seconds: float) -> dict:
     """In this process: GFLOP/s per dtype (one thread) and mtkd's view of the CPU."""
-    import time
-
     import torch
 
-    from mtkd.precision import probe_device, resolve_precision
+    from mtkd.precision import matmul_gflops_one_thread, probe_device, resolve_precision
 
-    torch.set_num_threads(1)
-    rates = {}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16),
-                        ("fp16", torch.float16)):
-        a = torch.randn(n, n).to(dtype)
-        a @ a
-        count, start = 0, time.perf_counter()
-        while count < 3 or time.perf_counter() - start < seconds:
-            a @ a
-            count += 1
-        rates[name] = 2 * n**3 * count / (time.perf_counter() - start) / 1e9
+    rates = {name: matmul_gflops_one_thread(dtype, n, seconds)
+             for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16),
+                                 ("fp16", torch.float16))}
     info = probe_device("cpu")
     return {"gflops": rates, "aten": torch.backends.cpu.get_cpu_capability(),
             "native_bf16": info.native_bf16,

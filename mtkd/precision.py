@@ -202,26 +202,31 @@ def _why_emulated() -> str:
     return "this CPU has no avx512_bf16/AMX"
 
 
+def matmul_gflops_one_thread(dtype: torch.dtype, n: int = 256,
+                             seconds: float = 0.15) -> float:
+    """GFLOP/s of n x n matmuls in ``dtype`` on one thread, repeated for about ``seconds``
+    (at least 3 calls after one untimed)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        a = torch.randn(n, n).to(dtype)
+        a @ a
+        count, start = 0, time.perf_counter()
+        while count < 3 or time.perf_counter() - start < seconds:
+            a @ a
+            count += 1
+        return 2 * n**3 * count / (time.perf_counter() - start) / 1e9
+    finally:
+        torch.set_num_threads(threads)
+
+
 @functools.lru_cache(maxsize=1)
 def bf16_cost(n: int = 256, seconds: float = 0.15) -> str:
     """A short measurement of what emulated bf16 costs here: fp32 against bf16 matmul
     throughput (one thread, n x n), e.g. "bf16 matmul 1.7 GFLOP/s vs fp32 115 (68x slower)".
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        rates = {}
-        for dtype in (torch.float32, torch.bfloat16):
-            a = torch.randn(n, n).to(dtype)
-            a @ a
-            count, start = 0, time.perf_counter()
-            while count < 2 or time.perf_counter() - start < seconds:
-                a @ a
-                count += 1
-            rates[dtype] = 2 * n**3 * count / (time.perf_counter() - start) / 1e9
-    finally:
-        torch.set_num_threads(threads)
-    fp32, bf16 = rates[torch.float32], rates[torch.bfloat16]
+    fp32 = matmul_gflops_one_thread(torch.float32, n, seconds)
+    bf16 = matmul_gflops_one_thread(torch.bfloat16, n, seconds)
     return (f"bf16 matmul {bf16:.1f} GFLOP/s vs fp32 {fp32:.1f} here "
             f"({fp32 / max(bf16, 1e-9):.0f}x slower)")
 
