@@ -82,6 +82,7 @@ from common import (
 import mtkd.soft.stage as soft_stage
 from mtkd.config import ExperimentConfig, config_from_dict
 from mtkd.data.collate import collate
+from mtkd.data.prepared import read_prepared, read_task_spec
 from mtkd.data.tokenize import load_tokenizer
 from mtkd.model.mtdnn import MTDNN, build_mtdnn, non_embedding_parameters
 from mtkd.model.remote import load_model_from, save_model_to
@@ -89,13 +90,12 @@ from mtkd.pipeline import experiment_store, run_pipeline
 from mtkd.precision import autocast
 from mtkd.pretrained import resolve_encoder_dir
 from mtkd.raycluster import ensure_ray
-from mtkd.stages.prepare import read_prepared, read_task_spec
 from mtkd.storage import Storage
 from mtkd.training.evaluate import model_inputs
 
 ENCODER = "bundled:all-MiniLM-L6-v2"
 MAX_LENGTHS = {"rotten_tomatoes": 128, "boolq": 256}
-MEMBER = {"name": "m000", "tasks": list(MAX_LENGTHS), "fingerprint": "bench"}
+MEMBER = {"name": "m000", "tasks": list(MAX_LENGTHS), "lineage": "bench"}
 Key = tuple[str, str]
 """(task, uid)"""
 

@@ -156,26 +156,12 @@ def _cmd_assets(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from mtkd.config import load_config
-    from mtkd.pipeline import read_manifest, registered_stages, run_pipeline
+    from mtkd.pipeline import run_pipeline, run_summary
 
     config = load_config(args.config, args.overrides)
     outcomes = run_pipeline(config, only=args.only, from_stage=args.from_stage,
                             to_stage=args.to_stage, force=args.force)
-    from mtkd.pipeline import experiment_store
-
-    store = experiment_store(config)
-    print(f"\nmtkd run {config.name}: results in {store.uri}")
-    print(f"  config   {store.uri_of('config.yaml')}")
-    for outcome in outcomes:
-        print(f"  {outcome.name:<9} {outcome.status:<8} {outcome.seconds:8.1f} s   "
-              f"manifest {store.uri_of(f'manifests/{outcome.name}.json')}")
-    if store.exists("report/report.md"):
-        print(f"  report   {store.uri_of('report/report.md')}")
-    pending = [s.name for s in registered_stages() if read_manifest(store, s.name) is None]
-    if not registered_stages():
-        print("  (no pipeline stages are implemented in this version yet)")
-    elif pending:
-        print(f"  not yet run: {', '.join(pending)}")
+    print(run_summary(config, outcomes, "mtkd run"))
     return 0
 
 

@@ -402,22 +402,12 @@ def run_job(config_path: str | Path, overrides: list[str] | tuple[str, ...] = ()
             only: str | None = None, from_stage: str | None = None,
             to_stage: str | None = None, force: bool = False) -> list[Any]:
     """Run the pipeline (or the selected stages) and print where the results are."""
-    from mtkd.pipeline import experiment_store, read_manifest, registered_stages, run_pipeline
+    from mtkd.pipeline import run_pipeline, run_summary
 
     config = job_config(config_path, overrides)
     outcomes = run_pipeline(config, only=only, from_stage=from_stage, to_stage=to_stage,
                             force=force)
-    store = experiment_store(config)
-    print(f"\nmtkd job {config.name}: results in {store.uri}")
-    for outcome in outcomes:
-        print(f"  {outcome.name:<9} {outcome.status:<8} {outcome.seconds:8.1f} s   "
-              f"manifest {store.uri_of(f'manifests/{outcome.name}.json')}")
-    if store.exists("report/report.md"):
-        print(f"  report   {store.uri_of('report/report.md')}")
-    pending = [s.name for s in registered_stages()
-               if s.enabled(config) and read_manifest(store, s.name) is None]
-    if pending:
-        print(f"  not yet run: {', '.join(pending)}")
+    print(run_summary(config, outcomes, "mtkd job"))
     sys.stdout.flush()
     return outcomes
 

@@ -3,15 +3,15 @@
 Each stage is a function ``run(ctx) -> dict`` that reads only what earlier stages wrote
 and writes only under its own prefix. When it returns, its manifest
 ``manifests/<stage>.json`` is written atomically, last. A stage whose manifest carries
-the same fingerprint (its config slice plus the fingerprints of the stages before it) is
-skipped, so re-running after a crash or Ctrl-C resumes instead of redoing.
+the same lineage (its declared config values plus the outputs of the stages before it,
+see :mod:`mtkd.experiment`) is skipped, so re-running after a crash or Ctrl-C resumes
+instead of redoing.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -19,37 +19,20 @@ from typing import Any
 from mtkd import __version__
 from mtkd.config import ExperimentConfig, config_to_yaml, stable_hash
 from mtkd.errors import MtkdError
+from mtkd.experiment import (
+    CONFIG_FILE,
+    REPORT_DIR,
+    Stage,
+    StageContext,
+    manifest_path,
+    read_manifest,
+)
 from mtkd.storage import Storage
 
+__all__ = ["Stage", "StageContext", "StageOutcome", "experiment_store", "read_manifest",
+           "registered_stages", "run_pipeline", "run_summary", "select_stages", "stale_stages"]
+
 log = logging.getLogger("mtkd")
-
-
-@dataclass
-class StageContext:
-    """What a stage gets: the validated config and the experiment's storage root."""
-
-    config: ExperimentConfig
-    store: Storage
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One pipeline stage.
-
-    ``config_slice`` picks the part of the config the stage's result depends on; a change
-    there (or in the output of any earlier stage) re-runs the stage.
-    """
-
-    name: str
-    run: Callable[[StageContext], dict[str, Any]]
-    config_slice: Callable[[ExperimentConfig], Any]
-    description: str = ""
-    enabled: Callable[[ExperimentConfig], bool] = lambda config: True
-    """Whether the config needs this stage at all (e.g. no teachers when not distilling)."""
-    always_run: bool = False
-    """Run even when the manifest matches: for stages whose inputs live outside the
-    config (user data files). Such a stage reuses its own work internally and reports
-    an ``output_fingerprint``, so later stages re-run only if its output changed."""
 
 
 @dataclass
@@ -72,16 +55,6 @@ def registered_stages() -> list[Stage]:
     from mtkd.teachers.stage import TEACHERS
 
     return [PREPARE, TEACHERS, SOFT, STUDENT, REPORT]
-
-
-def manifest_path(stage: str) -> str:
-    return f"manifests/{stage}.json"
-
-
-def read_manifest(store: Storage, stage: str) -> dict[str, Any] | None:
-    """The stage's manifest, or None when the stage never finished."""
-    path = manifest_path(stage)
-    return store.read_json(path) if store.exists(path) else None
 
 
 def select_stages(stages: list[Stage], only: str | None, from_stage: str | None,
@@ -124,33 +97,43 @@ def run_pipeline(
 ) -> list[StageOutcome]:
     """Run the selected stages in order and return what each did.
 
-    A selected stage is skipped when its manifest fingerprint matches, unless ``force``
-    is set. Unselected stages still contribute their fingerprints, so ``--only student``
-    after a teachers change re-runs the student.
+    A stage's lineage is the hash of its config slice and the outputs of the stages
+    before it. A selected stage is skipped when its manifest records the same lineage,
+    unless ``force`` is set; otherwise it runs, reusing each of its artifacts whose own
+    lineage still matches (:func:`mtkd.experiment.reusable`). An unselected stage that
+    later selected stages read must be current: if its recorded lineage differs from the
+    one the config gives now, this raises MtkdError (exit 2) naming it and the fix.
     """
     all_stages = [s for s in (registered_stages() if stages is None else stages)
                   if s.enabled(config)]
     selected = {s.name for s in select_stages(all_stages, only, from_stage, to_stage)}
     store = experiment_store(config)
-    store.write_atomic("config.yaml", config_to_yaml(config).encode())
+    store.write_atomic(CONFIG_FILE, config_to_yaml(config).encode())
     log.info("experiment %s at %s", config.name, store.uri)
 
     outcomes: list[StageOutcome] = []
     upstream: list[str] = []
-    for stage in all_stages:
-        fingerprint = stable_hash({"stage": stage.name, "config": stage.config_slice(config),
-                                   "upstream": upstream})
+    for index, stage in enumerate(all_stages):
+        lineage = stable_hash({"stage": stage.name, "config": stage.config_slice(config),
+                               "upstream": upstream})
         previous = read_manifest(store, stage.name)
+        current = previous is not None and _recorded_lineage(previous) == lineage
         if stage.name not in selected:
-            if previous is None and any(s.name in selected for s in all_stages[len(upstream):]):
+            needed = any(s.name in selected for s in all_stages[index + 1:])
+            if needed and previous is None:
                 raise MtkdError(f"stage {stage.name!r} has not run yet, and later selected "
                                 "stages need its output (fix: run without --only/--from, "
                                 f"or with --from {stage.name})")
-            upstream.append(_output_fingerprint(previous, fingerprint))
+            if needed and not current:
+                raise MtkdError(
+                    f"stage {stage.name!r} is stale: its output was built from other "
+                    "settings or data than the config gives now, and later selected stages "
+                    f"would read it (fix: run with --from {stage.name}, or without "
+                    "--only/--from; the run summary lists what is stale)")
+            upstream.append(_output(previous, lineage))
             continue
-        if (not force and not stage.always_run and previous
-                and previous.get("fingerprint") == fingerprint):
-            upstream.append(_output_fingerprint(previous, fingerprint))
+        if not force and not stage.always_run and current:
+            upstream.append(_output(previous, lineage))
             log.info("[%s] done before (%s), skipping", stage.name, previous.get("finished_at"))
             outcomes.append(StageOutcome(stage.name, "skipped", 0.0, previous))
             continue
@@ -161,7 +144,7 @@ def run_pipeline(
         manifest = {
             "stage": stage.name,
             "status": "complete",
-            "fingerprint": fingerprint,
+            "lineage": lineage,
             "mtkd_version": __version__,
             "started_at": _iso(started),
             "finished_at": _iso(time.time()),
@@ -169,17 +152,61 @@ def run_pipeline(
             **result,
         }
         store.write_json_atomic(manifest_path(stage.name), manifest)
-        upstream.append(_output_fingerprint(manifest, fingerprint))
+        upstream.append(_output(manifest, lineage))
         log.info("[%s] finished in %.1f s", stage.name, seconds)
         outcomes.append(StageOutcome(stage.name, "ran", seconds, manifest))
     return outcomes
 
 
-def _output_fingerprint(manifest: dict[str, Any] | None, fingerprint: str) -> str:
-    """What later stages chain on: the stage's reported output, else its input fingerprint."""
-    if manifest and manifest.get("fingerprint") == fingerprint:
-        return str(manifest.get("output_fingerprint", fingerprint))
-    return fingerprint
+def stale_stages(config: ExperimentConfig, store: Storage,
+                 stages: list[Stage] | None = None) -> dict[str, str]:
+    """Each enabled stage that would not be skipped now: {name: why} ("not run yet", or
+    "stale"). A stage that always runs (prepare) is judged by its config and tokenizer
+    only: its data files are re-read whenever it runs."""
+    status: dict[str, str] = {}
+    upstream: list[str] = []
+    for stage in [s for s in (registered_stages() if stages is None else stages)
+                  if s.enabled(config)]:
+        lineage = stable_hash({"stage": stage.name, "config": stage.config_slice(config),
+                               "upstream": upstream})
+        previous = read_manifest(store, stage.name)
+        if previous is None:
+            status[stage.name] = "not run yet"
+        elif _recorded_lineage(previous) != lineage:
+            status[stage.name] = "stale"
+        upstream.append(_output(previous, lineage))
+    return status
+
+
+def run_summary(config: ExperimentConfig, outcomes: list[StageOutcome], title: str) -> str:
+    """Where the results are, after ``mtkd run`` or a Ray job: each stage's manifest, the
+    report, and the enabled stages still to run (or stale)."""
+    store = experiment_store(config)
+    lines = [f"\n{title} {config.name}: results in {store.uri}",
+             f"  config   {store.uri_of(CONFIG_FILE)}"]
+    for outcome in outcomes:
+        lines.append(f"  {outcome.name:<9} {outcome.status:<8} {outcome.seconds:8.1f} s   "
+                     f"manifest {store.uri_of(manifest_path(outcome.name))}")
+    report = f"{REPORT_DIR}/report.md"
+    if store.exists(report):
+        lines.append(f"  report   {store.uri_of(report)}")
+    pending = stale_stages(config, store)
+    for why in ("not run yet", "stale"):
+        names = [name for name, reason in pending.items() if reason == why]
+        if names:
+            lines.append(f"  {why}: {', '.join(names)}")
+    return "\n".join(lines)
+
+
+def _recorded_lineage(manifest: dict[str, Any]) -> str | None:
+    return manifest.get("lineage")
+
+
+def _output(manifest: dict[str, Any] | None, lineage: str) -> str:
+    """What later stages chain on: the stage's reported output, else its own lineage."""
+    if manifest and manifest.get("lineage") == lineage:
+        return str(manifest.get("output_fingerprint", lineage))
+    return lineage
 
 
 def _iso(epoch_s: float) -> str:

@@ -16,12 +16,20 @@ from typing import Any
 
 import numpy as np
 
+from mtkd.data.prepared import read_prepared, read_task_spec
+from mtkd.errors import MtkdError
+from mtkd.experiment import (
+    ENSEMBLE_SUMMARY,
+    TEACHERS_SUMMARY,
+    manifest_path,
+    member_dir,
+    read_manifest,
+    student_dir,
+)
 from mtkd.metrics import average_score
 from mtkd.model.mtdnn import num_parameters
 from mtkd.model.remote import load_model_from
-from mtkd.pipeline import read_manifest
 from mtkd.precision import Resolved, probe_device, stage_precision
-from mtkd.stages.prepare import read_prepared, read_task_spec
 from mtkd.storage import Storage
 from mtkd.training.evaluate import predict_outputs
 
@@ -80,8 +88,8 @@ def _hardware(store: Storage, manifests: dict[str, Any], runs: dict[str, Any],
         if recorded:
             rows.append({"stage": stage, "what": what, **recorded})
 
-    if store.exists("teachers/teachers.json"):
-        for member in store.read_json("teachers/teachers.json")["members"]:
+    if store.exists(TEACHERS_SUMMARY):
+        for member in store.read_json(TEACHERS_SUMMARY)["members"]:
             add("teachers", f"member {member['name']}", member.get("precision"))
     if manifests.get("soft"):
         add("soft", "soft-target inference", manifests["soft"].get("precision"))
@@ -90,6 +98,35 @@ def _hardware(store: Storage, manifests: dict[str, Any], runs: dict[str, Any],
         add("student", f"{name} dev scores", run.get("scored_in"))
     add("report", "inference speed", report_precision.to_json())
     return rows
+
+
+def _lineage(manifests: dict[str, Any], runs: dict[str, Any]) -> dict[str, Any]:
+    """The lineage of every model the report shows, and which ensemble each distilled
+    student learnt from. Raises MtkdError (exit 2) when a distilled student was not
+    distilled from the ensemble shown beside it."""
+    soft = manifests.get("soft") or {}
+    ensemble = soft.get("output_fingerprint")
+    members = list(soft.get("members", []))
+    for name, run in runs.items():
+        if not run["distill"]:
+            continue
+        source = run.get("distilled_from") or {}
+        if ensemble is None or source.get("ensemble") != ensemble:
+            was = (f"ensemble {source['ensemble'][:8]} ({len(source.get('members', []))} "
+                   "members)" if source.get("ensemble") else "an unrecorded ensemble")
+            now = (f"ensemble {ensemble[:8]} ({len(members)} members)" if ensemble
+                   else "no ensemble (the soft stage has not finished)")
+            raise MtkdError(f"student run {name} was distilled from {was}, but this "
+                            f"experiment's soft targets are now from {now}; a report would "
+                            "set them side by side (fix: `mtkd run CONFIG --from student` "
+                            "distils the student again from the current ensemble)")
+    return {"data": (manifests.get("prepare") or {}).get("tasks") and {
+                t: v.get("lineage") for t, v in manifests["prepare"]["tasks"].items()},
+            "members": (manifests.get("teachers") or {}).get("lineages", {}),
+            "ensemble": {"lineage": ensemble, "members": members} if ensemble else None,
+            "student_runs": {name: {"lineage": run.get("lineage"),
+                                    "distilled_from": run.get("distilled_from")}
+                             for name, run in runs.items()}}
 
 
 def collect(store: Storage, speed_examples: int = 256, measure: bool = True,
@@ -106,9 +143,9 @@ def collect(store: Storage, speed_examples: int = 256, measure: bool = True,
     for stage, manifest in manifests.items():
         if manifest:
             report["stages"][stage] = manifest["seconds"]
-            report["artifacts"][f"manifest:{stage}"] = store.uri_of(f"manifests/{stage}.json")
-    if store.exists("teachers/ensemble.json"):
-        ensemble = store.read_json("teachers/ensemble.json")
+            report["artifacts"][f"manifest:{stage}"] = store.uri_of(manifest_path(stage))
+    if store.exists(ENSEMBLE_SUMMARY):
+        ensemble = store.read_json(ENSEMBLE_SUMMARY)
         names = sorted({m for t in ensemble["tasks"].values() for m in t["members"]})
         for name in names:
             metrics = {t: v["members"][name] for t, v in ensemble["tasks"].items()
@@ -118,8 +155,9 @@ def collect(store: Storage, speed_examples: int = 256, measure: bool = True,
         metrics = {t: v["ensemble"] for t, v in ensemble["tasks"].items()}
         report["ensemble"] = {"metrics": metrics, "average": average_score(metrics),
                               "size": len(names)}
-        report["artifacts"]["ensemble"] = store.uri_of("teachers/ensemble.json")
+        report["artifacts"]["ensemble"] = store.uri_of(ENSEMBLE_SUMMARY)
     runs = (manifests["student"] or {}).get("runs", {})
+    report["lineage"] = _lineage(manifests, runs)
     report["student"] = _mean_run([r for r in runs.values() if r["distill"]])
     report["baseline"] = _mean_run([r for r in runs.values() if not r["distill"]])
     report["student_runs"] = {n: {"average": r["average"], "seed": r["seed"],
@@ -128,11 +166,11 @@ def collect(store: Storage, speed_examples: int = 256, measure: bool = True,
     for name, run in runs.items():
         report["artifacts"][f"model:{name}"] = run["model"]
     for name in (m["name"] for m in report["members"]):
-        report["artifacts"][f"model:{name}"] = store.uri_of(f"teachers/{name}/model")
+        report["artifacts"][f"model:{name}"] = store.uri_of(f"{member_dir(name)}/model")
     if measure and (report["student"] or report["baseline"]):
         student_run = next(n for n, r in runs.items() if r["distill"] == bool(report["student"]))
-        student_rel = f"student/{student_run}/final"
-        member_rels = [f"teachers/{m['name']}/model" for m in report["members"]]
+        student_rel = f"{student_dir(student_run)}/final"
+        member_rels = [f"{member_dir(m['name'])}/model" for m in report["members"]]
         log.info("[report] timing inference: the student and %d member(s) on up to %d dev "
                  "examples per task", len(member_rels), speed_examples)
         student_speed = measure_speed(store, [student_rel], speed_examples, resolved.precision)

@@ -68,11 +68,35 @@ def render_markdown(report: dict[str, Any]) -> str:
                   "| stage | work | precision | device |", "|---|---|---|---|"]
         lines += [f"| {h['stage']} | {h['what']} | {h['requested']} -> {h['precision']} | "
                   f"{describe_device(h['device'])} |" for h in report["hardware"]]
+    lines += _lineage_lines(report.get("lineage"))
     lines += ["", "## Stages", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in report["stages"].items()]
     lines += ["", "## Artifacts", ""]
     lines += [f"- {k}: `{v}`" for k, v in sorted(report["artifacts"].items())]
     return "\n".join(lines) + "\n"
+
+
+def _lineage_lines(lineage: dict[str, Any] | None) -> list[str]:
+    """Where each model came from: lineages (first 8 hex digits), and the ensemble each
+    student run was distilled from."""
+    if not lineage:
+        return []
+    lines = ["", "## Lineage", "",
+             "Each artifact's lineage hashes the settings that shape it and the lineages of "
+             "what it was built from; equal lineages mean the same inputs.", "",
+             "| model | lineage | built from |", "|---|---|---|"]
+    for name, value in sorted((lineage.get("members") or {}).items()):
+        lines.append(f"| member {name} | {value[:8]} | tokenized tasks |")
+    ensemble = lineage.get("ensemble")
+    if ensemble:
+        lines.append(f"| ensemble | {ensemble['lineage'][:8]} | "
+                     f"{len(ensemble['members'])} members: {', '.join(ensemble['members'])} |")
+    for name, run in sorted((lineage.get("student_runs") or {}).items()):
+        source = run.get("distilled_from")
+        built = (f"distilled from ensemble {source['ensemble'][:8]}, "
+                 f"{len(source['members'])} members" if source else "hard labels only")
+        lines.append(f"| {name} | {(run.get('lineage') or '?')[:8]} | {built} |")
+    return lines
 
 
 def render_plot(report: dict[str, Any]) -> bytes:

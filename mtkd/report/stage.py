@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from mtkd.config import ExperimentConfig
-from mtkd.pipeline import Stage, StageContext
+from mtkd.experiment import Stage, StageContext
 from mtkd.report.collect import collect
 from mtkd.report.render import render_markdown, render_plot
 from mtkd.storage import Storage
@@ -38,9 +37,5 @@ def run_report(ctx: StageContext) -> dict[str, Any]:
                         for k in ("ensemble", "student", "baseline")}}
 
 
-def _config_slice(config: ExperimentConfig) -> Any:
-    return config.report
-
-
-REPORT = Stage("report", run_report, _config_slice,
-               "metrics, speed and artifacts of members, ensemble and students")
+REPORT = Stage.declared("report", run_report,
+                        "metrics, speed and artifacts of members, ensemble and students")

@@ -4,12 +4,14 @@ the predictions are averaged per uid into soft targets.
 Layout:
 
 * ``soft_targets/_members/<member>/<task>.parquet``: the member's outputs (uid, split,
-  logits), then ``done.json`` last: a member whose fingerprint matches is not re-run, so
-  adding members runs inference for the new ones only, and a crash resumes member by
-  member;
+  logits), then ``done.json`` last: a member whose predictions' lineage (the member's
+  lineage and the precision actually used) matches is not re-run, so adding members runs
+  inference for the new ones only, and a crash resumes member by member;
 * ``soft_targets/<task>/<split>.parquet``: uid, label, soft_target (averaged
   probabilities, or [mean score] for regression), teacher_logits (mean logits),
-  num_members;
+  num_members; then ``targets.json`` last, the task's record: its lineage (aggregation,
+  temperature, the lineages of the members' predictions and of the task's data), the
+  members it averages, and its dev metrics;
 * ``teachers/ensemble.json``: dev metrics of every member and of the ensemble.
 """
 
@@ -25,17 +27,31 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mtkd.config import ExperimentConfig, SoftTargetsConfig, stable_hash
+from mtkd.config import ExperimentConfig, SoftTargetsConfig
 from mtkd.data.columns import random_access_columns
+from mtkd.data.prepared import read_prepared, read_task_spec, task_lineages
 from mtkd.errors import MtkdError
+from mtkd.experiment import (
+    ENSEMBLE_SUMMARY,
+    Stage,
+    StageContext,
+    lineage,
+    member_dir,
+    member_record,
+    outputs_fingerprint,
+    predictions_dir,
+    predictions_record,
+    read_manifest,
+    reusable,
+    soft_targets_file,
+    soft_targets_record,
+)
 from mtkd.metrics import average_score, compute_task_metrics, task_score
-from mtkd.pipeline import Stage, StageContext, read_manifest
 from mtkd.precision import Resolved, stage_precision
 from mtkd.progress import Progress
 from mtkd.raycluster import ensure_ray, probe_work_device
 from mtkd.soft.aggregate import aggregate, check_targets, stack_members
 from mtkd.soft.predictor import OUTPUT_SCHEMA, MemberPredictor
-from mtkd.stages.prepare import read_prepared, read_task_spec
 from mtkd.storage import Storage
 
 log = logging.getLogger("mtkd")
@@ -119,7 +135,7 @@ def _infer_member(config: ExperimentConfig, store: Storage, member: dict[str, An
         MemberPredictor, batch_size=soft.batch_size, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=actors),
         fn_constructor_kwargs={"storage": store.uri,
-                               "model_rel": f"teachers/{member['name']}/model",
+                               "model_rel": f"{member_dir(member['name'])}/model",
                                "precision": soft.precision,
                                "precision_key": "soft_targets.precision",
                                "threads": max(1, round(per.cpu)), "use_gpu": per.gpu > 0},
@@ -145,9 +161,20 @@ def _read_parquet(store: Storage, rel: str) -> pa.Table:
     return pq.read_table(io.BytesIO(store.read_bytes(rel)))
 
 
-def _member_done(store: Storage, name: str, fingerprint: str) -> bool:
-    path = f"soft_targets/_members/{name}/done.json"
-    return store.exists(path) and store.read_json(path).get("fingerprint") == fingerprint
+def predictions_lineage(config: ExperimentConfig, member_lineage: str, precision: str) -> str:
+    """One member's predictions: its model, and the precision they were made in (resolved
+    on the actors' device, not as asked for)."""
+    effective = dataclasses.replace(
+        config, soft_targets=dataclasses.replace(config.soft_targets, precision=precision))
+    return lineage("predictions", effective, inputs={"member": member_lineage})
+
+
+def targets_lineage(config: ExperimentConfig, task: str, predictions: dict[str, str],
+                    data: str | None) -> str:
+    """One task's soft targets: the aggregation settings, the predictions of the members
+    that cover the task ({member: predictions lineage}), the task's tokenized data."""
+    return lineage("soft_targets", config, inputs={"predictions": predictions, "data": data,
+                                                   "task": task})
 
 
 def _preflight(config: ExperimentConfig) -> Resolved | None:
@@ -160,30 +187,35 @@ def _preflight(config: ExperimentConfig) -> Resolved | None:
 
 def _predict_members(config: ExperimentConfig, store: Storage,
                      members: list[dict[str, Any]], tasks: set[str],
-                     resolved: Resolved | None) -> None:
-    # Predictions depend on the precision they were made in, not on how it was asked for.
+                     resolved: Resolved | None) -> dict[str, str]:
+    """Predictions of every member not yet done; returns {member: predictions lineage}."""
     precision = resolved.precision if resolved else config.soft_targets.precision
+    lineages: dict[str, str] = {}
     for i, member in enumerate(members, 1):
         name = member["name"]
-        fingerprint = stable_hash({"member": member["fingerprint"], "precision": precision})
-        if _member_done(store, name, fingerprint):
+        expected = predictions_lineage(config, member["lineage"], precision)
+        lineages[name] = expected
+        if reusable(store, predictions_record(name), expected) is not None:
             log.info("[soft] %d/%d %s: predictions reused", i, len(members), name)
             continue
         ensure_ray(config.ray)
         started = time.time()
         own = [t for t in member["tasks"] if t in tasks]
+        store.delete(predictions_record(name))  # an old record never describes new files
         result = _infer_member(config, store, member, own, f"{i}/{len(members)}")
         seconds = time.time() - started
         for task in own:
             mask = np.asarray(result["task"].to_pylist()) == task
-            store.write_atomic(f"soft_targets/_members/{name}/{task}.parquet",
+            store.write_atomic(f"{predictions_dir(name)}/{task}.parquet",
                                _parquet(result.filter(pa.array(mask)).drop(["task"])))
-        store.write_json_atomic(f"soft_targets/_members/{name}/done.json",
-                                {"fingerprint": fingerprint, "tasks": own,
-                                 "rows": len(result), "seconds": round(seconds, 2),
+        store.write_json_atomic(predictions_record(name),
+                                {"lineage": expected, "member": member["lineage"],
+                                 "tasks": own, "rows": len(result),
+                                 "seconds": round(seconds, 2),
                                  "precision": resolved.to_json() if resolved else None})
         log.info("[soft] %d/%d %s: %d examples in %.1f s (%.0f ex/s)", i, len(members), name,
                  len(result), seconds, len(result) / max(seconds, 1e-9))
+    return lineages
 
 
 def _task_targets(config: ExperimentConfig, store: Storage, task: str,
@@ -191,7 +223,7 @@ def _task_targets(config: ExperimentConfig, store: Storage, task: str,
     """Aggregate, check and write one task's soft targets; returns its dev metrics."""
     spec = read_task_spec(store, task)
     soft = config.soft_targets
-    outputs = {m["name"]: _read_parquet(store, f"soft_targets/_members/{m['name']}/{task}.parquet")
+    outputs = {m["name"]: _read_parquet(store, f"{predictions_dir(m['name'])}/{task}.parquet")
                for m in members}
     metrics: dict[str, Any] = {"members": {}}
     for split in SPLITS:
@@ -239,41 +271,57 @@ def _write_targets(store: Storage, task: str, split: str, targets: Any,
                       "soft_target": pa.array(soft, pa.list_(pa.float32())),
                       "teacher_logits": pa.array(logits, pa.list_(pa.float32())),
                       "num_members": pa.array([targets.num_members] * len(labels), pa.int32())})
-    store.write_atomic(f"soft_targets/{task}/{split}.parquet", _parquet(table))
+    store.write_atomic(soft_targets_file(task, split), _parquet(table))
 
 
 def run_soft(ctx: StageContext) -> dict[str, Any]:
-    """Predict with every member not yet done, then aggregate every teacher task."""
+    """Predict with every member not yet done, then aggregate every teacher task whose
+    soft targets are not current."""
     config, store = ctx.config, ctx.store
     teachers = read_manifest(store, "teachers")
     if not teachers:
         raise MtkdError("the soft stage needs the teachers stage first (fix: run `mtkd run` "
                         "without --only)")
-    members = [store.read_json(f"teachers/{name}/member.json") for name in teachers["members"]]
+    members = [store.read_json(member_record(name)) for name in teachers["members"]]
     tasks = {t.name for t in config.tasks if t.teacher}
     resolved = _preflight(config)
-    _predict_members(config, store, members, tasks, resolved)
+    predictions = _predict_members(config, store, members, tasks, resolved)
+    data = task_lineages(store)
     report: dict[str, Any] = {"tasks": {}, "aggregation": config.soft_targets.aggregation,
                               "precision": resolved.to_json() if resolved else None}
+    lineages: dict[str, str] = {}
     for task in sorted(tasks):
         covering = [m for m in members if task in m["tasks"]]
-        report["tasks"][task] = _task_targets(config, store, task, covering)
-        info = report["tasks"][task]
+        expected = targets_lineage(config, task, {m["name"]: predictions[m["name"]]
+                                                  for m in covering}, data.get(task))
+        lineages[task] = expected
+        record = reusable(store, soft_targets_record(task), expected)
+        if record is None:
+            store.delete(soft_targets_record(task))
+            record = {"lineage": expected, "members": [m["name"] for m in covering],
+                      "metrics": _task_targets(config, store, task, covering)}
+            store.write_json_atomic(soft_targets_record(task), record)
+        report["tasks"][task] = info = record["metrics"]
         log.info("[soft] %-16s %d member(s): ensemble %.2f vs mean member %.2f", task,
                  len(covering), info["ensemble_score"], info["member_mean"])
     report["ensemble_average"] = average_score(
         {t: v["ensemble"] for t, v in report["tasks"].items()})
     report["member_mean_average"] = float(np.mean([v["member_mean"]
                                                    for v in report["tasks"].values()]))
-    store.write_json_atomic("teachers/ensemble.json", report)
-    log.info("[soft] ensemble average %.2f vs mean member %.2f; %s",
-             report["ensemble_average"], report["member_mean_average"],
-             store.uri_of("teachers/ensemble.json"))
+    ensemble = outputs_fingerprint(lineages)
+    report["lineage"] = ensemble
+    report["members"] = [m["name"] for m in members]
+    store.write_json_atomic(ENSEMBLE_SUMMARY, report)
+    log.info("[soft] ensemble %s (%d members): average %.2f vs mean member %.2f; %s",
+             ensemble[:8], len(members), report["ensemble_average"],
+             report["member_mean_average"], store.uri_of(ENSEMBLE_SUMMARY))
     return {"ensemble_average": report["ensemble_average"],
             "precision": report["precision"],
             "member_mean_average": report["member_mean_average"],
-            "artifacts": [f"soft_targets/{t}/{s}.parquet" for t in sorted(tasks)
-                          for s in SPLITS] + ["teachers/ensemble.json"]}
+            "members": report["members"], "lineages": lineages,
+            "output_fingerprint": ensemble,
+            "artifacts": [soft_targets_file(t, s) for t in sorted(tasks) for s in SPLITS]
+            + [ENSEMBLE_SUMMARY]}
 
 
 def _needs_teachers(config: ExperimentConfig) -> bool:
@@ -281,10 +329,6 @@ def _needs_teachers(config: ExperimentConfig) -> bool:
     return config.student.distill
 
 
-def _config_slice(config: ExperimentConfig) -> Any:
-    return dataclasses.asdict(config.soft_targets)
-
-
-SOFT = Stage("soft", run_soft, _config_slice,
-             "ensemble inference with Ray Data and soft-target averaging",
-             enabled=_needs_teachers)
+SOFT = Stage.declared("soft", run_soft,
+                      "ensemble inference with Ray Data and soft-target averaging",
+                      enabled=_needs_teachers)

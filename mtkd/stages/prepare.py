@@ -7,14 +7,13 @@ Writes per task, under ``data/<task>/``:
   padding fractions, what loading dropped, and the data fingerprint.
 
 The stage runs on every ``mtkd run`` (its inputs can be user files that change outside
-the config), but a task whose fingerprint (task config + raw content + tokenizer) matches
-its ``meta.json`` is reused, not re-tokenized. Later stages re-run only if some task's
-fingerprint changed.
+the config), but a task whose lineage (its declared config values, the raw content and
+the tokenizer; see :mod:`mtkd.experiment`) matches its ``meta.json`` is reused, not
+re-tokenized. Later stages re-run only if some task's lineage changed.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import json
@@ -26,15 +25,24 @@ import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mtkd.config import ExperimentConfig, stable_hash
+from mtkd.config import ExperimentConfig
+from mtkd.data.prepared import read_prepared, read_task_spec, task_lineages
 from mtkd.data.sampler import MultiTaskBatchSampler, padding_fraction
 from mtkd.data.tokenize import load_tokenizer, tokenize_split
-from mtkd.pipeline import Stage, StageContext
+from mtkd.experiment import (
+    TASK_RECORD,
+    Stage,
+    StageContext,
+    lineage,
+    outputs_fingerprint,
+    reusable,
+    task_data_dir,
+)
 from mtkd.pretrained import resolve_encoder_dir, tokenizer_fingerprint
 from mtkd.storage import Storage
 from mtkd.tasks.resolve import LoadedTask, load_task
-from mtkd.tasks.spec import TaskSpec
 
+__all__ = ["PREPARE", "read_prepared", "read_task_spec", "task_lineages", "tokenized_lineage"]
 log = logging.getLogger("mtkd")
 PADDING_BATCH_SIZE = 32
 """Batch size at which the padding fraction is reported (the training default)."""
@@ -66,11 +74,11 @@ def _write_parquet(store: Storage, rel: str, split: datasets.Dataset) -> None:
     store.write_atomic(rel, buffer.getvalue())
 
 
-def _prepare_task(loaded: LoadedTask, tokenizer: Any, store: Storage, fingerprint: str,
+def _prepare_task(loaded: LoadedTask, tokenizer: Any, store: Storage, task_lineage: str,
                   seed: int) -> dict[str, Any]:
-    """Tokenize and write one task; returns its meta.json content."""
+    """Tokenize and write one task; returns its meta.json content (its record)."""
     spec = loaded.spec
-    store.delete("meta.json")  # the old meta must never describe the new files
+    store.delete(TASK_RECORD)  # the old meta must never describe the new files
     splits: dict[str, Any] = {}
     for name, split in loaded.splits.items():
         started = time.time()
@@ -85,10 +93,18 @@ def _prepare_task(loaded: LoadedTask, tokenizer: Any, store: Storage, fingerprin
                  len(tokenized), splits[name]["tokens"], len(tokenized) / seconds)
         if name == "train":
             splits[name].update(_padding_report(lengths, seed))
-    meta = {"spec": spec.to_json(), "fingerprint": fingerprint, "splits": splits,
+    meta = {"spec": spec.to_json(), "lineage": task_lineage, "splits": splits,
             "dropped": loaded.dropped, "notes": loaded.notes}
-    store.write_json_atomic("meta.json", meta)
+    store.write_json_atomic(TASK_RECORD, meta)
     return meta
+
+
+def tokenized_lineage(config: ExperimentConfig, index: int, tokenizer: str,
+                      content: dict[str, str]) -> str:
+    """Task ``index``'s tokenized data: its ``tasks[]`` entry, the tokenizer's content
+    fingerprint and each raw split's content fingerprint ({split: fingerprint})."""
+    return lineage("tokenized_task", config, task_index=index,
+                   inputs={"tokenizer": tokenizer, "content": content})
 
 
 def run_prepare(ctx: StageContext) -> dict[str, Any]:
@@ -99,47 +115,29 @@ def run_prepare(ctx: StageContext) -> dict[str, Any]:
     tok_fp = tokenizer_fingerprint(encoder_dir)
     summary: dict[str, Any] = {}
     for index, task_config in enumerate(config.tasks):
-        task_store = ctx.store.child("data", task_config.name)
+        task_store = ctx.store.child(task_data_dir(task_config.name))
         loaded = load_task(task_config, index)
-        fingerprint = stable_hash({
-            "task": dataclasses.asdict(task_config), "tokenizer": tok_fp,
-            "content": {n: content_fingerprint(s) for n, s in sorted(loaded.splits.items())},
-        })
-        old = task_store.read_json("meta.json") if task_store.exists("meta.json") else None
-        if old and old.get("fingerprint") == fingerprint:
+        task_lineage = tokenized_lineage(config, index, tok_fp, {
+            n: content_fingerprint(s) for n, s in sorted(loaded.splits.items())})
+        old = reusable(task_store, TASK_RECORD, task_lineage)
+        if old is not None:
             log.info("[prepare] %-16s unchanged, reusing %s", task_config.name, task_store.uri)
             meta = old
         else:
-            meta = _prepare_task(loaded, tokenizer, task_store, fingerprint, config.seed)
+            meta = _prepare_task(loaded, tokenizer, task_store, task_lineage, config.seed)
         for note in meta["notes"]:
             log.info("[prepare] %s", note)
         train = meta["splits"]["train"]
         log.info("[prepare] %-16s padding at batch %d: %.1f%% bucketed vs %.1f%% unbucketed",
                  task_config.name, PADDING_BATCH_SIZE, 100 * train["padding_bucketed"],
                  100 * train["padding_unbucketed"])
-        summary[task_config.name] = {"fingerprint": meta["fingerprint"],
+        summary[task_config.name] = {"lineage": meta["lineage"],
                                      "splits": meta["splits"], "dropped": meta["dropped"],
                                      "path": task_store.uri}
     return {"tasks": summary,
-            "output_fingerprint": stable_hash({k: v["fingerprint"] for k, v in summary.items()})}
+            "output_fingerprint": outputs_fingerprint({k: v["lineage"]
+                                                       for k, v in summary.items()})}
 
 
-def read_prepared(store: Storage, task: str, split: str) -> datasets.Dataset:
-    """A tokenized split written by this stage, as a Dataset (``store`` = experiment root)."""
-    data = store.child("data", task)
-    table = pq.read_table(io.BytesIO(data.read_bytes(f"{split}.parquet")))
-    return datasets.Dataset(table)
-
-
-def read_task_spec(store: Storage, task: str) -> TaskSpec:
-    """The TaskSpec the prepare stage recorded for ``task``."""
-    return TaskSpec.from_json(store.child("data", task).read_json("meta.json")["spec"])
-
-
-def _config_slice(config: ExperimentConfig) -> Any:
-    return {"tasks": [dataclasses.asdict(t) for t in config.tasks],
-            "encoder": config.encoder.path, "seed": config.seed}
-
-
-PREPARE = Stage("prepare", run_prepare, _config_slice,
-                "load, check and tokenize every task's splits", always_run=True)
+PREPARE = Stage.declared("prepare", run_prepare,
+                         "load, check and tokenize every task's splits", always_run=True)

@@ -2,9 +2,13 @@
 
 One ``TorchTrainer`` run per (variant, seed): ``student`` learns from hard labels and the
 teachers' soft targets; ``baseline`` (``student.baseline``) trains the same student
-without soft targets, the paper's MT-DNN row. Runs are named by a fingerprint, so
-re-running after a crash resumes the unfinished run from its latest checkpoint in
-storage, and finished runs (``student/<run>/student.json``) are skipped.
+without soft targets, the paper's MT-DNN row. A run's lineage (see :mod:`mtkd.experiment`:
+the student settings that change the model, the tokenized data, and for a distilled run
+the soft targets it learns from) names its Ray Train run, so re-running after a crash
+resumes the unfinished run from its own latest checkpoint in storage, never from one of
+another lineage, and finished runs (``student/<run>/student.json``) are reused only while
+their lineage matches. Changing only how the work is done (checkpoint cadence and
+retention, resources, retries) keeps the lineage, so the run resumes.
 
 After training, the final DeepSpeed checkpoint is consolidated from its ZeRO shards
 (DeepSpeed's ``zero_to_fp32``) into a self-contained model directory under
@@ -22,11 +26,22 @@ from typing import Any
 
 import torch
 
-from mtkd.config import ExperimentConfig, config_to_dict, stable_hash
+from mtkd.config import ExperimentConfig, KDConfig, config_to_dict
+from mtkd.data.prepared import task_lineages
 from mtkd.errors import MtkdError
+from mtkd.experiment import (
+    STUDENT_TRAIN_RUNS,
+    Stage,
+    StageContext,
+    lineage,
+    outputs_fingerprint,
+    read_manifest,
+    reusable,
+    student_dir,
+    student_record,
+)
 from mtkd.model.mtdnn import num_parameters
 from mtkd.model.remote import save_model_to
-from mtkd.pipeline import Stage, StageContext, read_manifest
 from mtkd.precision import Resolved, probe_device, stage_precision
 from mtkd.raycluster import ensure_ray, probe_work_device
 from mtkd.storage import Storage
@@ -73,18 +88,24 @@ def consolidate(folder: Path, zero_stage: int) -> dict[str, torch.Tensor]:
     return {k: v.float() for k, v in states["module"].items()}
 
 
-def _fingerprint(config: ExperimentConfig, run: StudentRun, store: Storage) -> str:
-    upstream = {stage: (read_manifest(store, stage) or {}).get("output_fingerprint")
-                for stage in ("prepare", "soft" if run.distill else "prepare")}
-    student = dataclasses.asdict(config.student)
-    for key in ("seeds", "baseline", "distill", "max_failures"):
-        student.pop(key)
-    return stable_hash({"run": dataclasses.asdict(run), "student": student,
-                        "heads": config.heads, "sampling": config.sampling,
-                        "upstream": upstream})
+def run_config(config: ExperimentConfig, run: StudentRun) -> ExperimentConfig:
+    """The effective config a run is built from: a baseline never reads ``student.kd``."""
+    if run.distill:
+        return config
+    return dataclasses.replace(config, student=dataclasses.replace(config.student,
+                                                                   kd=KDConfig()))
 
 
-def _train(ctx: StageContext, run: StudentRun, fingerprint: str) -> Any:
+def run_lineage(config: ExperimentConfig, run: StudentRun, data: dict[str, str],
+                soft: dict[str, str] | None) -> str:
+    """A student run's lineage: the declared student settings, the lineages of every
+    task's tokenized data and, when it distils, of every task's soft targets."""
+    return lineage("student_run", run_config(config, run),
+                   inputs={"data": data, "soft": soft if run.distill else None},
+                   instance=dataclasses.asdict(run))
+
+
+def _train(ctx: StageContext, run: StudentRun, run_lineage: str) -> Any:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -100,7 +121,7 @@ def _train(ctx: StageContext, run: StudentRun, fingerprint: str) -> Any:
         scaling_config=ScalingConfig(num_workers=student.num_workers, use_gpu=student.use_gpu,
                                      resources_per_worker=per_worker),
         run_config=RunConfig(
-            name=f"{run.name}-{fingerprint[:10]}", storage_path=store.full_path("student/_train"),
+            name=f"{run.name}-{run_lineage[:10]}", storage_path=store.full_path(STUDENT_TRAIN_RUNS),
             storage_filesystem=store.filesystem,
             failure_config=FailureConfig(max_failures=student.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=student.keep_checkpoints)),
@@ -126,11 +147,11 @@ def _export(ctx: StageContext, run: StudentRun, result: Any, scoring: Resolved
     from mtkd.pretrained import resolve_encoder_dir
 
     tokenizer = load_tokenizer(resolve_encoder_dir(config.student.encoder or config.encoder.path))
-    uri = save_model_to(store.child("student", run.name), "final", model, tokenizer,
+    uri = save_model_to(store.child(student_dir(run.name)), "final", model, tokenizer,
                         extra={"run": dataclasses.asdict(run)})
     metrics = evaluate(model, data.specs, data.dev, precision=scoring.precision,
                        progress=f"{run.name} dev")
-    state_path = f"student/{run.name}/train_state.json"
+    state_path = f"{student_dir(run.name)}/train_state.json"
     trained = store.read_json(state_path) if store.exists(state_path) else {}
     return {"model": uri, "metrics": metrics["tasks"], "average": metrics["average"],
             "params": num_parameters(model), "precision": trained.get("precision"),
@@ -140,18 +161,22 @@ def _export(ctx: StageContext, run: StudentRun, result: Any, scoring: Resolved
 def run_student(ctx: StageContext) -> dict[str, Any]:
     """Train (or reuse) every planned student run and export its final model."""
     config, store = ctx.config, ctx.store
-    if config.student.distill and not read_manifest(store, "soft"):
+    soft_manifest = read_manifest(store, "soft") if config.student.distill else None
+    if config.student.distill and not soft_manifest:
         raise MtkdError("the student needs soft targets first (fix: run `mtkd run` without "
                         "--only, or set student.distill: false)")
+    soft = soft_manifest.get("lineages") if soft_manifest else None
+    ensemble = ({"ensemble": soft_manifest["output_fingerprint"],
+                 "members": soft_manifest.get("members", [])} if soft_manifest else None)
+    data = task_lineages(store)
     summaries: dict[str, Any] = {}
     scoring: Resolved | None = None
     for run in plan_runs(config):
-        fingerprint = _fingerprint(config, run, store)
-        path = f"student/{run.name}/student.json"
-        if store.exists(path) and store.read_json(path).get("fingerprint") == fingerprint:
-            summaries[run.name] = store.read_json(path)
-            log.info("[student] %s finished before, reusing %s", run.name,
-                     summaries[run.name]["model"])
+        expected = run_lineage(config, run, data, soft)
+        record = reusable(store, student_record(run.name), expected)
+        if record is not None:
+            summaries[run.name] = record
+            log.info("[student] %s finished before, reusing %s", run.name, record["model"])
             continue
         if scoring is None:  # before the first run: refused (exit 2) or warned once
             stage_precision("student", "student.training.precision",
@@ -161,29 +186,31 @@ def run_student(ctx: StageContext) -> dict[str, Any]:
             scoring = stage_precision("student", "report.precision", config.report.precision,
                                       probe_device("cpu"))
         ensure_ray(config.ray)
+        store.delete(student_record(run.name))  # an old record never describes a new model
         started = time.time()
         log.info("[student] %s: %d worker(s), ZeRO-%d, %s", run.name,
                  config.student.num_workers, config.student.zero_stage,
-                 "distilling" if run.distill else "hard labels only (baseline)")
+                 "distilling from ensemble " + ensemble["ensemble"][:8]
+                 + f" ({len(ensemble['members'])} members)"
+                 if run.distill and ensemble else "hard labels only (baseline)")
         with tempfile.TemporaryDirectory():
-            result = _train(ctx, run, fingerprint)
+            result = _train(ctx, run, expected)
         if result.error is not None:
             raise MtkdError(f"student run {run.name} failed: {result.error}")
         summary = {"name": run.name, "seed": run.seed, "distill": run.distill,
-                   "fingerprint": fingerprint, **_export(ctx, run, result, scoring),
+                   "lineage": expected,
+                   "distilled_from": ensemble if run.distill else None,
+                   **_export(ctx, run, result, scoring),
                    "seconds": round(time.time() - started, 1)}
-        store.write_json_atomic(path, summary)
+        store.write_json_atomic(student_record(run.name), summary)
         summaries[run.name] = summary
         log.info("[student] %s: dev average %.2f, %d parameters, model %s", run.name,
                  summary["average"], summary["params"], summary["model"])
     return {"runs": summaries,
-            "output_fingerprint": stable_hash(sorted(s["fingerprint"]
-                                                     for s in summaries.values()))}
+            "lineages": {name: s["lineage"] for name, s in summaries.items()},
+            "output_fingerprint": outputs_fingerprint({name: s["lineage"]
+                                                       for name, s in summaries.items()})}
 
 
-def _config_slice(config: ExperimentConfig) -> Any:
-    return {"student": dataclasses.asdict(config.student), "heads": config.heads}
-
-
-STUDENT = Stage("student", run_student, _config_slice,
-                "distill the multi-task student with Ray Train + DeepSpeed")
+STUDENT = Stage.declared("student", run_student,
+                         "distill the multi-task student with Ray Train + DeepSpeed")

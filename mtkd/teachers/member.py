@@ -11,7 +11,7 @@ A member with ``teachers.workers_per_member`` N > 1 is data-parallel: the trial 
 drives a Ray Train ``TorchTrainer`` (Train v2 inside Tune) whose N workers each ask for
 ``resources_per_member``, train their shard of the batches with DDP (gloo on CPU, NCCL on
 GPU) and report the same checkpoints through Ray Train, which forwards the metrics to Tune.
-The Train run is named after the member and its fingerprint, so a retried trial starts a
+The Train run is named after the member and its lineage, so a retried trial starts a
 run of the same name, which resumes from that run's latest checkpoint in storage. Rank 0
 writes the model and ``member.json`` exactly as a single-process member does.
 """
@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from mtkd.config import ExperimentConfig, config_from_dict
+from mtkd.experiment import TEACHER_TRAIN_RUNS, member_dir, member_record, reusable
 from mtkd.model.mtdnn import keep_tasks
 from mtkd.model.remote import load_model_from, save_model_to
 from mtkd.storage import Storage
@@ -52,14 +53,10 @@ whose workers ask for the member's resources. Tune refuses an all-zero request, 
 trial asks for a little memory and no CPU (it must not take a CPU its workers need)."""
 
 
-def member_dir(member_name: str) -> str:
-    return f"teachers/{member_name}"
-
-
-def train_run_name(member: Member, fingerprint: str) -> str:
+def train_run_name(member: Member, lineage: str) -> str:
     """The Ray Train run of a multi-worker member, under ``teachers/_train/``: stable over
     retries and re-runs, so the run resumes from its own latest checkpoint."""
-    return f"{member.name}-{fingerprint[:10]}"
+    return f"{member.name}-{lineage[:10]}"
 
 
 @dataclass
@@ -68,7 +65,7 @@ class MemberJob:
 
     config: ExperimentConfig
     member: Member
-    fingerprint: str
+    lineage: str
     store: Storage
     """The experiment's root."""
     here: Storage
@@ -79,16 +76,13 @@ class MemberJob:
         config = config_from_dict(trial_config["experiment"])
         member = Member.from_json(trial_config["member"])
         store = Storage.from_uri(trial_config["storage"]).child(config.name)
-        return cls(config, member, trial_config["fingerprint"], store,
+        return cls(config, member, trial_config["lineage"], store,
                    store.child(member_dir(member.name)))
 
     def finished(self) -> dict[str, Any] | None:
-        """The summary if this member already finished with this fingerprint (a trial
+        """The summary if this member already finished with this lineage (a trial
         retried after writing it must not train, and overwrite the model, again)."""
-        if not self.here.exists("member.json"):
-            return None
-        summary = self.here.read_json("member.json")
-        return summary if summary.get("fingerprint") == self.fingerprint else None
+        return reusable(self.store, member_record(self.member.name), self.lineage)
 
     def setup_logging(self, rank: int | None = None) -> None:
         """Warnings always, progress lines (every 30 s, see mtkd.progress) from rank 0
@@ -134,7 +128,7 @@ class MemberJob:
         seconds = time.time() - started
         summary = {
             "name": member.name, "variant": member.variant(), "tasks": list(member.tasks),
-            "fingerprint": self.fingerprint, "metrics": state.best_metrics,
+            "lineage": self.lineage, "metrics": state.best_metrics,
             "average": state.best_score, "best_step": state.best_step, "steps": state.step,
             "model": uri, "wall_seconds": round(seconds, 2),
             "train_examples_per_s": round(examples / max(state.train_seconds, 1e-9), 2),
@@ -188,7 +182,7 @@ def _restore(checkpoint: Any, rank: int = 0) -> tuple[tuple[dict, LoopState, dic
 def train_member_trial(tune_config: dict[str, Any]) -> None:
     """Ray Tune function trainable for one member (see module docstring).
 
-    ``tune_config["trial"]`` holds: experiment (config as plain data), member, fingerprint,
+    ``tune_config["trial"]`` holds: experiment (config as plain data), member, lineage,
     storage (absolute root uri).
     """
     from ray import tune
@@ -273,8 +267,8 @@ def _drive_workers(job: MemberJob, trial_config: dict[str, Any], started: float)
                                      use_gpu=resources.gpu > 0,
                                      resources_per_worker=per_worker),
         run_config=RunConfig(
-            name=train_run_name(job.member, job.fingerprint),
-            storage_path=job.store.full_path("teachers/_train"),
+            name=train_run_name(job.member, job.lineage),
+            storage_path=job.store.full_path(TEACHER_TRAIN_RUNS),
             storage_filesystem=job.store.filesystem,
             # A failed worker fails the run and so the trial; Tune retries the trial
             # (teachers.max_failures) and the new run of the same name resumes.

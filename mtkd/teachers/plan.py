@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from mtkd.config import ExperimentConfig, TrainingConfig, stable_hash
+from mtkd.config import ExperimentConfig, TrainingConfig
+from mtkd.experiment import lineage
 
 GRID_FIELDS = ("dropout", "learning_rate", "encoder", "epochs")
 SEED_STRIDE = 1000
@@ -118,19 +119,20 @@ def plan_members(config: ExperimentConfig) -> list[Member]:
             for task in tasks for i, v in enumerate(variants)]
 
 
-def member_fingerprint(member: Member, config: ExperimentConfig,
-                       data_fingerprints: dict[str, str]) -> str:
-    """Changes when anything that shapes this member's model changes."""
-    teachers = config.teachers
-    # Data-parallel workers change the global batch and the steps; one worker adds no key,
-    # so single-process members keep the fingerprints they always had.
-    workers = {"workers": teachers.workers_per_member} if teachers.workers_per_member > 1 else {}
-    return stable_hash({
-        **workers,
-        "member": member.to_json(),
-        "training": dataclasses.asdict(member.training(teachers.training)),
-        "data": {t: data_fingerprints.get(t) for t in member.tasks},
-        "init": data_fingerprints.get(INIT_MEMBER) if member.init_model else None,
-        "heads": dataclasses.asdict(config.heads), "pooling": config.encoder.pooling,
-        "num_layers": config.encoder.num_layers, "sampling": dataclasses.asdict(config.sampling),
-    })
+def member_config(member: Member, config: ExperimentConfig) -> ExperimentConfig:
+    """The effective config a member is built from: its own training values and encoder."""
+    return dataclasses.replace(
+        config, encoder=dataclasses.replace(config.encoder, path=member.encoder),
+        teachers=dataclasses.replace(config.teachers,
+                                     training=member.training(config.teachers.training)))
+
+
+def member_lineage(member: Member, config: ExperimentConfig,
+                   data_lineages: dict[str, str]) -> str:
+    """The member's lineage (see :mod:`mtkd.experiment`): the declared config values as
+    this member sees them, the lineages of its tasks' tokenized data (and of the shared
+    model it starts from), and its own variant."""
+    inputs = {"data": {t: data_lineages.get(t) for t in member.tasks},
+              "init": data_lineages.get(INIT_MEMBER) if member.init_model else None}
+    return lineage("member", member_config(member, config), inputs=inputs,
+                   instance=member.to_json())

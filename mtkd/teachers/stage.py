@@ -1,6 +1,6 @@
 """Stage ``teachers``: train the ensemble members as parallel Ray Tune trials.
 
-Finished members (``teachers/<member>/member.json`` with a matching fingerprint) are
+Finished members (``teachers/<member>/member.json`` with a matching lineage) are
 reused, so raising ``teachers.size`` trains only the new ones and a re-run after a crash
 trains only what had not finished. Ray Tune runs one trial per remaining member, as
 many at once as ``resources_per_member`` and ``max_concurrent`` allow, retries a failed
@@ -11,36 +11,35 @@ run whose workers ask for ``resources_per_member`` each (see :mod:`mtkd.teachers
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import signal
 import time
 from typing import Any
 
 from mtkd.config import ExperimentConfig, config_to_dict, stable_hash
+from mtkd.data.prepared import task_lineages
 from mtkd.errors import MtkdError
-from mtkd.pipeline import Stage, StageContext, read_manifest
+from mtkd.experiment import (
+    TEACHER_TUNE_RUNS,
+    TEACHERS_SUMMARY,
+    Stage,
+    StageContext,
+    member_record,
+    outputs_fingerprint,
+    reusable,
+)
 from mtkd.precision import stage_precision
 from mtkd.raycluster import ensure_ray, probe_work_device
 from mtkd.storage import Storage
-from mtkd.teachers.member import DRIVER_MEMORY, member_dir, train_member_trial
-from mtkd.teachers.plan import Member, init_member, member_fingerprint, plan_members
+from mtkd.teachers.member import DRIVER_MEMORY, train_member_trial
+from mtkd.teachers.plan import Member, init_member, member_lineage, plan_members
 
 log = logging.getLogger("mtkd")
 
 
-def _data_fingerprints(store: Storage) -> dict[str, str]:
-    prepared = read_manifest(store, "prepare") or {}
-    return {task: info["fingerprint"] for task, info in prepared.get("tasks", {}).items()}
-
-
-def finished_member(store: Storage, member: Member, fingerprint: str) -> dict[str, Any] | None:
-    """The member's summary if it finished with this fingerprint, else None."""
-    path = f"{member_dir(member.name)}/member.json"
-    if not store.exists(path):
-        return None
-    summary = store.read_json(path)
-    return summary if summary.get("fingerprint") == fingerprint else None
+def finished_member(store: Storage, member: Member, lineage: str) -> dict[str, Any] | None:
+    """The member's record if it finished with this lineage, else None."""
+    return reusable(store, member_record(member.name), lineage)
 
 
 def _describe(summary: dict[str, Any]) -> str:
@@ -70,7 +69,7 @@ def _progress_callback(store: Storage, total: int, already: int) -> Any:
                               **info: Any) -> None:
             self.done += 1
             name = trial.config["trial"]["member"]["name"]
-            path = f"{member_dir(name)}/member.json"
+            path = member_record(name)
             text = _describe(store.read_json(path)) if store.exists(path) else name
             log.info("[teachers] %d/%d members done: %s", self.done, total, text)
 
@@ -99,7 +98,7 @@ def _run_trials(ctx: StageContext, todo: list[tuple[Member, str]], total: int,
         if teachers.resources_per_member.memory_gb:
             resources["memory"] = int(teachers.resources_per_member.memory_gb * 2**30)
     experiment = config_to_dict(config, redact=False)
-    space = [{"experiment": experiment, "member": m.to_json(), "fingerprint": fp,
+    space = [{"experiment": experiment, "member": m.to_json(), "lineage": fp,
               # Absolute: Tune runs trials in their own working directories.
               "storage": Storage.from_uri(config.storage_path).uri} for m, fp in todo]
     scheduler = (ASHAScheduler(metric="score", mode="max", grace_period=1)
@@ -112,7 +111,7 @@ def _run_trials(ctx: StageContext, todo: list[tuple[Member, str]], total: int,
                                     scheduler=scheduler, reuse_actors=False,
                                     trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
-            name=run_name, storage_path=store.full_path("teachers/_tune"),
+            name=run_name, storage_path=store.full_path(TEACHER_TUNE_RUNS),
             storage_filesystem=store.filesystem, verbose=teachers.verbose,
             failure_config=tune.FailureConfig(max_failures=teachers.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
@@ -148,10 +147,10 @@ def run_teachers(ctx: StageContext) -> dict[str, Any]:
     config, store = ctx.config, ctx.store
     started = time.time()
     checked = False
-    fingerprints = _data_fingerprints(store)
+    lineages = task_lineages(store)
     init = init_member(config)
     if init is not None:
-        init_fp = member_fingerprint(init, config, fingerprints)
+        init_fp = member_lineage(init, config, lineages)
         if finished_member(store, init, init_fp) is None:
             log.info("[teachers] training the shared multi-task model the per-task members "
                      "start from")
@@ -162,9 +161,9 @@ def run_teachers(ctx: StageContext) -> dict[str, Any]:
                 raise MtkdError(f"the shared multi-task model (teachers/init) failed: "
                                 f"{failed.get(init.name, 'no member.json written')} (fix: see "
                                 "the error above, or set teachers.init_from_multitask: false)")
-        fingerprints = {**fingerprints, init.name: init_fp}
+        lineages = {**lineages, init.name: init_fp}
     members = plan_members(config)
-    planned = [(m, member_fingerprint(m, config, fingerprints)) for m in members]
+    planned = [(m, member_lineage(m, config, lineages)) for m in members]
     done = {m.name: s for m, fp in planned if (s := finished_member(store, m, fp))}
     todo = [(m, fp) for m, fp in planned if m.name not in done]
     log.info("[teachers] %d member(s) planned (%s): %d finished before, %d to train",
@@ -186,7 +185,7 @@ def run_teachers(ctx: StageContext) -> dict[str, Any]:
         log.warning("[teachers] member %s failed: %s", name, error)
     report = {"members": [{k: v for k, v in s.items() if k != "history"} for s in summaries],
               "failed": failed, "shape": config.teachers.shape}
-    store.write_json_atomic("teachers/teachers.json", report)
+    store.write_json_atomic(TEACHERS_SUMMARY, report)
     short = short_tasks(config.teachers.min_members, [t for m in members for t in m.tasks],
                         summaries)
     if short:
@@ -196,10 +195,12 @@ def run_teachers(ctx: StageContext) -> dict[str, Any]:
                         + "; failed: " + "; ".join(f"{k}: {v}" for k, v in failed.items())
                         + " (fix: see the errors above; re-running resumes the rest)")
     log.info("[teachers] %d/%d members ready in %.0f s; summary %s", len(summaries),
-             len(members), time.time() - started, store.uri_of("teachers/teachers.json"))
+             len(members), time.time() - started, store.uri_of(TEACHERS_SUMMARY))
     return {"members": [s["name"] for s in summaries], "failed": sorted(failed),
-            "output_fingerprint": stable_hash(sorted(s["fingerprint"] for s in summaries)),
-            "artifacts": ["teachers/teachers.json"]}
+            "lineages": {s["name"]: s["lineage"] for s in summaries},
+            "output_fingerprint": outputs_fingerprint({s["name"]: s["lineage"]
+                                                       for s in summaries}),
+            "artifacts": [TEACHERS_SUMMARY]}
 
 
 def short_tasks(min_members: int, tasks: list[str], summaries: list[dict[str, Any]]
@@ -220,12 +221,5 @@ def _needs_teachers(config: ExperimentConfig) -> bool:
     return config.student.distill
 
 
-def _config_slice(config: ExperimentConfig) -> Any:
-    return {"teachers": dataclasses.asdict(config.teachers), "heads": config.heads,
-            "encoder": config.encoder, "sampling": config.sampling,
-            "tasks": [(t.name, t.teacher) for t in config.tasks]}
-
-
-TEACHERS = Stage("teachers", run_teachers, _config_slice,
-                 "train the teacher ensemble with Ray Tune",
-                 enabled=_needs_teachers)
+TEACHERS = Stage.declared("teachers", run_teachers, "train the teacher ensemble with Ray Tune",
+                          enabled=_needs_teachers)

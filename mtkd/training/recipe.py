@@ -18,11 +18,11 @@ import datasets
 import torch
 
 from mtkd.config import ExperimentConfig, KDConfig, TrainingConfig
+from mtkd.data.prepared import read_prepared, read_task_spec
 from mtkd.data.sampler import MultiTaskBatchSampler
 from mtkd.data.tokenize import load_tokenizer
 from mtkd.model.mtdnn import MTDNN, build_mtdnn
 from mtkd.pretrained import resolve_encoder_dir
-from mtkd.stages.prepare import read_prepared, read_task_spec
 from mtkd.storage import Storage
 from mtkd.tasks.spec import TaskSpec
 from mtkd.training.backend import DataParallelBackend, TorchBackend, from_rank0

@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from mtkd.config import config_from_dict
+from mtkd.data.prepared import read_prepared, read_task_spec
 from mtkd.errors import DataError
 from mtkd.pipeline import read_manifest, run_pipeline
-from mtkd.stages.prepare import read_prepared, read_task_spec
 from mtkd.storage import Storage
 
 REPO = Path(__file__).resolve().parents[2]

@@ -14,11 +14,11 @@ import pytest
 from tiny import make_tiny_bert, write_regression, write_task
 
 from mtkd.config import config_from_dict
+from mtkd.data.prepared import read_prepared, read_task_spec
 from mtkd.errors import DataError
 from mtkd.model.remote import load_model_from
 from mtkd.pipeline import experiment_store, run_pipeline
 from mtkd.soft.aggregate import softmax
-from mtkd.stages.prepare import read_prepared, read_task_spec
 from mtkd.storage import Storage
 from mtkd.training.evaluate import predict_outputs
 

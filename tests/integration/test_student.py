@@ -18,10 +18,10 @@ import yaml
 from tiny import toy_experiment
 
 from mtkd.config import config_from_dict
+from mtkd.data.prepared import read_prepared, read_task_spec
 from mtkd.model.io import load_mtdnn
 from mtkd.model.remote import load_model_from
 from mtkd.pipeline import experiment_store, run_pipeline
-from mtkd.stages.prepare import read_prepared, read_task_spec
 from mtkd.storage import Storage
 from mtkd.training.evaluate import predict_outputs
 

@@ -15,11 +15,11 @@ import pytest
 from tiny import make_tiny_bert, write_task
 
 from mtkd.config import ExperimentConfig, config_from_dict
+from mtkd.data.prepared import read_prepared
 from mtkd.data.sampler import MultiTaskBatchSampler
 from mtkd.errors import MtkdError
 from mtkd.model.remote import load_model_from
 from mtkd.pipeline import experiment_store, run_pipeline
-from mtkd.stages.prepare import read_prepared
 from mtkd.storage import Storage
 
 pytestmark = pytest.mark.slow
@@ -192,7 +192,7 @@ def test_member_with_two_workers_trains_data_parallel_and_resumes(
     assert attempts[1]["start_step"] >= 15 and attempts[1]["start_step"] % 15 == 0
     history = [h["step"] for h in summary["history"]]
     assert history == sorted(set(history)) and history[-1] == summary["steps"], history
-    run = f"{summary['name']}-{summary['fingerprint'][:10]}"
+    run = f"{summary['name']}-{summary['lineage'][:10]}"
     assert store.exists(f"teachers/_train/{run}")
 
     # The model rank 0 wrote loads and predicts like a single-process member's.

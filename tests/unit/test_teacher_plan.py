@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mtkd.config import config_from_dict
-from mtkd.teachers.plan import SEED_STRIDE, member_fingerprint, plan_members
+from mtkd.teachers.plan import SEED_STRIDE, member_lineage, plan_members
 from mtkd.teachers.stage import short_tasks
 
 
@@ -56,12 +56,12 @@ def test_per_task_shape_names_members_by_task() -> None:
 def test_fingerprint_tracks_member_data_and_training() -> None:
     cfg = config(size=2)
     member = plan_members(cfg)[0]
-    base = member_fingerprint(member, cfg, {"trec": "a", "rotten_tomatoes": "b"})
-    assert base == member_fingerprint(member, cfg, {"trec": "a", "rotten_tomatoes": "b",
+    base = member_lineage(member, cfg, {"trec": "a", "rotten_tomatoes": "b"})
+    assert base == member_lineage(member, cfg, {"trec": "a", "rotten_tomatoes": "b",
                                                     "sms_spam": "zzz"})
-    assert base != member_fingerprint(member, cfg, {"trec": "a2", "rotten_tomatoes": "b"})
+    assert base != member_lineage(member, cfg, {"trec": "a2", "rotten_tomatoes": "b"})
     other = config(size=2, training={"batch_size": 8})
-    assert base != member_fingerprint(plan_members(other)[0], other,
+    assert base != member_lineage(plan_members(other)[0], other,
                                       {"trec": "a", "rotten_tomatoes": "b"})
 
 
@@ -70,7 +70,7 @@ def test_fingerprint_tracks_data_parallel_workers() -> None:
     fingerprints = {}
     for workers in (1, 2, 4):
         cfg = config(size=1, workers_per_member=workers)
-        fingerprints[workers] = member_fingerprint(plan_members(cfg)[0], cfg, data)
+        fingerprints[workers] = member_lineage(plan_members(cfg)[0], cfg, data)
     assert len(set(fingerprints.values())) == 3  # the global batch differs
 
 

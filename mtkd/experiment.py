@@ -1,0 +1,320 @@
+"""The experiment model: stages, artifacts, where they live, and the one reuse rule.
+
+An experiment is a chain of stages (prepare -> teachers -> soft -> student -> report), each
+writing artifacts under the experiment's storage root. Every artifact records its
+**lineage**: the hash of the config values that change its content (declared below, per
+artifact kind) plus the lineages of the artifacts it reads. The one reuse rule
+(:func:`reusable`): an artifact is reused if and only if its recorded lineage equals the
+lineage it would be built from now.
+
+Config keys fall into three roles, declared once here and checked for completeness by the
+tests (every leaf of :class:`~mtkd.config.ExperimentConfig` has exactly one role):
+
+* **content** of one or more artifact kinds: changing it rebuilds those artifacts and
+  everything built from them;
+* **plan**: it decides *which* artifacts exist (ensemble size, member variation, student
+  seeds); each planned artifact's lineage carries its own parameters, so adding a member
+  trains only the new one, while the soft targets (which read all members) change;
+* **operational**: how work is done (resources, concurrency, checkpoint cadence and
+  retention, retries, logging, where the experiment lives). Changing it resumes.
+
+Stages see the experiment through :class:`StageContext`; the pipeline
+(:mod:`mtkd.pipeline`) runs them and writes each stage's manifest last.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from mtkd.config import ExperimentConfig, stable_hash
+from mtkd.storage import Storage
+
+# ---------------------------------------------------------------------------------------
+# Where every artifact lives, relative to the experiment's root.
+# ---------------------------------------------------------------------------------------
+
+CONFIG_FILE = "config.yaml"
+
+
+def manifest_path(stage: str) -> str:
+    """A stage's manifest, written last when the stage finishes."""
+    return f"manifests/{stage}.json"
+
+
+def task_data_dir(task: str) -> str:
+    """A tokenized task: ``<split>.parquet`` and ``meta.json`` (its record)."""
+    return f"data/{task}"
+
+
+TASK_RECORD = "meta.json"
+
+
+def member_dir(member: str) -> str:
+    """A teacher member: ``model/`` and ``member.json`` (its record)."""
+    return f"teachers/{member}"
+
+
+def member_record(member: str) -> str:
+    return f"{member_dir(member)}/member.json"
+
+
+TEACHER_TUNE_RUNS = "teachers/_tune"
+"""Ray Tune experiments of the teachers stage, named after the lineages they train."""
+TEACHER_TRAIN_RUNS = "teachers/_train"
+"""Ray Train runs of multi-worker members, named ``<member>-<lineage>``."""
+TEACHERS_SUMMARY = "teachers/teachers.json"
+ENSEMBLE_SUMMARY = "teachers/ensemble.json"
+
+
+def predictions_dir(member: str) -> str:
+    """One member's dev/train/test outputs: ``<task>.parquet`` and ``done.json``."""
+    return f"soft_targets/_members/{member}"
+
+
+def predictions_record(member: str) -> str:
+    return f"{predictions_dir(member)}/done.json"
+
+
+def soft_targets_file(task: str, split: str) -> str:
+    return f"soft_targets/{task}/{split}.parquet"
+
+
+def soft_targets_record(task: str) -> str:
+    return f"soft_targets/{task}/targets.json"
+
+
+def student_dir(run: str) -> str:
+    """One student run: ``final/`` (the exported model), ``train_state.json``,
+    ``student.json`` (its record)."""
+    return f"student/{run}"
+
+
+def student_record(run: str) -> str:
+    return f"{student_dir(run)}/student.json"
+
+
+STUDENT_TRAIN_RUNS = "student/_train"
+"""Ray Train runs of the student, named ``<run>-<lineage>``."""
+REPORT_DIR = "report"
+
+
+# ---------------------------------------------------------------------------------------
+# Which config keys change which artifact.
+# ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ArtifactKind:
+    """One kind of artifact and what its content depends on.
+
+    ``content``: config keys (dotted; a key names itself and everything below it) whose
+    values enter the lineage, minus ``exclude``, the kind's ``plan`` keys (which decide
+    which artifacts of this kind exist) and the :data:`OPERATIONAL` keys. ``inputs``: the
+    kinds whose lineages it reads.
+    """
+
+    name: str
+    stage: str
+    content: tuple[str, ...]
+    inputs: tuple[str, ...] = ()
+    plan: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    per_task: bool = False
+    """One artifact per task, from that task's ``tasks[]`` entry only."""
+
+    def covers(self, key: str) -> bool:
+        return (_matches(key, self.content) and not _matches(key, self.exclude)
+                and not _matches(key, self.plan) and not _matches(key, OPERATIONAL))
+
+
+OPERATIONAL: tuple[str, ...] = (
+    "name", "storage_path", "ray",
+    "teachers.resources_per_member", "teachers.max_concurrent", "teachers.max_failures",
+    "teachers.verbose", "teachers.min_members",
+    "soft_targets.batch_size", "soft_targets.num_actors", "soft_targets.resources_per_actor",
+    "student.resources_per_worker", "student.use_gpu", "student.checkpoint_every",
+    "student.keep_checkpoints", "student.max_failures",
+)
+"""Keys that change how work is done, not what it produces. ``use_gpu`` and the GPU
+requests belong here: the precision actually used is recorded with each artifact."""
+
+ARTIFACTS: tuple[ArtifactKind, ...] = (
+    ArtifactKind("tokenized_task", "prepare", content=("tasks", "encoder.path", "seed"),
+                 exclude=("tasks.teacher",), per_task=True),
+    ArtifactKind("member", "teachers",
+                 content=("teachers.training", "teachers.workers_per_member",
+                          "teachers.early_stopping", "heads", "encoder", "sampling", "seed"),
+                 inputs=("tokenized_task",),
+                 plan=("teachers.size", "teachers.shape", "teachers.variation",
+                       "teachers.init_from_multitask", "tasks.teacher")),
+    ArtifactKind("predictions", "soft", content=("soft_targets.precision",),
+                 inputs=("member",)),
+    ArtifactKind("soft_targets", "soft",
+                 content=("soft_targets.aggregation", "soft_targets.temperature"),
+                 inputs=("predictions", "tokenized_task")),
+    ArtifactKind("student_run", "student",
+                 content=("student", "heads", "encoder", "sampling", "seed"),
+                 inputs=("tokenized_task", "soft_targets"),
+                 plan=("student.seeds", "student.baseline", "student.distill")),
+    ArtifactKind("report", "report", content=("report",),
+                 inputs=("member", "soft_targets", "student_run")),
+)
+KINDS = {kind.name: kind for kind in ARTIFACTS}
+STAGE_ORDER = ("prepare", "teachers", "soft", "student", "report")
+
+
+def _matches(key: str, prefixes: tuple[str, ...]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def config_leaves(config: ExperimentConfig, task_index: int | None = None
+                  ) -> Iterator[tuple[str, Any]]:
+    """Every leaf of the config as (dotted key, value). Lists and dicts are leaves, except
+    ``tasks``: with ``task_index`` its entry's fields appear as ``tasks.<field>``; without,
+    every task's entry does, as ``tasks.<field>`` (value: the list over tasks)."""
+
+    def walk(prefix: str, value: Any) -> Iterator[tuple[str, Any]]:
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            for f in dataclasses.fields(value):
+                yield from walk(f"{prefix}{f.name}.", getattr(value, f.name))
+        else:
+            yield prefix[:-1], _plain(value)
+
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.name != "tasks":
+            yield from walk(f"{f.name}.", value)
+            continue
+        chosen = value if task_index is None else [value[task_index]]
+        for task_field in dataclasses.fields(type(chosen[0]) if chosen else _task_type()):
+            values = [_plain(getattr(t, task_field.name)) for t in chosen]
+            yield f"tasks.{task_field.name}", values[0] if task_index is not None else values
+
+
+def _task_type() -> type:
+    from mtkd.config import TaskConfig
+
+    return TaskConfig
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def role_of(key: str) -> list[str]:
+    """Every role a leaf key has: ``content:<kind>``, ``plan:<kind>``, ``operational``."""
+    roles = [f"content:{k.name}" for k in ARTIFACTS if k.covers(key)]
+    roles += [f"plan:{k.name}" for k in ARTIFACTS if _matches(key, k.plan)]
+    if _matches(key, OPERATIONAL):
+        roles.append("operational")
+    return roles
+
+
+def content_values(kind: str, config: ExperimentConfig, task_index: int | None = None
+                   ) -> dict[str, Any]:
+    """The config values that enter a ``kind`` artifact's lineage. ``config`` is the
+    *effective* config the artifact is built from (a member's own training values, the
+    precision actually resolved, ...); per-task kinds read one task's entry."""
+    declared = KINDS[kind]
+    index = task_index if declared.per_task else None
+    return {key: value for key, value in config_leaves(config, index)
+            if declared.covers(key) and (declared.per_task or not key.startswith("tasks."))}
+
+
+def lineage(kind: str, config: ExperimentConfig, inputs: Mapping[str, Any] | None = None,
+            instance: Mapping[str, Any] | None = None, task_index: int | None = None) -> str:
+    """The lineage of one ``kind`` artifact: its declared config values, the lineages (or
+    content fingerprints) of what it reads, and the parameters of this instance (a
+    member's variant, a student run's seed)."""
+    return stable_hash({"kind": kind, "config": content_values(kind, config, task_index),
+                        "inputs": dict(inputs or {}), "instance": dict(instance or {})})
+
+
+def stage_values(stage: str, config: ExperimentConfig) -> dict[str, Any]:
+    """Every content and plan value of the stage's kinds (all tasks): what the stage's
+    manifest lineage hashes besides the outputs of earlier stages."""
+    kinds = [k for k in ARTIFACTS if k.stage == stage]
+    return {key: value for key, value in config_leaves(config)
+            if any(k.covers(key) or _matches(key, k.plan) for k in kinds)}
+
+
+# ---------------------------------------------------------------------------------------
+# The one reuse rule.
+# ---------------------------------------------------------------------------------------
+
+def reusable(store: Storage, record: str, expected: str) -> dict[str, Any] | None:
+    """The artifact's record if it was built with lineage ``expected``, else None.
+
+    ``record`` is written last, atomically, when the artifact is complete, so a record
+    that exists describes a whole artifact."""
+    if not store.exists(record):
+        return None
+    found = store.read_json(record)
+    return found if found.get("lineage") == expected else None
+
+
+# ---------------------------------------------------------------------------------------
+# Stages.
+# ---------------------------------------------------------------------------------------
+
+@dataclass
+class StageContext:
+    """What a stage gets: the validated config and the experiment's storage root."""
+
+    config: ExperimentConfig
+    store: Storage
+
+
+def _declared_values(name: str) -> Callable[[ExperimentConfig], Any]:
+    return lambda config: stage_values(name, config)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One pipeline stage.
+
+    ``config_slice`` picks the config values its result depends on (for registered
+    stages: :func:`stage_values`, from the declarations above); a change there (or in the
+    output of any earlier stage) re-runs the stage, which then reuses each artifact whose
+    lineage still matches.
+    """
+
+    name: str
+    run: Callable[[StageContext], dict[str, Any]]
+    config_slice: Callable[[ExperimentConfig], Any]
+    description: str = ""
+    enabled: Callable[[ExperimentConfig], bool] = lambda config: True
+    """Whether the config needs this stage at all (e.g. no teachers when not distilling)."""
+    always_run: bool = False
+    """Run even when the manifest matches: for stages whose inputs live outside the
+    config (user data files). Such a stage reuses its own work internally and reports
+    an ``output_fingerprint``, so later stages re-run only if its output changed."""
+
+    @classmethod
+    def declared(cls, name: str, run: Callable[[StageContext], dict[str, Any]],
+                 description: str, **kwargs: Any) -> Stage:
+        """A stage whose config slice is what :data:`ARTIFACTS` declares for it."""
+        return cls(name, run, _declared_values(name), description, **kwargs)
+
+
+def read_manifest(store: Storage, stage: str) -> dict[str, Any] | None:
+    """The stage's manifest, or None when the stage never finished."""
+    path = manifest_path(stage)
+    return store.read_json(path) if store.exists(path) else None
+
+
+def stage_output(store: Storage, stage: str) -> str | None:
+    """What a finished stage produced, as one fingerprint (None if it never finished)."""
+    manifest = read_manifest(store, stage)
+    return None if manifest is None else manifest.get("output_fingerprint")
+
+
+def outputs_fingerprint(lineages: Mapping[str, str]) -> str:
+    """A stage's output fingerprint from the lineages of the artifacts it produced."""
+    return stable_hash(dict(sorted(lineages.items())))
