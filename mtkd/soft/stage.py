@@ -275,8 +275,8 @@ def _write_targets(store: Storage, task: str, split: str, targets: Any,
 
 
 def run_soft(ctx: StageContext) -> dict[str, Any]:
-    """Predict with every member not yet done, then aggregate every teacher task whose
-    soft targets are not current."""
+    """Predict with every member not yet done, then aggregate every teacher task (and
+    record each task's soft-target lineage)."""
     config, store = ctx.config, ctx.store
     teachers = read_manifest(store, "teachers")
     if not teachers:
@@ -295,12 +295,12 @@ def run_soft(ctx: StageContext) -> dict[str, Any]:
         expected = targets_lineage(config, task, {m["name"]: predictions[m["name"]]
                                                   for m in covering}, data.get(task))
         lineages[task] = expected
-        record = reusable(store, soft_targets_record(task), expected)
-        if record is None:
-            store.delete(soft_targets_record(task))
-            record = {"lineage": expected, "members": [m["name"] for m in covering],
-                      "metrics": _task_targets(config, store, task, covering)}
-            store.write_json_atomic(soft_targets_record(task), record)
+        # Aggregating is cheap and re-checks every member's predictions (a uid missing,
+        # a non-finite output), so a running soft stage always does it.
+        store.delete(soft_targets_record(task))
+        record = {"lineage": expected, "members": [m["name"] for m in covering],
+                  "metrics": _task_targets(config, store, task, covering)}
+        store.write_json_atomic(soft_targets_record(task), record)
         report["tasks"][task] = info = record["metrics"]
         log.info("[soft] %-16s %d member(s): ensemble %.2f vs mean member %.2f", task,
                  len(covering), info["ensemble_score"], info["member_mean"])

@@ -89,3 +89,38 @@ def test_interrupt_after_teachers_then_resume_to_the_report(tmp_path: Path) -> N
               if "student.training.precision: bf16 on cpu" in line]
     assert len(warned) == (0 if cpu.native_bf16 else 1), second.stderr[-3000:]
     assert all("fix: set it to auto or fp32" in line for line in warned)
+
+    # Growing the ensemble (the lineage issue's scenario): only the new member trains, the
+    # student is distilled again from the 3-member ensemble, and the report says so.
+    third = subprocess.run([*command, "teachers.size=3"], cwd=REPO, capture_output=True,
+                           text=True, timeout=900, env=os.environ.copy())
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in members} == members  # m000, m001 reused
+    assert (root / "teachers" / "m002" / "member.json").exists()
+    assert "[student] student finished before" not in third.stderr
+    student = json.loads((root / "student" / "student" / "student.json").read_text())
+    soft = json.loads((root / "manifests" / "soft.json").read_text())
+    assert student["distilled_from"] == {"ensemble": soft["output_fingerprint"],
+                                         "members": ["m000", "m001", "m002"]}
+    report = json.loads((root / "report" / "report.json").read_text())
+    assert report["ensemble"]["size"] == 3
+    assert report["lineage"]["student_runs"]["student"]["distilled_from"]["ensemble"] == \
+        soft["output_fingerprint"]
+    assert (f"distilled from ensemble {soft['output_fingerprint'][:8]}, 3 members"
+            in (root / "report" / "report.md").read_text())
+
+    # Operational settings resume: nothing re-runs.
+    fourth = subprocess.run([*command, "teachers.size=3", "student.checkpoint_every=7",
+                             "student.keep_checkpoints=3", "teachers.max_concurrent=1"],
+                            cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert fourth.returncode == 0, fourth.stderr[-3000:]
+    for stage in ("teachers", "soft", "student", "report"):
+        assert f"[{stage}] done before" in fourth.stderr, fourth.stderr[-3000:]
+
+    # `--only student` after an edit that an earlier stage reads: exit 2, nothing reused.
+    labels = '["pos","neg"]'
+    stale = subprocess.run([*command, "--only", "student", "teachers.size=3",
+                            f"tasks.0.labels={labels}"],
+                           cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert stale.returncode == 2, stale.stderr[-3000:]
+    assert "stage 'prepare' is stale" in stale.stderr and "--from prepare" in stale.stderr

@@ -8,7 +8,14 @@ import pytest
 
 from mtkd.config import config_from_dict
 from mtkd.errors import MtkdError
-from mtkd.pipeline import Stage, StageContext, read_manifest, run_pipeline, select_stages
+from mtkd.pipeline import (
+    Stage,
+    StageContext,
+    read_manifest,
+    run_pipeline,
+    select_stages,
+    stale_stages,
+)
 from mtkd.storage import Storage
 
 
@@ -148,3 +155,27 @@ def test_always_run_stage_with_unchanged_output_keeps_later_stages(tmp_path: Pat
     outcomes = run_pipeline(config, stages=make())
     assert [(o.name, o.status) for o in outcomes] == [("prep", "ran"), ("b", "ran")]
     assert recorder.calls == ["prep", "b", "prep", "prep", "b"]
+
+
+@pytest.mark.parametrize("selection", [{"only": "c"}, {"from_stage": "c"}])
+def test_a_stale_earlier_stage_refuses_only_and_from(tmp_path: Path, recorder: Recorder,
+                                                     selection: dict) -> None:
+    """The issue's case: `--only student` after a change that an earlier stage reads
+    (there, a task's labels) must not reuse the old outputs."""
+    run_pipeline(make_config(tmp_path), stages=stages(recorder))
+    changed = make_config(tmp_path, teachers={"size": 4})  # b's slice
+    with pytest.raises(MtkdError, match=r"stage 'b' is stale.*--from b"):
+        run_pipeline(changed, stages=stages(recorder), **selection)
+    assert recorder.calls == ["a", "b", "c"]
+    store = Storage.from_uri(str(tmp_path / "runs")).child("exp")
+    assert stale_stages(changed, store, stages(recorder)) == {"b": "stale", "c": "stale"}
+    assert stale_stages(make_config(tmp_path), store, stages(recorder)) == {}
+    outcomes = run_pipeline(changed, from_stage="b", stages=stages(recorder))
+    assert [(o.name, o.status) for o in outcomes] == [("b", "ran"), ("c", "ran")]
+    # A stale stage that no selected stage reads is not in the way.
+    with pytest.raises(MtkdError, match="stage 'a' is stale"):
+        run_pipeline(make_config(tmp_path, tasks=[{"name": "trec"}]), only="b",
+                     stages=stages(recorder))
+    outcomes = run_pipeline(make_config(tmp_path, tasks=[{"name": "trec"}]), only="a",
+                            stages=stages(recorder))
+    assert [(o.name, o.status) for o in outcomes] == [("a", "ran")]
