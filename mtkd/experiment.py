@@ -132,7 +132,7 @@ class ArtifactKind:
 OPERATIONAL: tuple[str, ...] = (
     "name", "storage_path", "ray",
     "teachers.resources_per_member", "teachers.max_concurrent", "teachers.max_failures",
-    "teachers.verbose", "teachers.min_members",
+    "teachers.verbose",
     "soft_targets.batch_size", "soft_targets.num_actors", "soft_targets.resources_per_actor",
     "student.resources_per_worker", "student.use_gpu", "student.checkpoint_every",
     "student.keep_checkpoints", "student.max_failures",
@@ -148,7 +148,10 @@ ARTIFACTS: tuple[ArtifactKind, ...] = (
                           "teachers.early_stopping", "heads", "encoder", "sampling", "seed"),
                  inputs=("tokenized_task",),
                  plan=("teachers.size", "teachers.shape", "teachers.variation",
-                       "teachers.init_from_multitask", "tasks.teacher")),
+                       "teachers.init_from_multitask", "tasks.teacher",
+                       # how many members must finish: the stage re-runs (retrying
+                       # failed members) when it changes; finished members are reused
+                       "teachers.min_members")),
     ArtifactKind("predictions", "soft", content=("soft_targets.precision",),
                  inputs=("member",)),
     ArtifactKind("soft_targets", "soft",

@@ -108,28 +108,18 @@ def run_pipeline(
                   if s.enabled(config)]
     selected = {s.name for s in select_stages(all_stages, only, from_stage, to_stage)}
     store = experiment_store(config)
-    store.write_atomic(CONFIG_FILE, config_to_yaml(config).encode())
     log.info("experiment %s at %s", config.name, store.uri)
+    _check_selection(config, store, all_stages, selected)
+    store.write_atomic(CONFIG_FILE, config_to_yaml(config).encode())
 
     outcomes: list[StageOutcome] = []
     upstream: list[str] = []
-    for index, stage in enumerate(all_stages):
+    for stage in all_stages:
         lineage = stable_hash({"stage": stage.name, "config": stage.config_slice(config),
                                "upstream": upstream})
         previous = read_manifest(store, stage.name)
         current = previous is not None and _recorded_lineage(previous) == lineage
         if stage.name not in selected:
-            needed = any(s.name in selected for s in all_stages[index + 1:])
-            if needed and previous is None:
-                raise MtkdError(f"stage {stage.name!r} has not run yet, and later selected "
-                                "stages need its output (fix: run without --only/--from, "
-                                f"or with --from {stage.name})")
-            if needed and not current:
-                raise MtkdError(
-                    f"stage {stage.name!r} is stale: its output was built from other "
-                    "settings or data than the config gives now, and later selected stages "
-                    f"would read it (fix: run with --from {stage.name}, or without "
-                    "--only/--from; the run summary lists what is stale)")
             upstream.append(_output(previous, lineage))
             continue
         if not force and not stage.always_run and current:
@@ -156,6 +146,26 @@ def run_pipeline(
         log.info("[%s] finished in %.1f s", stage.name, seconds)
         outcomes.append(StageOutcome(stage.name, "ran", seconds, manifest))
     return outcomes
+
+
+def _check_selection(config: ExperimentConfig, store: Storage, stages: list[Stage],
+                     selected: set[str]) -> None:
+    """Before anything is written: every unselected stage that a selected later stage
+    reads has run, and is current (MtkdError naming it and the fix otherwise)."""
+    status = stale_stages(config, store, stages)
+    for index, stage in enumerate(stages):
+        needed = any(s.name in selected for s in stages[index + 1:])
+        if stage.name in selected or not needed or stage.name not in status:
+            continue
+        if status[stage.name] == "not run yet":
+            raise MtkdError(f"stage {stage.name!r} has not run yet, and later selected "
+                            "stages need its output (fix: run without --only/--from, "
+                            f"or with --from {stage.name})")
+        raise MtkdError(
+            f"stage {stage.name!r} is stale: its output was built from other settings or "
+            "data than the config gives now, and later selected stages would read it (fix: "
+            f"run with --from {stage.name}, or without --only/--from; the run summary "
+            "lists what is stale)")
 
 
 def stale_stages(config: ExperimentConfig, store: Storage,

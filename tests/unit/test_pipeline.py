@@ -164,10 +164,12 @@ def test_a_stale_earlier_stage_refuses_only_and_from(tmp_path: Path, recorder: R
     (there, a task's labels) must not reuse the old outputs."""
     run_pipeline(make_config(tmp_path), stages=stages(recorder))
     changed = make_config(tmp_path, teachers={"size": 4})  # b's slice
+    store = Storage.from_uri(str(tmp_path / "runs")).child("exp")
+    saved = store.read_text("config.yaml")
     with pytest.raises(MtkdError, match=r"stage 'b' is stale.*--from b"):
         run_pipeline(changed, stages=stages(recorder), **selection)
     assert recorder.calls == ["a", "b", "c"]
-    store = Storage.from_uri(str(tmp_path / "runs")).child("exp")
+    assert store.read_text("config.yaml") == saved  # refused before writing anything
     assert stale_stages(changed, store, stages(recorder)) == {"b": "stale", "c": "stale"}
     assert stale_stages(make_config(tmp_path), store, stages(recorder)) == {}
     outcomes = run_pipeline(changed, from_stage="b", stages=stages(recorder))
