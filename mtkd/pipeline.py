@@ -10,8 +10,10 @@ instead of redoing.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -45,16 +47,38 @@ class StageOutcome:
     manifest: dict[str, Any] = field(default_factory=dict)
 
 
-def registered_stages() -> list[Stage]:
-    """The pipeline's stages in order. Later stages are appended here as they land."""
-    # Imported late, so that `mtkd validate` stays fast.
-    from mtkd.report.stage import REPORT
-    from mtkd.soft.stage import SOFT
-    from mtkd.stages.prepare import PREPARE
-    from mtkd.student.stage import STUDENT
-    from mtkd.teachers.stage import TEACHERS
+def _lazy(target: str) -> Callable[[StageContext], dict[str, Any]]:
+    """A stage's run function, imported when the stage runs: a re-run that skips every
+    stage never imports torch, Ray or transformers for them."""
+    module, name = target.split(":")
 
-    return [PREPARE, TEACHERS, SOFT, STUDENT, REPORT]
+    def run(ctx: StageContext) -> dict[str, Any]:
+        return getattr(importlib.import_module(module), name)(ctx)
+
+    run.__qualname__ = target
+    return run
+
+
+def _distills(config: ExperimentConfig) -> bool:
+    """Teachers (and their soft targets) exist only to be distilled."""
+    return config.student.distill
+
+
+def registered_stages() -> list[Stage]:
+    """The pipeline's stages in order (their config slices: mtkd.experiment.ARTIFACTS)."""
+    return [
+        Stage.declared("prepare", _lazy("mtkd.stages.prepare:run_prepare"),
+                       "load, check and tokenize every task's splits", always_run=True),
+        Stage.declared("teachers", _lazy("mtkd.teachers.stage:run_teachers"),
+                       "train the teacher ensemble with Ray Tune", enabled=_distills),
+        Stage.declared("soft", _lazy("mtkd.soft.stage:run_soft"),
+                       "ensemble inference with Ray Data and soft-target averaging",
+                       enabled=_distills),
+        Stage.declared("student", _lazy("mtkd.student.stage:run_student"),
+                       "distill the multi-task student with Ray Train + DeepSpeed"),
+        Stage.declared("report", _lazy("mtkd.report.stage:run_report"),
+                       "metrics, speed and artifacts of members, ensemble and students"),
+    ]
 
 
 def select_stages(stages: list[Stage], only: str | None, from_stage: str | None,

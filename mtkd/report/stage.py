@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from mtkd.experiment import Stage, StageContext
+from mtkd.experiment import StageContext
 from mtkd.report.collect import collect
 from mtkd.report.render import render_markdown, render_plot
 from mtkd.storage import Storage
@@ -35,7 +35,3 @@ def run_report(ctx: StageContext) -> dict[str, Any]:
     return {"artifacts": ["report/report.json", "report/report.md", "report/scores.png"],
             "average": {k: (report[k] or {}).get("average")
                         for k in ("ensemble", "student", "baseline")}}
-
-
-REPORT = Stage.declared("report", run_report,
-                        "metrics, speed and artifacts of members, ensemble and students")

@@ -33,7 +33,6 @@ from mtkd.data.prepared import read_prepared, read_task_spec, task_lineages
 from mtkd.errors import MtkdError
 from mtkd.experiment import (
     ENSEMBLE_SUMMARY,
-    Stage,
     StageContext,
     lineage,
     member_dir,
@@ -322,13 +321,3 @@ def run_soft(ctx: StageContext) -> dict[str, Any]:
             "output_fingerprint": ensemble,
             "artifacts": [soft_targets_file(t, s) for t in sorted(tasks) for s in SPLITS]
             + [ENSEMBLE_SUMMARY]}
-
-
-def _needs_teachers(config: ExperimentConfig) -> bool:
-    """Teachers (and their soft targets) exist only to be distilled."""
-    return config.student.distill
-
-
-SOFT = Stage.declared("soft", run_soft,
-                      "ensemble inference with Ray Data and soft-target averaging",
-                      enabled=_needs_teachers)

@@ -31,7 +31,6 @@ from mtkd.data.sampler import MultiTaskBatchSampler, padding_fraction
 from mtkd.data.tokenize import load_tokenizer, tokenize_split
 from mtkd.experiment import (
     TASK_RECORD,
-    Stage,
     StageContext,
     lineage,
     outputs_fingerprint,
@@ -42,7 +41,7 @@ from mtkd.pretrained import resolve_encoder_dir, tokenizer_fingerprint
 from mtkd.storage import Storage
 from mtkd.tasks.resolve import LoadedTask, load_task
 
-__all__ = ["PREPARE", "read_prepared", "read_task_spec", "task_lineages", "tokenized_lineage"]
+__all__ = ["read_prepared", "read_task_spec", "task_lineages", "tokenized_lineage"]
 log = logging.getLogger("mtkd")
 PADDING_BATCH_SIZE = 32
 """Batch size at which the padding fraction is reported (the training default)."""
@@ -137,7 +136,3 @@ def run_prepare(ctx: StageContext) -> dict[str, Any]:
     return {"tasks": summary,
             "output_fingerprint": outputs_fingerprint({k: v["lineage"]
                                                        for k, v in summary.items()})}
-
-
-PREPARE = Stage.declared("prepare", run_prepare,
-                         "load, check and tokenize every task's splits", always_run=True)

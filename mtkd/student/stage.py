@@ -31,7 +31,6 @@ from mtkd.data.prepared import task_lineages
 from mtkd.errors import MtkdError
 from mtkd.experiment import (
     STUDENT_TRAIN_RUNS,
-    Stage,
     StageContext,
     lineage,
     outputs_fingerprint,
@@ -210,7 +209,3 @@ def run_student(ctx: StageContext) -> dict[str, Any]:
             "lineages": {name: s["lineage"] for name, s in summaries.items()},
             "output_fingerprint": outputs_fingerprint({name: s["lineage"]
                                                        for name, s in summaries.items()})}
-
-
-STUDENT = Stage.declared("student", run_student,
-                         "distill the multi-task student with Ray Train + DeepSpeed")

@@ -22,7 +22,6 @@ from mtkd.errors import MtkdError
 from mtkd.experiment import (
     TEACHER_TUNE_RUNS,
     TEACHERS_SUMMARY,
-    Stage,
     StageContext,
     member_record,
     outputs_fingerprint,
@@ -214,12 +213,3 @@ def short_tasks(min_members: int, tasks: list[str], summaries: list[dict[str, An
             if task in counts:
                 counts[task] += 1
     return {task: n for task, n in counts.items() if n < min_members}
-
-
-def _needs_teachers(config: ExperimentConfig) -> bool:
-    """Teachers (and their soft targets) exist only to be distilled."""
-    return config.student.distill
-
-
-TEACHERS = Stage.declared("teachers", run_teachers, "train the teacher ensemble with Ray Tune",
-                          enabled=_needs_teachers)
