@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mtkd.config import ExperimentConfig, stable_hash
+from mtkd.config import ExperimentConfig, TaskConfig, stable_hash
 from mtkd.storage import Storage
 
 # ---------------------------------------------------------------------------------------
@@ -165,7 +165,6 @@ ARTIFACTS: tuple[ArtifactKind, ...] = (
                  inputs=("member", "soft_targets", "student_run")),
 )
 KINDS = {kind.name: kind for kind in ARTIFACTS}
-STAGE_ORDER = ("prepare", "teachers", "soft", "student", "report")
 
 
 def _matches(key: str, prefixes: tuple[str, ...]) -> bool:
@@ -191,15 +190,9 @@ def config_leaves(config: ExperimentConfig, task_index: int | None = None
             yield from walk(f"{f.name}.", value)
             continue
         chosen = value if task_index is None else [value[task_index]]
-        for task_field in dataclasses.fields(type(chosen[0]) if chosen else _task_type()):
+        for task_field in dataclasses.fields(TaskConfig):
             values = [_plain(getattr(t, task_field.name)) for t in chosen]
             yield f"tasks.{task_field.name}", values[0] if task_index is not None else values
-
-
-def _task_type() -> type:
-    from mtkd.config import TaskConfig
-
-    return TaskConfig
 
 
 def _plain(value: Any) -> Any:
@@ -310,12 +303,6 @@ def read_manifest(store: Storage, stage: str) -> dict[str, Any] | None:
     """The stage's manifest, or None when the stage never finished."""
     path = manifest_path(stage)
     return store.read_json(path) if store.exists(path) else None
-
-
-def stage_output(store: Storage, stage: str) -> str | None:
-    """What a finished stage produced, as one fingerprint (None if it never finished)."""
-    manifest = read_manifest(store, stage)
-    return None if manifest is None else manifest.get("output_fingerprint")
 
 
 def outputs_fingerprint(lineages: Mapping[str, str]) -> str:

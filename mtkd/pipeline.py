@@ -139,8 +139,7 @@ def run_pipeline(
     outcomes: list[StageOutcome] = []
     upstream: list[str] = []
     for stage in all_stages:
-        lineage = stable_hash({"stage": stage.name, "config": stage.config_slice(config),
-                               "upstream": upstream})
+        lineage = _stage_lineage(stage, config, upstream)
         previous = read_manifest(store, stage.name)
         current = previous is not None and _recorded_lineage(previous) == lineage
         if stage.name not in selected:
@@ -201,8 +200,7 @@ def stale_stages(config: ExperimentConfig, store: Storage,
     upstream: list[str] = []
     for stage in [s for s in (registered_stages() if stages is None else stages)
                   if s.enabled(config)]:
-        lineage = stable_hash({"stage": stage.name, "config": stage.config_slice(config),
-                               "upstream": upstream})
+        lineage = _stage_lineage(stage, config, upstream)
         previous = read_manifest(store, stage.name)
         if previous is None:
             status[stage.name] = "not run yet"
@@ -230,6 +228,12 @@ def run_summary(config: ExperimentConfig, outcomes: list[StageOutcome], title: s
         if names:
             lines.append(f"  {why}: {', '.join(names)}")
     return "\n".join(lines)
+
+
+def _stage_lineage(stage: Stage, config: ExperimentConfig, upstream: list[str]) -> str:
+    """A stage's manifest lineage: its config slice and the outputs of earlier stages."""
+    return stable_hash({"stage": stage.name, "config": stage.config_slice(config),
+                        "upstream": upstream})
 
 
 def _recorded_lineage(manifest: dict[str, Any]) -> str | None:

@@ -120,8 +120,8 @@ def _lineage(manifests: dict[str, Any], runs: dict[str, Any]) -> dict[str, Any]:
                             f"experiment's soft targets are now from {now}; a report would "
                             "set them side by side (fix: `mtkd run CONFIG --from student` "
                             "distils the student again from the current ensemble)")
-    return {"data": (manifests.get("prepare") or {}).get("tasks") and {
-                t: v.get("lineage") for t, v in manifests["prepare"]["tasks"].items()},
+    prepared = (manifests.get("prepare") or {}).get("tasks") or {}
+    return {"data": {task: info.get("lineage") for task, info in prepared.items()},
             "members": (manifests.get("teachers") or {}).get("lineages", {}),
             "ensemble": {"lineage": ensemble, "members": members} if ensemble else None,
             "student_runs": {name: {"lineage": run.get("lineage"),

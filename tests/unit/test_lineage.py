@@ -19,12 +19,12 @@ from mtkd.experiment import (
     ARTIFACTS,
     KINDS,
     OPERATIONAL,
-    STAGE_ORDER,
     config_leaves,
     lineage,
     role_of,
     stage_values,
 )
+from mtkd.pipeline import registered_stages
 from mtkd.precision import DeviceInfo, resolve_precision
 from mtkd.soft.stage import predictions_lineage, targets_lineage
 from mtkd.stages.prepare import tokenized_lineage
@@ -214,7 +214,7 @@ def test_perturbing_a_key_rebuilds_exactly_what_its_declarations_say(key: str) -
     changed = {a for a in base if base[a] != after[a]}
     assert changed == expected_changes(key, base)
     # Stage level: a stage's manifest lineage moves iff the key is content of its kinds.
-    for stage in STAGE_ORDER:
+    for stage in [s.name for s in registered_stages()]:
         moved = stage_values(stage, config) != stage_values(stage, changed_config)
         assert moved == any(k.stage == stage and k.covers(key) for k in ARTIFACTS), stage
 
