@@ -90,12 +90,13 @@ from mtkd.pipeline import experiment_store, run_pipeline
 from mtkd.precision import autocast
 from mtkd.pretrained import resolve_encoder_dir
 from mtkd.raycluster import ensure_ray
+from mtkd.records import MemberRecord
 from mtkd.storage import Storage
 from mtkd.training.evaluate import model_inputs
 
 ENCODER = "bundled:all-MiniLM-L6-v2"
 MAX_LENGTHS = {"rotten_tomatoes": 128, "boolq": 256}
-MEMBER = {"name": "m000", "tasks": list(MAX_LENGTHS), "lineage": "bench"}
+MEMBER = MemberRecord(lineage="bench", content=None, name="m000", tasks=list(MAX_LENGTHS))
 Key = tuple[str, str]
 """(task, uid)"""
 
@@ -166,8 +167,8 @@ def load_setup(args: argparse.Namespace, root: Path) -> Setup:
         warnings.simplefilter("ignore")
         fresh = build_mtdnn(encoder_dir, specs, seed=0)
     tokenizer = load_tokenizer(encoder_dir)
-    save_model_to(store, f"teachers/{MEMBER['name']}/model", fresh, tokenizer)
-    model, tokenizer = load_model_from(store, f"teachers/{MEMBER['name']}/model",
+    save_model_to(store, f"teachers/{MEMBER.name}/model", fresh, tokenizer)
+    model, tokenizer = load_model_from(store, f"teachers/{MEMBER.name}/model",
                                        root / "local-model")
     model.eval()
     data = {}
@@ -335,7 +336,7 @@ def replica(setup: Setup, *, blocks: int | None = None, batch_size: int | None =
             predictor, batch_size=size, batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=actors),
             fn_constructor_kwargs={"storage": setup.store.uri,
-                                   "model_rel": f"teachers/{MEMBER['name']}/model",
+                                   "model_rel": f"teachers/{MEMBER.name}/model",
                                    "precision": soft.precision,
                                    "threads": max(1, round(per.cpu)), "use_gpu": False},
             num_cpus=per.cpu)
@@ -361,7 +362,7 @@ def import_seconds(concurrent: int) -> list[float]:
 def actor_load_seconds(setup: Setup) -> float:
     """One MemberPredictor constructed in this process: model download from storage + load."""
     _, timing = timed(lambda: soft_stage.MemberPredictor(
-        setup.store.uri, f"teachers/{MEMBER['name']}/model", setup.args.precision, 1, False))
+        setup.store.uri, f"teachers/{MEMBER.name}/model", setup.args.precision, 1, False))
     set_threads(setup.args.threads)
     return timing.wall
 

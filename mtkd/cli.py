@@ -117,6 +117,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from mtkd.config import ReportConfig
     from mtkd.report.stage import write_report
     from mtkd.storage import Storage
 
@@ -124,8 +125,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if not store.exists("manifests/prepare.json"):
         raise MtkdError(f"{store.uri} is not an mtkd experiment (no manifests/prepare.json; "
                         "fix: give <storage_path>/<name> of a run)")
-    write_report(store, args.speed_examples, measure=not args.no_speed,
-                 precision=args.precision)
+    write_report(store, ReportConfig(speed_examples=args.speed_examples,
+                                     precision=args.precision), measure=not args.no_speed)
     print(f"report: {store.uri_of('report/report.md')}")
     return 0
 

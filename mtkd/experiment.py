@@ -25,12 +25,18 @@ Stages see the experiment through :class:`StageContext`; the pipeline
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from mtkd.config import ExperimentConfig, TaskConfig, stable_hash
+from mtkd.errors import StorageError
+from mtkd.records import Record
 from mtkd.storage import Storage
+
+R = TypeVar("R", bound=Record)
+log = logging.getLogger("mtkd")
 
 # ---------------------------------------------------------------------------------------
 # Where every artifact lives, relative to the experiment's root.
@@ -99,6 +105,8 @@ def student_record(run: str) -> str:
 STUDENT_TRAIN_RUNS = "student/_train"
 """Ray Train runs of the student, named ``<run>-<lineage>``."""
 REPORT_DIR = "report"
+REPORT_RECORD = "report/record.json"
+"""The report's record, written after report.json, report.md and scores.png."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -228,8 +236,15 @@ def lineage(kind: str, config: ExperimentConfig, inputs: Mapping[str, Any] | Non
     """The lineage of one ``kind`` artifact: its declared config values, the lineages (or
     content fingerprints) of what it reads, and the parameters of this instance (a
     member's variant, a student run's seed)."""
-    return stable_hash({"kind": kind, "config": content_values(kind, config, task_index),
-                        "inputs": dict(inputs or {}), "instance": dict(instance or {})})
+    return lineage_of(kind, content_values(kind, config, task_index), inputs, instance)
+
+
+def lineage_of(kind: str, values: Mapping[str, Any], inputs: Mapping[str, Any] | None = None,
+               instance: Mapping[str, Any] | None = None) -> str:
+    """:func:`lineage` from the declared values themselves ({dotted key: value}), for a
+    builder that holds only its own part of the config (``mtkd report``)."""
+    return stable_hash({"kind": kind, "config": dict(values), "inputs": dict(inputs or {}),
+                        "instance": dict(instance or {})})
 
 
 def stage_values(stage: str, config: ExperimentConfig) -> dict[str, Any]:
@@ -244,15 +259,21 @@ def stage_values(stage: str, config: ExperimentConfig) -> dict[str, Any]:
 # The one reuse rule.
 # ---------------------------------------------------------------------------------------
 
-def reusable(store: Storage, record: str, expected: str) -> dict[str, Any] | None:
-    """The artifact's record if it was built with lineage ``expected``, else None.
+def reusable(store: Storage, record: str, expected: str, kind: type[R]) -> R | None:
+    """The artifact's record (as a ``kind`` record) if it was built with lineage
+    ``expected``, else None.
 
     ``record`` is written last, atomically, when the artifact is complete, so a record
-    that exists describes a whole artifact."""
+    that exists describes a whole artifact. A record that does not parse (an older mtkd's,
+    a damaged file) counts as absent: the artifact is rebuilt."""
     if not store.exists(record):
         return None
-    found = store.read_json(record)
-    return found if found.get("lineage") == expected else None
+    try:
+        found = kind.from_json(store.read_json(record))
+    except (StorageError, TypeError, KeyError, ValueError, AttributeError) as exc:
+        log.warning("%s is unreadable (%s); rebuilding it", store.uri_of(record), exc)
+        return None
+    return found if found.lineage == expected else None
 
 
 # ---------------------------------------------------------------------------------------

@@ -145,18 +145,25 @@ def run_pipeline(
         if stage.name not in selected:
             upstream.append(_output(previous, lineage))
             continue
-        if not force and not stage.always_run and current:
+        partial = current and previous.get("status") == "partial"
+        if not force and not stage.always_run and current and not partial:
             upstream.append(_output(previous, lineage))
             log.info("[%s] done before (%s), skipping", stage.name, previous.get("finished_at"))
             outcomes.append(StageOutcome(stage.name, "skipped", 0.0, previous))
             continue
+        if partial and not force:
+            log.info("[%s] finished before with failures (%s); running it again to retry "
+                     "them, reusing what finished", stage.name,
+                     ", ".join(previous.get("failed") or []) or "see its manifest")
         log.info("[%s] starting: %s", stage.name, stage.description)
         started = time.time()
         result = stage.run(StageContext(config=config, store=store))
         seconds = time.time() - started
         manifest = {
             "stage": stage.name,
-            "status": "complete",
+            # a stage that finished usably but with failures (teacher members) says so:
+            # the next run retries it instead of skipping it
+            "status": "partial" if result.get("failed") else "complete",
             "lineage": lineage,
             "mtkd_version": __version__,
             "started_at": _iso(started),

@@ -12,6 +12,7 @@ import datasets
 import pyarrow.parquet as pq
 
 from mtkd.experiment import TASK_RECORD, read_manifest, task_data_dir
+from mtkd.records import TaskRecord
 from mtkd.storage import Storage
 from mtkd.tasks.spec import TaskSpec
 
@@ -25,7 +26,8 @@ def read_prepared(store: Storage, task: str, split: str) -> datasets.Dataset:
 
 def read_task_spec(store: Storage, task: str) -> TaskSpec:
     """The TaskSpec the prepare stage recorded for ``task``."""
-    return TaskSpec.from_json(store.child(task_data_dir(task)).read_json(TASK_RECORD)["spec"])
+    record = TaskRecord.from_json(store.child(task_data_dir(task)).read_json(TASK_RECORD))
+    return TaskSpec.from_json(record.spec)
 
 
 def task_lineages(store: Storage) -> dict[str, str]:

@@ -8,6 +8,7 @@ dev examples.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 import time
@@ -30,6 +31,7 @@ from mtkd.metrics import average_score
 from mtkd.model.mtdnn import num_parameters
 from mtkd.model.remote import load_model_from
 from mtkd.precision import Resolved, probe_device, stage_precision
+from mtkd.records import StudentRecord
 from mtkd.storage import Storage
 from mtkd.training.evaluate import predict_outputs
 
@@ -37,16 +39,16 @@ log = logging.getLogger("mtkd")
 STAGES = ("prepare", "teachers", "soft", "student", "report")
 
 
-def _mean_run(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+def _mean_run(runs: list[StudentRecord]) -> dict[str, Any] | None:
     """A model row for several seeds: per-metric means, plus each seed's average."""
     if not runs:
         return None
-    tasks = runs[0]["metrics"]
-    metrics = {t: {m: float(np.mean([r["metrics"][t][m] for r in runs])) for m in tasks[t]}
+    tasks = runs[0].metrics
+    metrics = {t: {m: float(np.mean([r.metrics[t][m] for r in runs])) for m in tasks[t]}
                for t in tasks}
     return {"metrics": metrics, "average": average_score(metrics),
-            "seeds": [r["seed"] for r in runs], "seed_averages": [r["average"] for r in runs],
-            "params": runs[0]["params"], "models": [r["model"] for r in runs]}
+            "seeds": [r.seed for r in runs], "seed_averages": [r.average for r in runs],
+            "params": runs[0].params, "models": [r.model for r in runs]}
 
 
 def measure_speed(store: Storage, model_rels: list[str], examples: int,
@@ -79,7 +81,7 @@ def measure_speed(store: Storage, model_rels: list[str], examples: int,
     return {"per_model": rates, "together": together, "params": params}
 
 
-def _hardware(store: Storage, manifests: dict[str, Any], runs: dict[str, Any],
+def _hardware(store: Storage, manifests: dict[str, Any], runs: dict[str, StudentRecord],
               report_precision: Resolved) -> list[dict[str, Any]]:
     """One row per piece of work: stage, what, requested -> resolved precision, device."""
     rows: list[dict[str, Any]] = []
@@ -94,13 +96,13 @@ def _hardware(store: Storage, manifests: dict[str, Any], runs: dict[str, Any],
     if manifests.get("soft"):
         add("soft", "soft-target inference", manifests["soft"].get("precision"))
     for name, run in runs.items():
-        add("student", f"{name} training", run.get("precision"))
-        add("student", f"{name} dev scores", run.get("scored_in"))
+        add("student", f"{name} training", run.precision)
+        add("student", f"{name} dev scores", run.scored_in)
     add("report", "inference speed", report_precision.to_json())
     return rows
 
 
-def _lineage(manifests: dict[str, Any], runs: dict[str, Any]) -> dict[str, Any]:
+def _lineage(manifests: dict[str, Any], runs: dict[str, StudentRecord]) -> dict[str, Any]:
     """The lineage of every model the report shows, and which ensemble each distilled
     student learnt from. Raises MtkdError (exit 2) when a distilled student was not
     distilled from the ensemble shown beside it."""
@@ -108,12 +110,12 @@ def _lineage(manifests: dict[str, Any], runs: dict[str, Any]) -> dict[str, Any]:
     ensemble = soft.get("output_fingerprint")
     members = list(soft.get("members", []))
     for name, run in runs.items():
-        if not run["distill"]:
+        if not run.distill:
             continue
-        source = run.get("distilled_from") or {}
-        if ensemble is None or source.get("ensemble") != ensemble:
-            was = (f"ensemble {source['ensemble'][:8]} ({len(source.get('members', []))} "
-                   "members)" if source.get("ensemble") else "an unrecorded ensemble")
+        source = run.distilled_from
+        if ensemble is None or source is None or source.ensemble != ensemble:
+            was = (f"ensemble {source.ensemble[:8]} ({len(source.members)} members)"
+                   if source else "an unrecorded ensemble")
             now = (f"ensemble {ensemble[:8]} ({len(members)} members)" if ensemble
                    else "no ensemble (the soft stage has not finished)")
             raise MtkdError(f"student run {name} was distilled from {was}, but this "
@@ -121,11 +123,16 @@ def _lineage(manifests: dict[str, Any], runs: dict[str, Any]) -> dict[str, Any]:
                             "set them side by side (fix: `mtkd run CONFIG --from student` "
                             "distils the student again from the current ensemble)")
     prepared = (manifests.get("prepare") or {}).get("tasks") or {}
-    return {"data": {task: info.get("lineage") for task, info in prepared.items()},
-            "members": (manifests.get("teachers") or {}).get("lineages", {}),
-            "ensemble": {"lineage": ensemble, "members": members} if ensemble else None,
-            "student_runs": {name: {"lineage": run.get("lineage"),
-                                    "distilled_from": run.get("distilled_from")}
+    teachers = manifests.get("teachers") or {}
+    return {"data": {task: {"lineage": info.get("lineage"), "content": info.get("content")}
+                     for task, info in prepared.items()},
+            "members": {name: {"lineage": lin, "content": teachers.get("contents", {}).get(name)}
+                        for name, lin in teachers.get("lineages", {}).items()},
+            "ensemble": {"lineage": ensemble, "members": members,
+                         "contents": soft.get("contents", {})} if ensemble else None,
+            "student_runs": {name: {"lineage": run.lineage, "content": run.content,
+                                    "distilled_from": (dataclasses.asdict(run.distilled_from)
+                                                       if run.distilled_from else None)}
                              for name, run in runs.items()}}
 
 
@@ -156,19 +163,20 @@ def collect(store: Storage, speed_examples: int = 256, measure: bool = True,
         report["ensemble"] = {"metrics": metrics, "average": average_score(metrics),
                               "size": len(names)}
         report["artifacts"]["ensemble"] = store.uri_of(ENSEMBLE_SUMMARY)
-    runs = (manifests["student"] or {}).get("runs", {})
+    runs = {name: StudentRecord.from_json(run)
+            for name, run in (manifests["student"] or {}).get("runs", {}).items()}
     report["lineage"] = _lineage(manifests, runs)
-    report["student"] = _mean_run([r for r in runs.values() if r["distill"]])
-    report["baseline"] = _mean_run([r for r in runs.values() if not r["distill"]])
-    report["student_runs"] = {n: {"average": r["average"], "seed": r["seed"],
-                                  "distill": r["distill"]} for n, r in runs.items()}
+    report["student"] = _mean_run([r for r in runs.values() if r.distill])
+    report["baseline"] = _mean_run([r for r in runs.values() if not r.distill])
+    report["student_runs"] = {n: {"average": r.average, "seed": r.seed,
+                                  "distill": r.distill} for n, r in runs.items()}
     report["hardware"] = _hardware(store, manifests, runs, resolved)
     for name, run in runs.items():
-        report["artifacts"][f"model:{name}"] = run["model"]
+        report["artifacts"][f"model:{name}"] = run.model
     for name in (m["name"] for m in report["members"]):
         report["artifacts"][f"model:{name}"] = store.uri_of(f"{member_dir(name)}/model")
     if measure and (report["student"] or report["baseline"]):
-        student_run = next(n for n, r in runs.items() if r["distill"] == bool(report["student"]))
+        student_run = next(n for n, r in runs.items() if r.distill == bool(report["student"]))
         student_rel = f"{student_dir(student_run)}/final"
         member_rels = [f"{member_dir(m['name'])}/model" for m in report["members"]]
         log.info("[report] timing inference: the student and %d member(s) on up to %d dev "

@@ -83,19 +83,27 @@ def _lineage_lines(lineage: dict[str, Any] | None) -> list[str]:
         return []
     lines = ["", "## Lineage", "",
              "Each artifact's lineage hashes the settings that shape it and the lineages of "
-             "what it was built from; equal lineages mean the same inputs.", "",
-             "| model | lineage | built from |", "|---|---|---|"]
+             "what it was built from; equal lineages mean the same inputs. Its content "
+             "fingerprint hashes the files it consists of.", "",
+             "| model | lineage | content | built from |", "|---|---|---|---|"]
+
+    def short(value: str | None) -> str:
+        return value[:8] if value else "?"
+
     for name, value in sorted((lineage.get("members") or {}).items()):
-        lines.append(f"| member {name} | {value[:8]} | tokenized tasks |")
+        lines.append(f"| member {name} | {short(value.get('lineage'))} | "
+                     f"{short(value.get('content'))} | tokenized tasks |")
     ensemble = lineage.get("ensemble")
     if ensemble:
-        lines.append(f"| ensemble | {ensemble['lineage'][:8]} | "
+        lines.append(f"| ensemble | {short(ensemble['lineage'])} | soft targets of "
+                     f"{len(ensemble.get('contents') or {})} task(s) | "
                      f"{len(ensemble['members'])} members: {', '.join(ensemble['members'])} |")
     for name, run in sorted((lineage.get("student_runs") or {}).items()):
         source = run.get("distilled_from")
         built = (f"distilled from ensemble {source['ensemble'][:8]}, "
                  f"{len(source['members'])} members" if source else "hard labels only")
-        lines.append(f"| {name} | {(run.get('lineage') or '?')[:8]} | {built} |")
+        lines.append(f"| {name} | {short(run.get('lineage'))} | {short(run.get('content'))} "
+                     f"| {built} |")
     return lines
 
 

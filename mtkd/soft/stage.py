@@ -49,6 +49,13 @@ from mtkd.metrics import average_score, compute_task_metrics, task_score
 from mtkd.precision import Resolved, stage_precision
 from mtkd.progress import Progress
 from mtkd.raycluster import ensure_ray, probe_work_device
+from mtkd.records import (
+    MemberRecord,
+    PredictionsRecord,
+    SoftTargetsRecord,
+    digest,
+    files_fingerprint,
+)
 from mtkd.soft.aggregate import aggregate, check_targets, stack_members
 from mtkd.soft.predictor import OUTPUT_SCHEMA, MemberPredictor
 from mtkd.storage import Storage
@@ -112,7 +119,7 @@ def _member_rows(store: Storage, tasks: list[str]) -> pa.Table:
     return pa.concat_tables([table for _, tables in per_task for table in tables])
 
 
-def _infer_member(config: ExperimentConfig, store: Storage, member: dict[str, Any],
+def _infer_member(config: ExperimentConfig, store: Storage, member: MemberRecord,
                   tasks: list[str], label: str = "") -> pa.Table:
     """Run the member over its tasks' rows with a Ray Data actor pool; a progress line
     (``label``: which member of how many) at least every 30 s."""
@@ -134,12 +141,12 @@ def _infer_member(config: ExperimentConfig, store: Storage, member: dict[str, An
         MemberPredictor, batch_size=soft.batch_size, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=actors),
         fn_constructor_kwargs={"storage": store.uri,
-                               "model_rel": f"{member_dir(member['name'])}/model",
+                               "model_rel": f"{member_dir(member.name)}/model",
                                "precision": soft.precision,
                                "precision_key": "soft_targets.precision",
                                "threads": max(1, round(per.cpu)), "use_gpu": per.gpu > 0},
         num_cpus=per.cpu, num_gpus=per.gpu or None)
-    what = " ".join(x for x in ("soft", label, member["name"]) if x)
+    what = " ".join(x for x in ("soft", label, member.name) if x)
     tables, done, progress = [], 0, None
     for block in outputs.iter_batches(batch_size=None, batch_format="pyarrow"):
         tables.append(block)
@@ -148,6 +155,13 @@ def _infer_member(config: ExperimentConfig, store: Storage, member: dict[str, An
             progress = Progress(what, len(rows), "ex", start_done=done)
         progress.update(done)
     return pa.concat_tables(tables) if tables else OUTPUT_SCHEMA.empty_table()
+
+
+def _write_parquet(store: Storage, rel: str, table: pa.Table) -> str:
+    """Write ``table`` at ``rel``; returns the sha256 of the bytes written."""
+    data = _parquet(table)
+    store.write_atomic(rel, data)
+    return digest(data)
 
 
 def _parquet(table: pa.Table) -> bytes:
@@ -185,46 +199,50 @@ def _preflight(config: ExperimentConfig) -> Resolved | None:
 
 
 def _predict_members(config: ExperimentConfig, store: Storage,
-                     members: list[dict[str, Any]], tasks: set[str],
+                     members: list[MemberRecord], tasks: set[str],
                      resolved: Resolved | None) -> dict[str, str]:
     """Predictions of every member not yet done; returns {member: predictions lineage}."""
     precision = resolved.precision if resolved else config.soft_targets.precision
     lineages: dict[str, str] = {}
     for i, member in enumerate(members, 1):
-        name = member["name"]
-        expected = predictions_lineage(config, member["lineage"], precision)
+        name = member.name
+        expected = predictions_lineage(config, member.lineage, precision)
         lineages[name] = expected
-        if reusable(store, predictions_record(name), expected) is not None:
+        if reusable(store, predictions_record(name), expected, PredictionsRecord) is not None:
             log.info("[soft] %d/%d %s: predictions reused", i, len(members), name)
             continue
         ensure_ray(config.ray)
         started = time.time()
-        own = [t for t in member["tasks"] if t in tasks]
+        own = [t for t in member.tasks if t in tasks]
         store.delete(predictions_record(name))  # an old record never describes new files
         result = _infer_member(config, store, member, own, f"{i}/{len(members)}")
         seconds = time.time() - started
+        files = {}
         for task in own:
             mask = np.asarray(result["task"].to_pylist()) == task
-            store.write_atomic(f"{predictions_dir(name)}/{task}.parquet",
-                               _parquet(result.filter(pa.array(mask)).drop(["task"])))
-        store.write_json_atomic(predictions_record(name),
-                                {"lineage": expected, "member": member["lineage"],
-                                 "tasks": own, "rows": len(result),
-                                 "seconds": round(seconds, 2),
-                                 "precision": resolved.to_json() if resolved else None})
+            files[f"{task}.parquet"] = _write_parquet(
+                store, f"{predictions_dir(name)}/{task}.parquet",
+                result.filter(pa.array(mask)).drop(["task"]))
+        record = PredictionsRecord(lineage=expected, content=files_fingerprint(files),
+                                   member=member.lineage, tasks=own, rows=len(result),
+                                   seconds=round(seconds, 2),
+                                   precision=resolved.to_json() if resolved else None)
+        store.write_json_atomic(predictions_record(name), record.to_json())
         log.info("[soft] %d/%d %s: %d examples in %.1f s (%.0f ex/s)", i, len(members), name,
                  len(result), seconds, len(result) / max(seconds, 1e-9))
     return lineages
 
 
 def _task_targets(config: ExperimentConfig, store: Storage, task: str,
-                  members: list[dict[str, Any]]) -> dict[str, Any]:
-    """Aggregate, check and write one task's soft targets; returns its dev metrics."""
+                  members: list[MemberRecord]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Aggregate, check and write one task's soft targets; returns its dev metrics and
+    the files written ({file: sha256})."""
     spec = read_task_spec(store, task)
     soft = config.soft_targets
-    outputs = {m["name"]: _read_parquet(store, f"{predictions_dir(m['name'])}/{task}.parquet")
+    outputs = {m.name: _read_parquet(store, f"{predictions_dir(m.name)}/{task}.parquet")
                for m in members}
     metrics: dict[str, Any] = {"members": {}}
+    files: dict[str, str] = {}
     for split in SPLITS:
         prepared = read_prepared(store, task, split)
         uids, labels = prepared["uid"], np.asarray(prepared["label"])
@@ -238,7 +256,7 @@ def _task_targets(config: ExperimentConfig, store: Storage, task: str,
         targets = aggregate(stacked, list(uids), regression=spec.kind.is_regression,
                             method=soft.aggregation, temperature=soft.temperature)
         check_targets(targets, uids, task, split)
-        _write_targets(store, task, split, targets, labels)
+        files[f"{split}.parquet"] = _write_targets(store, task, split, targets, labels)
         if split == "dev":
             for name, member_out in zip(outputs, stacked, strict=True):
                 metrics["members"][name] = compute_task_metrics(spec, _outputs(member_out,
@@ -248,7 +266,7 @@ def _task_targets(config: ExperimentConfig, store: Storage, task: str,
     member_scores = [task_score(m) for m in metrics["members"].values()]
     metrics["member_mean"] = float(np.mean(member_scores))
     metrics["ensemble_score"] = task_score(metrics["ensemble"])
-    return metrics
+    return metrics, files
 
 
 def _outputs(member_out: np.ndarray, spec: Any) -> np.ndarray:
@@ -258,7 +276,7 @@ def _outputs(member_out: np.ndarray, spec: Any) -> np.ndarray:
 
 
 def _write_targets(store: Storage, task: str, split: str, targets: Any,
-                   labels: np.ndarray) -> None:
+                   labels: np.ndarray) -> str:
     if targets.probs is None:
         soft = [[float(s)] for s in targets.score]
         logits = soft
@@ -270,7 +288,7 @@ def _write_targets(store: Storage, task: str, split: str, targets: Any,
                       "soft_target": pa.array(soft, pa.list_(pa.float32())),
                       "teacher_logits": pa.array(logits, pa.list_(pa.float32())),
                       "num_members": pa.array([targets.num_members] * len(labels), pa.int32())})
-    store.write_atomic(soft_targets_file(task, split), _parquet(table))
+    return _write_parquet(store, soft_targets_file(task, split), table)
 
 
 def run_soft(ctx: StageContext) -> dict[str, Any]:
@@ -281,7 +299,8 @@ def run_soft(ctx: StageContext) -> dict[str, Any]:
     if not teachers:
         raise MtkdError("the soft stage needs the teachers stage first (fix: run `mtkd run` "
                         "without --only)")
-    members = [store.read_json(member_record(name)) for name in teachers["members"]]
+    members = [MemberRecord.from_json(store.read_json(member_record(name)))
+               for name in teachers["members"]]
     tasks = {t.name for t in config.tasks if t.teacher}
     resolved = _preflight(config)
     predictions = _predict_members(config, store, members, tasks, resolved)
@@ -289,18 +308,21 @@ def run_soft(ctx: StageContext) -> dict[str, Any]:
     report: dict[str, Any] = {"tasks": {}, "aggregation": config.soft_targets.aggregation,
                               "precision": resolved.to_json() if resolved else None}
     lineages: dict[str, str] = {}
+    contents: dict[str, str | None] = {}
     for task in sorted(tasks):
-        covering = [m for m in members if task in m["tasks"]]
-        expected = targets_lineage(config, task, {m["name"]: predictions[m["name"]]
+        covering = [m for m in members if task in m.tasks]
+        expected = targets_lineage(config, task, {m.name: predictions[m.name]
                                                   for m in covering}, data.get(task))
         lineages[task] = expected
         # Aggregating is cheap and re-checks every member's predictions (a uid missing,
         # a non-finite output), so a running soft stage always does it.
         store.delete(soft_targets_record(task))
-        record = {"lineage": expected, "members": [m["name"] for m in covering],
-                  "metrics": _task_targets(config, store, task, covering)}
-        store.write_json_atomic(soft_targets_record(task), record)
-        report["tasks"][task] = info = record["metrics"]
+        metrics, files = _task_targets(config, store, task, covering)
+        record = SoftTargetsRecord(lineage=expected, content=files_fingerprint(files),
+                                   members=[m.name for m in covering], metrics=metrics)
+        store.write_json_atomic(soft_targets_record(task), record.to_json())
+        contents[task] = record.content
+        report["tasks"][task] = info = metrics
         log.info("[soft] %-16s %d member(s): ensemble %.2f vs mean member %.2f", task,
                  len(covering), info["ensemble_score"], info["member_mean"])
     report["ensemble_average"] = average_score(
@@ -309,7 +331,7 @@ def run_soft(ctx: StageContext) -> dict[str, Any]:
                                                    for v in report["tasks"].values()]))
     ensemble = outputs_fingerprint(lineages)
     report["lineage"] = ensemble
-    report["members"] = [m["name"] for m in members]
+    report["members"] = [m.name for m in members]
     store.write_json_atomic(ENSEMBLE_SUMMARY, report)
     log.info("[soft] ensemble %s (%d members): average %.2f vs mean member %.2f; %s",
              ensemble[:8], len(members), report["ensemble_average"],
@@ -317,7 +339,7 @@ def run_soft(ctx: StageContext) -> dict[str, Any]:
     return {"ensemble_average": report["ensemble_average"],
             "precision": report["precision"],
             "member_mean_average": report["member_mean_average"],
-            "members": report["members"], "lineages": lineages,
+            "members": report["members"], "lineages": lineages, "contents": contents,
             "output_fingerprint": ensemble,
             "artifacts": [soft_targets_file(t, s) for t in sorted(tasks) for s in SPLITS]
             + [ENSEMBLE_SUMMARY]}

@@ -4,7 +4,8 @@ Writes per task, under ``data/<task>/``:
 
 * ``<split>.parquet``: tokenized rows (uid, label, input_ids, token_type_ids, length);
 * ``meta.json`` (written last, atomically): the TaskSpec, split sizes, token counts,
-  padding fractions, what loading dropped, and the data fingerprint.
+  padding fractions, what loading dropped, its lineage and its content fingerprint
+  (:class:`mtkd.records.TaskRecord`).
 
 The stage runs on every ``mtkd run`` (its inputs can be user files that change outside
 the config), but a task whose lineage (its declared config values, the raw content and
@@ -38,6 +39,7 @@ from mtkd.experiment import (
     task_data_dir,
 )
 from mtkd.pretrained import resolve_encoder_dir, tokenizer_fingerprint
+from mtkd.records import TaskRecord, digest, files_fingerprint
 from mtkd.storage import Storage
 from mtkd.tasks.resolve import LoadedTask, load_task
 
@@ -47,7 +49,7 @@ PADDING_BATCH_SIZE = 32
 """Batch size at which the padding fraction is reported (the training default)."""
 
 
-def content_fingerprint(split: datasets.Dataset) -> str:
+def rows_fingerprint(split: datasets.Dataset) -> str:
     """Hash of a split's rows (all columns), independent of how the table is chunked."""
     digest = hashlib.sha256()
     for batch in split.iter(batch_size=2048):
@@ -66,23 +68,26 @@ def _padding_report(lengths: list[int], seed: int) -> dict[str, float]:
     return report
 
 
-def _write_parquet(store: Storage, rel: str, split: datasets.Dataset) -> None:
+def _write_parquet(store: Storage, rel: str, split: datasets.Dataset) -> str:
+    """Write ``split`` at ``rel``; returns the sha256 of the bytes written."""
     table: pa.Table = split.data.table if hasattr(split.data, "table") else split.data
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression="zstd")
     store.write_atomic(rel, buffer.getvalue())
+    return digest(buffer.getvalue())
 
 
 def _prepare_task(loaded: LoadedTask, tokenizer: Any, store: Storage, task_lineage: str,
-                  seed: int) -> dict[str, Any]:
-    """Tokenize and write one task; returns its meta.json content (its record)."""
+                  seed: int) -> TaskRecord:
+    """Tokenize and write one task; returns its record (meta.json)."""
     spec = loaded.spec
     store.delete(TASK_RECORD)  # the old meta must never describe the new files
     splits: dict[str, Any] = {}
+    files: dict[str, str] = {}
     for name, split in loaded.splits.items():
         started = time.time()
         tokenized = tokenize_split(split, spec, tokenizer)
-        _write_parquet(store, f"{name}.parquet", tokenized)
+        files[f"{name}.parquet"] = _write_parquet(store, f"{name}.parquet", tokenized)
         lengths = tokenized["length"]
         seconds = max(time.time() - started, 1e-6)
         splits[name] = {"rows": len(tokenized), "tokens": int(sum(lengths)),
@@ -92,9 +97,10 @@ def _prepare_task(loaded: LoadedTask, tokenizer: Any, store: Storage, task_linea
                  len(tokenized), splits[name]["tokens"], len(tokenized) / seconds)
         if name == "train":
             splits[name].update(_padding_report(lengths, seed))
-    meta = {"spec": spec.to_json(), "lineage": task_lineage, "splits": splits,
-            "dropped": loaded.dropped, "notes": loaded.notes}
-    store.write_json_atomic(TASK_RECORD, meta)
+    meta = TaskRecord(lineage=task_lineage, content=files_fingerprint(files),
+                      spec=spec.to_json(), splits=splits, dropped=loaded.dropped,
+                      notes=loaded.notes)
+    store.write_json_atomic(TASK_RECORD, meta.to_json())
     return meta
 
 
@@ -117,21 +123,21 @@ def run_prepare(ctx: StageContext) -> dict[str, Any]:
         task_store = ctx.store.child(task_data_dir(task_config.name))
         loaded = load_task(task_config, index)
         task_lineage = tokenized_lineage(config, index, tok_fp, {
-            n: content_fingerprint(s) for n, s in sorted(loaded.splits.items())})
-        old = reusable(task_store, TASK_RECORD, task_lineage)
+            n: rows_fingerprint(s) for n, s in sorted(loaded.splits.items())})
+        old = reusable(task_store, TASK_RECORD, task_lineage, TaskRecord)
         if old is not None:
             log.info("[prepare] %-16s unchanged, reusing %s", task_config.name, task_store.uri)
             meta = old
         else:
             meta = _prepare_task(loaded, tokenizer, task_store, task_lineage, config.seed)
-        for note in meta["notes"]:
+        for note in meta.notes:
             log.info("[prepare] %s", note)
-        train = meta["splits"]["train"]
+        train = meta.splits["train"]
         log.info("[prepare] %-16s padding at batch %d: %.1f%% bucketed vs %.1f%% unbucketed",
                  task_config.name, PADDING_BATCH_SIZE, 100 * train["padding_bucketed"],
                  100 * train["padding_unbucketed"])
-        summary[task_config.name] = {"lineage": meta["lineage"],
-                                     "splits": meta["splits"], "dropped": meta["dropped"],
+        summary[task_config.name] = {"lineage": meta.lineage, "content": meta.content,
+                                     "splits": meta.splits, "dropped": meta.dropped,
                                      "path": task_store.uri}
     return {"tasks": summary,
             "output_fingerprint": outputs_fingerprint({k: v["lineage"]

@@ -43,6 +43,7 @@ from mtkd.model.mtdnn import num_parameters
 from mtkd.model.remote import save_model_to
 from mtkd.precision import Resolved, probe_device, stage_precision
 from mtkd.raycluster import ensure_ray, probe_work_device
+from mtkd.records import EnsembleRef, StudentRecord
 from mtkd.storage import Storage
 from mtkd.student.deepspeed_backend import CHECKPOINT_TAG
 from mtkd.student.worker import student_worker
@@ -146,13 +147,14 @@ def _export(ctx: StageContext, run: StudentRun, result: Any, scoring: Resolved
     from mtkd.pretrained import resolve_encoder_dir
 
     tokenizer = load_tokenizer(resolve_encoder_dir(config.student.encoder or config.encoder.path))
-    uri = save_model_to(store.child(student_dir(run.name)), "final", model, tokenizer,
-                        extra={"run": dataclasses.asdict(run)})
+    saved = save_model_to(store.child(student_dir(run.name)), "final", model, tokenizer,
+                          extra={"run": dataclasses.asdict(run)})
     metrics = evaluate(model, data.specs, data.dev, precision=scoring.precision,
                        progress=f"{run.name} dev")
     state_path = f"{student_dir(run.name)}/train_state.json"
     trained = store.read_json(state_path) if store.exists(state_path) else {}
-    return {"model": uri, "metrics": metrics["tasks"], "average": metrics["average"],
+    return {"model": saved.uri, "content": saved.content, "metrics": metrics["tasks"],
+            "average": metrics["average"],
             "params": num_parameters(model), "precision": trained.get("precision"),
             "loss_scale": trained.get("loss_scale"), "scored_in": scoring.to_json()}
 
@@ -165,17 +167,17 @@ def run_student(ctx: StageContext) -> dict[str, Any]:
         raise MtkdError("the student needs soft targets first (fix: run `mtkd run` without "
                         "--only, or set student.distill: false)")
     soft = soft_manifest.get("lineages") if soft_manifest else None
-    ensemble = ({"ensemble": soft_manifest["output_fingerprint"],
-                 "members": soft_manifest.get("members", [])} if soft_manifest else None)
+    ensemble = (EnsembleRef(soft_manifest["output_fingerprint"],
+                            list(soft_manifest.get("members", []))) if soft_manifest else None)
     data = task_lineages(store)
-    summaries: dict[str, Any] = {}
+    summaries: dict[str, StudentRecord] = {}
     scoring: Resolved | None = None
     for run in plan_runs(config):
         expected = run_lineage(config, run, data, soft)
-        record = reusable(store, student_record(run.name), expected)
+        record = reusable(store, student_record(run.name), expected, StudentRecord)
         if record is not None:
             summaries[run.name] = record
-            log.info("[student] %s finished before, reusing %s", run.name, record["model"])
+            log.info("[student] %s finished before, reusing %s", run.name, record.model)
             continue
         if scoring is None:  # before the first run: refused (exit 2) or warned once
             stage_precision("student", "student.training.precision",
@@ -189,23 +191,24 @@ def run_student(ctx: StageContext) -> dict[str, Any]:
         started = time.time()
         log.info("[student] %s: %d worker(s), ZeRO-%d, %s", run.name,
                  config.student.num_workers, config.student.zero_stage,
-                 "distilling from ensemble " + ensemble["ensemble"][:8]
-                 + f" ({len(ensemble['members'])} members)"
+                 "distilling from ensemble " + ensemble.ensemble[:8]
+                 + f" ({len(ensemble.members)} members)"
                  if run.distill and ensemble else "hard labels only (baseline)")
         with tempfile.TemporaryDirectory():
             result = _train(ctx, run, expected)
         if result.error is not None:
             raise MtkdError(f"student run {run.name} failed: {result.error}")
-        summary = {"name": run.name, "seed": run.seed, "distill": run.distill,
-                   "lineage": expected,
-                   "distilled_from": ensemble if run.distill else None,
-                   **_export(ctx, run, result, scoring),
-                   "seconds": round(time.time() - started, 1)}
-        store.write_json_atomic(student_record(run.name), summary)
+        summary = StudentRecord(lineage=expected, name=run.name, seed=run.seed,
+                                distill=run.distill,
+                                distilled_from=ensemble if run.distill else None,
+                                **_export(ctx, run, result, scoring),
+                                seconds=round(time.time() - started, 1))
+        store.write_json_atomic(student_record(run.name), summary.to_json())
         summaries[run.name] = summary
         log.info("[student] %s: dev average %.2f, %d parameters, model %s", run.name,
-                 summary["average"], summary["params"], summary["model"])
-    return {"runs": summaries,
-            "lineages": {name: s["lineage"] for name, s in summaries.items()},
-            "output_fingerprint": outputs_fingerprint({name: s["lineage"]
+                 summary.average, summary.params, summary.model)
+    return {"runs": {name: s.to_json() for name, s in summaries.items()},
+            "lineages": {name: s.lineage for name, s in summaries.items()},
+            "contents": {name: s.content for name, s in summaries.items()},
+            "output_fingerprint": outputs_fingerprint({name: s.lineage
                                                        for name, s in summaries.items()})}

@@ -34,6 +34,7 @@ from mtkd.config import ExperimentConfig, config_from_dict
 from mtkd.experiment import TEACHER_TRAIN_RUNS, member_dir, member_record, reusable
 from mtkd.model.mtdnn import keep_tasks
 from mtkd.model.remote import load_model_from, save_model_to
+from mtkd.records import MemberRecord
 from mtkd.storage import Storage
 from mtkd.teachers.plan import Member
 from mtkd.training.backend import sum_over_ranks
@@ -79,10 +80,11 @@ class MemberJob:
         return cls(config, member, trial_config["lineage"], store,
                    store.child(member_dir(member.name)))
 
-    def finished(self) -> dict[str, Any] | None:
-        """The summary if this member already finished with this lineage (a trial
+    def finished(self) -> MemberRecord | None:
+        """The record if this member already finished with this lineage (a trial
         retried after writing it must not train, and overwrite the model, again)."""
-        return reusable(self.store, member_record(self.member.name), self.lineage)
+        return reusable(self.store, member_record(self.member.name), self.lineage,
+                        MemberRecord)
 
     def setup_logging(self, rank: int | None = None) -> None:
         """Warnings always, progress lines (every 30 s, see mtkd.progress) from rank 0
@@ -117,28 +119,27 @@ class MemberJob:
 
     def write_member(self, result: TrainResult, started: float, attempts: list[dict],
                      workers: int = 1, examples: float | None = None,
-                     tokens: float | None = None) -> dict[str, Any]:
+                     tokens: float | None = None) -> MemberRecord:
         """Save the (best) model, then ``member.json``, last. ``examples``/``tokens``: all
         ranks' together (default: this process's)."""
         state, member = result.state, self.member
         examples = state.examples if examples is None else examples
         tokens = state.tokens if tokens is None else tokens
-        uri = save_model_to(self.here, "model", result.model, result.tokenizer,
-                            extra={"member": member.to_json()})
+        saved = save_model_to(self.here, "model", result.model, result.tokenizer,
+                              extra={"member": member.to_json()})
         seconds = time.time() - started
-        summary = {
-            "name": member.name, "variant": member.variant(), "tasks": list(member.tasks),
-            "lineage": self.lineage, "metrics": state.best_metrics,
-            "average": state.best_score, "best_step": state.best_step, "steps": state.step,
-            "model": uri, "wall_seconds": round(seconds, 2),
-            "train_examples_per_s": round(examples / max(state.train_seconds, 1e-9), 2),
-            "train_tokens_per_s": round(tokens / max(state.train_seconds, 1e-9), 1),
-            "workers": workers, "attempts": attempts, "history": state.history,
-            "precision": result.loop.backend.resolved.to_json(),
-            "loss_scale": result.loop.backend.loss_scale(),
-        }
-        self.here.write_json_atomic("member.json", summary)
-        return summary
+        record = MemberRecord(
+            lineage=self.lineage, content=saved.content, name=member.name,
+            variant=member.variant(), tasks=list(member.tasks), metrics=state.best_metrics,
+            average=state.best_score, best_step=state.best_step, steps=state.step,
+            model=saved.uri, wall_seconds=round(seconds, 2),
+            train_examples_per_s=round(examples / max(state.train_seconds, 1e-9), 2),
+            train_tokens_per_s=round(tokens / max(state.train_seconds, 1e-9), 1),
+            workers=workers, attempts=attempts, history=state.history,
+            precision=result.loop.backend.resolved.to_json(),
+            loss_scale=result.loop.backend.loss_scale())
+        self.store.write_json_atomic(member_record(member.name), record.to_json())
+        return record
 
 
 def _flat_metrics(record: dict[str, Any]) -> dict[str, float]:
@@ -191,18 +192,20 @@ def train_member_trial(tune_config: dict[str, Any]) -> None:
     started = time.time()
     job = MemberJob.from_trial(trial_config)
     job.setup_logging()
-    summary = job.finished()
-    if summary is None:
+    record = job.finished()
+    if record is None:
         if job.config.teachers.workers_per_member > 1:
             _drive_workers(job, trial_config, started)
-            summary = job.here.read_json("member.json")
+            record = job.finished()
+            if record is None:
+                raise RuntimeError(f"member {job.member.name}: the workers finished without "
+                                   "writing member.json")
         else:
-            summary = _train_in_trial(job, started)
-    tune.report({"score": float(summary["average"] or 0.0), "step": summary["steps"],
-                 "finished": 1})
+            record = _train_in_trial(job, started)
+    tune.report({"score": float(record.average or 0.0), "step": record.steps, "finished": 1})
 
 
-def _train_in_trial(job: MemberJob, started: float) -> dict[str, Any]:
+def _train_in_trial(job: MemberJob, started: float) -> MemberRecord:
     """One process: train in the trial itself, checkpoints through Tune."""
     from ray import tune
 

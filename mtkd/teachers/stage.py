@@ -29,6 +29,7 @@ from mtkd.experiment import (
 )
 from mtkd.precision import stage_precision
 from mtkd.raycluster import ensure_ray, probe_work_device
+from mtkd.records import MemberRecord
 from mtkd.storage import Storage
 from mtkd.teachers.member import DRIVER_MEMORY, train_member_trial
 from mtkd.teachers.plan import Member, init_member, member_lineage, plan_members
@@ -36,16 +37,16 @@ from mtkd.teachers.plan import Member, init_member, member_lineage, plan_members
 log = logging.getLogger("mtkd")
 
 
-def finished_member(store: Storage, member: Member, lineage: str) -> dict[str, Any] | None:
+def finished_member(store: Storage, member: Member, lineage: str) -> MemberRecord | None:
     """The member's record if it finished with this lineage, else None."""
-    return reusable(store, member_record(member.name), lineage)
+    return reusable(store, member_record(member.name), lineage, MemberRecord)
 
 
-def _describe(summary: dict[str, Any]) -> str:
+def _describe(record: MemberRecord) -> str:
     metrics = " ".join(f"{task}[" + ",".join(f"{k}={v:.1f}" for k, v in m.items()) + "]"
-                       for task, m in (summary.get("metrics") or {}).items())
-    return (f"{summary['name']}: average {summary['average']:.2f} {metrics} "
-            f"({summary['wall_seconds']:.0f} s, {summary['train_examples_per_s']:.0f} ex/s)")
+                       for task, m in record.metrics.items())
+    return (f"{record.name}: average {record.average or 0.0:.2f} {metrics} "
+            f"({record.wall_seconds:.0f} s, {record.train_examples_per_s:.0f} ex/s)")
 
 
 def _progress_callback(store: Storage, total: int, already: int) -> Any:
@@ -69,7 +70,8 @@ def _progress_callback(store: Storage, total: int, already: int) -> Any:
             self.done += 1
             name = trial.config["trial"]["member"]["name"]
             path = member_record(name)
-            text = _describe(store.read_json(path)) if store.exists(path) else name
+            text = (_describe(MemberRecord.from_json(store.read_json(path)))
+                    if store.exists(path) else name)
             log.info("[teachers] %d/%d members done: %s", self.done, total, text)
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any,
@@ -182,8 +184,8 @@ def run_teachers(ctx: StageContext) -> dict[str, Any]:
             summaries.append(summary)
     for name, error in failed.items():
         log.warning("[teachers] member %s failed: %s", name, error)
-    report = {"members": [{k: v for k, v in s.items() if k != "history"} for s in summaries],
-              "failed": failed, "shape": config.teachers.shape}
+    report = {"members": [s.summary() for s in summaries], "failed": failed,
+              "shape": config.teachers.shape}
     store.write_json_atomic(TEACHERS_SUMMARY, report)
     short = short_tasks(config.teachers.min_members, [t for m in members for t in m.tasks],
                         summaries)
@@ -195,21 +197,21 @@ def run_teachers(ctx: StageContext) -> dict[str, Any]:
                         + " (fix: see the errors above; re-running resumes the rest)")
     log.info("[teachers] %d/%d members ready in %.0f s; summary %s", len(summaries),
              len(members), time.time() - started, store.uri_of(TEACHERS_SUMMARY))
-    return {"members": [s["name"] for s in summaries], "failed": sorted(failed),
-            "lineages": {s["name"]: s["lineage"] for s in summaries},
-            "output_fingerprint": outputs_fingerprint({s["name"]: s["lineage"]
-                                                       for s in summaries}),
+    return {"members": [s.name for s in summaries], "failed": sorted(failed),
+            "lineages": {s.name: s.lineage for s in summaries},
+            "contents": {s.name: s.content for s in summaries},
+            "output_fingerprint": outputs_fingerprint({s.name: s.lineage for s in summaries}),
             "artifacts": [TEACHERS_SUMMARY]}
 
 
-def short_tasks(min_members: int, tasks: list[str], summaries: list[dict[str, Any]]
+def short_tasks(min_members: int, tasks: list[str], summaries: list[MemberRecord]
                 ) -> dict[str, int]:
     """Tasks covered by fewer than ``min_members`` finished members: {task: count}. A
     multitask member covers all its tasks; a per_task member one (so the rule holds per
     task for both shapes, not on the total count)."""
     counts = dict.fromkeys(tasks, 0)
     for summary in summaries:
-        for task in summary["tasks"]:
+        for task in summary.tasks:
             if task in counts:
                 counts[task] += 1
     return {task: n for task, n in counts.items() if n < min_members}

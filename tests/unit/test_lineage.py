@@ -280,3 +280,15 @@ def test_precision_enters_predictions_as_resolved() -> None:
     assert artifact_lineages(config) == artifact_lineages(same)
     other = with_value(config, "soft_targets.precision", "bf16" if resolved != "bf16" else "fp32")
     assert artifact_lineages(config) != artifact_lineages(other)
+
+
+def test_the_report_lineage_from_its_own_settings_equals_the_declared_one() -> None:
+    """``mtkd report`` holds only report.*: its lineage (lineage_of over those values, as
+    report/stage.py builds it) is the one the declarations give for the whole config."""
+    from mtkd.experiment import content_values, lineage, lineage_of
+
+    config = base_config(report={"speed_examples": 17, "plot": False})
+    values = {f"report.{k}": v for k, v in dataclasses.asdict(config.report).items()}
+    assert values == content_values("report", config)
+    inputs = {"members": {"m000": "x"}}
+    assert lineage_of("report", values, inputs) == lineage("report", config, inputs)

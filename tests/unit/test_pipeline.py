@@ -181,3 +181,30 @@ def test_a_stale_earlier_stage_refuses_only_and_from(tmp_path: Path, recorder: R
     outcomes = run_pipeline(make_config(tmp_path, tasks=[{"name": "trec"}]), only="a",
                             stages=stages(recorder))
     assert [(o.name, o.status) for o in outcomes] == [("a", "ran")]
+
+
+def test_a_stage_that_finished_with_failures_is_retried_not_skipped(
+        tmp_path: Path, recorder: Recorder) -> None:
+    """A stage reporting failures (teacher members that failed for good while enough
+    others finished) is usable downstream but runs again on the next run; once it
+    finishes cleanly it is skipped, and later stages re-run only if its output changed."""
+    failures = [["m1"], [], []]
+    outputs = ["x", "x", "x"]
+
+    def flaky(ctx: StageContext) -> dict:
+        recorder.calls.append("b")
+        return {"failed": failures.pop(0), "output_fingerprint": outputs.pop(0)}
+
+    chain = [recorder.stage("a", "tasks"), Stage("b", flaky, lambda c: c.teachers),
+             recorder.stage("c", "student")]
+    config = make_config(tmp_path)
+    first = run_pipeline(config, stages=chain)
+    store = Storage.from_uri(str(tmp_path / "runs")).child("exp")
+    assert read_manifest(store, "b")["status"] == "partial"
+    assert [o.status for o in first] == ["ran", "ran", "ran"]
+    second = run_pipeline(config, stages=chain)
+    assert [o.status for o in second] == ["skipped", "ran", "skipped"]  # same output
+    assert read_manifest(store, "b")["status"] == "complete"
+    third = run_pipeline(config, stages=chain)
+    assert [o.status for o in third] == ["skipped"] * 3
+    assert recorder.calls == ["a", "b", "c", "b"]

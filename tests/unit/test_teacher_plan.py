@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mtkd.config import config_from_dict
+from mtkd.records import MemberRecord
 from mtkd.teachers.plan import SEED_STRIDE, member_lineage, plan_members
 from mtkd.teachers.stage import short_tasks
 
@@ -88,5 +89,6 @@ def test_fingerprint_tracks_data_parallel_workers() -> None:
 def test_min_members_holds_per_task(planned: list, finished: list, minimum: int,
                                     short: dict) -> None:
     tasks = [t for member in planned for t in member]
-    summaries = [{"tasks": list(member)} for member in finished]
+    summaries = [MemberRecord(lineage=f"l{i}", content=None, name=f"m{i}", tasks=list(member))
+                 for i, member in enumerate(finished)]
     assert short_tasks(minimum, tasks, summaries) == short
