@@ -109,6 +109,12 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from mtkd.config import config_to_yaml, load_config
 
     config = load_config(args.config, args.overrides)
+    from mtkd.encoder_checks import check_tokenizers
+
+    unchecked = check_tokenizers(config, args.config, local_only=True)
+    if unchecked:
+        print(f"note: not checked here (not on this machine yet): the tokenizers of "
+              f"{', '.join(unchecked)}; `mtkd run` checks them before it starts")
     if args.print_config:
         print(config_to_yaml(config), end="")
     print(f"OK: {args.config} is a valid experiment config ({len(config.tasks)} task(s), "

@@ -134,6 +134,10 @@ def run_pipeline(
     store = experiment_store(config)
     log.info("experiment %s at %s", config.name, store.uri)
     _check_selection(config, store, all_stages, selected)
+    if stages is None:  # the real stages read the encoders: refuse mismatched tokenizers
+        from mtkd.encoder_checks import check_tokenizers
+
+        check_tokenizers(config, "config")
     store.write_atomic(CONFIG_FILE, config_to_yaml(config).encode())
 
     outcomes: list[StageOutcome] = []

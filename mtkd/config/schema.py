@@ -282,7 +282,8 @@ class MemberVariant:
     learning_rate: float | None = None
     """Peak learning rate of the member."""
     encoder: str | None = None
-    """Encoder path of the member (see encoder.path)."""
+    """Encoder path of the member (see encoder.path); it must use encoder.path's tokenizer
+    (checked by validate and before a run)."""
     epochs: float | None = None
     """Epochs of the member."""
 
@@ -301,7 +302,8 @@ class VariationConfig:
     learning_rate: list[float] = field(default_factory=list)
     """Learning rates to vary over (empty: teachers.training.learning_rate)."""
     encoder: list[str] = field(default_factory=list)
-    """Encoder paths to vary over (empty: encoder.path)."""
+    """Encoder paths to vary over (empty: encoder.path); each must use encoder.path's
+    tokenizer (checked by validate and before a run)."""
     epochs: list[float] = field(default_factory=list)
     """Epoch counts to vary over (empty: teachers.training.epochs)."""
     members: list[MemberVariant] = field(default_factory=list)
@@ -478,7 +480,8 @@ class StudentConfig:
     """Stage 3: one multi-task student distilled with Ray Train and DeepSpeed."""
 
     encoder: str | None = None
-    """Encoder of the student (null: encoder.path)."""
+    """Encoder of the student (null: encoder.path); it must use encoder.path's tokenizer
+    (checked by validate and before a run): every task is tokenized once, with it."""
     num_layers: int | None = 3
     """Keep the first k layers of the student's encoder (null: all), as XtremeDistil does."""
     distill: bool = True

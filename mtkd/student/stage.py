@@ -146,7 +146,8 @@ def _export(ctx: StageContext, run: StudentRun, result: Any, scoring: Resolved
     from mtkd.data.tokenize import load_tokenizer
     from mtkd.pretrained import resolve_encoder_dir
 
-    tokenizer = load_tokenizer(resolve_encoder_dir(config.student.encoder or config.encoder.path))
+    # the tokenizer the student's inputs were made with (prepare's), whatever its encoder
+    tokenizer = load_tokenizer(resolve_encoder_dir(config.encoder.path))
     saved = save_model_to(store.child(student_dir(run.name)), "final", model, tokenizer,
                           extra={"run": dataclasses.asdict(run)})
     metrics = evaluate(model, data.specs, data.dev, precision=scoring.precision,

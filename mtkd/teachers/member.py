@@ -246,7 +246,7 @@ def _train_with_checkpoints(job: MemberJob, loop: TrainingLoop, checkpoint: Any,
 
     loop.hooks = LoopHooks(on_eval=on_eval)
     # Each rank its own dropout stream; rank 0's is the single-process one.
-    result = run_training(loop, job.member.encoder, job.member.seed + rank, resume, best)
+    result = run_training(loop, job.config.encoder.path, job.member.seed + rank, resume, best)
     return result, attempts
 
 

@@ -133,19 +133,21 @@ def _rank0_average(result: dict[str, Any], device: torch.device) -> float:
     return from_rank0(float(result["average"]), device)
 
 
-def run_training(loop: TrainingLoop, encoder: str, seed: int,
+def run_training(loop: TrainingLoop, tokenized_with: str, seed: int,
                  resume: tuple[dict, LoopState, dict] | None = None,
                  best_weights: dict[str, torch.Tensor] | None = None) -> TrainResult:
     """Run ``loop``; ``resume`` = (backend state, loop state, RNG state) from a checkpoint
     continues at its exact batch, ``best_weights`` are the checkpoint's best weights when
-    they differ from its current ones. The returned model holds the best dev weights."""
+    they differ from its current ones. The returned model holds the best dev weights and
+    comes with the tokenizer of ``tokenized_with`` (the encoder path whose tokenizer made
+    the training inputs: ``encoder.path``), which a saved model must ship."""
     state, rng = None, None
     if resume is not None:
         backend_state, state, rng = resume
         loop.backend.load_state_dict(backend_state)
         loop.restore_best_weights(state, best_weights)
     final = loop.run(state, rng=rng, seed=seed)
-    tokenizer = load_tokenizer(resolve_encoder_dir(encoder))
+    tokenizer = load_tokenizer(resolve_encoder_dir(tokenized_with))
     return TrainResult(loop.backend.model, tokenizer, final, loop)
 
 
@@ -156,4 +158,4 @@ def train_mtdnn(config: ExperimentConfig, data: PreparedTasks, *, encoder: str,
     """Build and run one plain-PyTorch training (see :func:`build_training_loop`)."""
     loop = build_training_loop(config, data, encoder=encoder, num_layers=num_layers,
                                training=training, seed=seed, **loop_kwargs)
-    return run_training(loop, encoder, seed, resume)
+    return run_training(loop, config.encoder.path, seed, resume)

@@ -1,0 +1,116 @@
+"""Encoders with another tokenizer than encoder.path are refused before anything runs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from tiny import SPECIAL, WORDS, make_tiny_bert
+from transformers import BertTokenizer
+
+from mtkd.config import config_from_dict
+from mtkd.encoder_checks import check_tokenizers, encoder_keys, tokenizer_difference
+from mtkd.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def encoders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("encoders")
+    ref = make_tiny_bert(root / "ref")
+    out = {"ref": ref, "same_tokenizer_other_model": make_tiny_bert(root / "other", seed=3,
+                                                                     layers=1)}
+    # only tokenizer_config.json differs (max length): the same ids, allowed
+    shutil.copytree(ref, root / "longer")
+    cfg = json.loads((root / "longer" / "tokenizer_config.json").read_text())
+    cfg["model_max_length"] = 4096
+    (root / "longer" / "tokenizer_config.json").write_text(json.dumps(cfg))
+    out["same_ids_other_config"] = root / "longer"
+    # another vocabulary: the same words in another order
+    shuffled = make_tiny_bert(root / "shuffled")
+    (shuffled / "vocab.txt").write_text("\n".join(SPECIAL + WORDS[::-1]) + "\n")
+    BertTokenizer(str(shuffled / "vocab.txt")).save_pretrained(shuffled)
+    out["other_vocabulary"] = shuffled
+    # the same vocabulary, cased instead of uncased
+    cased = make_tiny_bert(root / "cased")
+    BertTokenizer(str(cased / "vocab.txt"), do_lower_case=False).save_pretrained(cased)
+    out["cased"] = cased
+    return out
+
+
+@pytest.mark.parametrize(("other", "differs"), [
+    ("ref", False),
+    ("same_tokenizer_other_model", False),
+    ("same_ids_other_config", False),
+    ("other_vocabulary", True),
+    ("cased", True),
+])
+def test_tokenizer_difference(encoders: dict[str, Path], other: str, differs: bool) -> None:
+    found = tokenizer_difference(encoders["ref"], encoders[other])
+    assert (found is not None) == differs, found
+    if other == "cased":
+        assert "casing or normalisation" in found
+
+
+def config_with(encoders: dict[str, Path], tmp_path: Path, **keys: object) -> dict:
+    data = {"name": "exp", "storage_path": str(tmp_path / "runs"),
+            "encoder": {"path": str(encoders["ref"])},
+            "tasks": [{"name": "rotten_tomatoes"}]}
+    for key, value in keys.items():
+        section, _, leaf = key.partition("__")
+        data.setdefault(section, {})
+        if leaf == "variation":
+            data[section]["variation"] = value
+        else:
+            data[section][leaf] = value
+    return data
+
+
+def test_every_encoder_key_is_listed_and_mismatches_named(encoders: dict[str, Path],
+                                                          tmp_path: Path) -> None:
+    data = config_with(
+        encoders, tmp_path, student__encoder=str(encoders["cased"]),
+        teachers__variation={"strategy": "grid",
+                             "encoder": [str(encoders["ref"]),
+                                         str(encoders["other_vocabulary"]),
+                                         str(encoders["same_tokenizer_other_model"])]})
+    config = config_from_dict(data)
+    assert encoder_keys(config) == {
+        "teachers.variation.encoder.1": str(encoders["other_vocabulary"]),
+        "teachers.variation.encoder.2": str(encoders["same_tokenizer_other_model"]),
+        "student.encoder": str(encoders["cased"])}
+    with pytest.raises(ConfigError) as error:
+        check_tokenizers(config, "exp.yaml")
+    assert {p.path for p in error.value.problems} == {"teachers.variation.encoder.1",
+                                                       "student.encoder"}
+    assert str(encoders["ref"]) in str(error.value)
+    listed = config_from_dict({**data, "student": {}, "teachers": {"size": 1, "variation": {
+        "strategy": "list", "members": [{"encoder": str(encoders["other_vocabulary"])}]}}})
+    with pytest.raises(ConfigError, match=r"teachers\.variation\.members\.0\.encoder"):
+        check_tokenizers(listed, "exp.yaml")
+
+
+def test_validate_and_run_refuse_with_exit_2_and_write_nothing(encoders: dict[str, Path],
+                                                               tmp_path: Path) -> None:
+    data = config_with(encoders, tmp_path, student__encoder=str(encoders["other_vocabulary"]))
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(data))
+    for command in ("validate", "run"):
+        result = subprocess.run([sys.executable, "-m", "mtkd", command, str(path)], cwd=REPO,
+                                text=True, capture_output=True, timeout=300)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert "student.encoder" in result.stderr and "Traceback" not in result.stderr
+        assert "another tokenizer" in result.stderr
+    assert not (tmp_path / "runs" / "exp" / "config.yaml").exists()
+    same = config_with(encoders, tmp_path,
+                       student__encoder=str(encoders["same_tokenizer_other_model"]))
+    path.write_text(yaml.safe_dump(same))
+    result = subprocess.run([sys.executable, "-m", "mtkd", "validate", str(path)], cwd=REPO,
+                            text=True, capture_output=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
