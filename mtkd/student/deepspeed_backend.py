@@ -95,7 +95,8 @@ class DeepSpeedBackend:
                       if student.use_gpu else torch.device("cpu"))
         device = torch.device(device)
         self.resolved = resolved or resolve_here(training.precision, device, PRECISION_KEY)
-        optimizer = build_adamw(model, training.learning_rate, training.weight_decay)
+        self._optimizer = build_adamw(model, training.learning_rate, training.weight_decay)
+        optimizer = self._optimizer
         warmup = round(training.warmup_ratio * total_steps)
 
         def schedule(opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
@@ -129,21 +130,42 @@ class DeepSpeedBackend:
         self.precision = self.resolved.precision
         self._head_params = [p for name, p in self.model.named_parameters()
                              if name.startswith("heads.")]
+        self._task_names = sorted({name.split(".")[1] for name, _ in
+                                   self.model.named_parameters() if name.startswith("heads.")})
+        self._world_size = world_size
+        self._used: set[str] = set()
 
     def forward(self, task: str, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        self._used.add(task)
         return self.engine(task, **inputs)
 
     def backward(self, loss: torch.Tensor) -> None:
         # Data-parallel ranks may draw batches of different tasks at one step; a zero-weight
         # term gives every head a (zero) gradient on every rank, so the gradient reduction
-        # always covers the same parameters.
+        # always covers the same parameters. The optimizer then skips the heads no rank
+        # used (step), as the teachers' PyTorch loop does.
         anchor = sum(p.sum() for p in self._head_params) * 0.0
         self.engine.backward(loss + anchor)
 
     def step(self) -> bool:
-        boundary = self.engine.is_gradient_accumulation_boundary()
+        boundary = bool(self.engine.is_gradient_accumulation_boundary())
+        if boundary:
+            self._optimizer.set_tasks(self._tasks_on_any_rank())
+            self._used.clear()
         self.engine.step()
-        return bool(boundary)
+        return boundary
+
+    def _tasks_on_any_rank(self) -> set[str]:
+        """The tasks of this accumulation window's batches on any rank (one tiny
+        all-reduce when data-parallel)."""
+        if self._world_size == 1:
+            return set(self._used)
+        import torch.distributed as dist
+
+        flags = torch.tensor([float(t in self._used) for t in self._task_names],
+                             device=self.engine.device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        return {t for t, used in zip(self._task_names, flags.tolist(), strict=True) if used}
 
     def learning_rate(self) -> float:
         return float(self.engine.get_lr()[0])

@@ -275,3 +275,79 @@ def test_upstream_autocast_fp16_zero2_never_backs_off(tiny_encoder_dir: Path,
     import deepspeed.runtime.torch_autocast as ds_autocast
 
     ds_autocast.TORCH_AUTOCAST_INITIALIZED = False  # do not leak into later engines
+
+
+# ------------------------------------------------------------------ heads absent from a step
+TWO = [TaskSpec("cls", "classification", ("neg", "pos"), ("accuracy",), 16),
+       TaskSpec("other", "classification", ("x", "y", "z"), ("accuracy",), 16)]
+
+
+def test_task_aware_adamw_skips_absent_heads_as_torch_skips_missing_gradients() -> None:
+    """set_tasks({"a"}) with a zero gradient on b's head == plain AdamW with b's gradient
+    None: same weights, b untouched (no decay, no stale-moment update), same state."""
+    from mtkd.training.optim import TaskAwareAdamW
+
+    torch.manual_seed(0)
+    start = [torch.randn(4, 3), torch.randn(4, 3)]
+    ours_params = [torch.nn.Parameter(t.clone()) for t in start]
+    plain_params = [torch.nn.Parameter(t.clone()) for t in start]
+    ours = TaskAwareAdamW([{"params": [ours_params[0]], "task": "a"},
+                           {"params": [ours_params[1]], "task": "b"}], lr=0.1,
+                          weight_decay=0.5)
+    plain = torch.optim.AdamW([{"params": [plain_params[0]]}, {"params": [plain_params[1]]}],
+                              lr=0.1, weight_decay=0.5)
+    for step, present in enumerate([{"a", "b"}, {"a"}, {"a"}, {"a", "b"}]):
+        grads = [torch.randn(4, 3, generator=torch.Generator().manual_seed(step + i))
+                 for i in range(2)]
+        before_b = ours_params[1].detach().clone()
+        for params, optimizer in ((ours_params, ours), (plain_params, plain)):
+            params[0].grad = grads[0].clone()
+            if params is ours_params:  # DeepSpeed's zero gradient for an absent head
+                params[1].grad = grads[1].clone() if "b" in present else torch.zeros(4, 3)
+                ours.set_tasks(present)
+            else:
+                params[1].grad = grads[1].clone() if "b" in present else None
+            optimizer.step()
+        if "b" not in present:
+            assert torch.equal(ours_params[1].detach(), before_b)
+        for a, b in zip(ours_params, plain_params, strict=True):
+            torch.testing.assert_close(a.detach(), b.detach(), rtol=0, atol=1e-6)
+    assert ours.state[ours_params[1]]["step"] == plain.state[plain_params[1]]["step"] == 2
+
+
+def alternating(tasks: list[str]) -> list[tuple[str, dict[str, torch.Tensor], torch.Tensor]]:
+    generator = torch.Generator().manual_seed(5)
+    out = []
+    for task in tasks:
+        ids = torch.randint(5, 25, (8, 12), generator=generator)
+        out.append((task, {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                           "token_type_ids": torch.zeros_like(ids)},
+                    torch.randint(0, 2 if task == "cls" else 3, (8,), generator=generator)))
+    return out
+
+
+@pytest.mark.parametrize("zero", [0, 2])
+def test_deepspeed_leaves_absent_heads_alone_like_the_teachers_backend(
+        tiny_encoder_dir: Path, process_group: None, zero: int) -> None:
+    """Batches of one task at a time: the DeepSpeed student (ZeRO-0, ZeRO-2, fp32) and the
+    teachers' TorchBackend end with the same weights, and a head whose task is absent from
+    a step is bit-for-bit unchanged by it (weight decay is on: 0.01)."""
+    config = student("fp32", zero=zero)
+    data = alternating(["cls", "other", "cls", "cls", "other"])
+    models = [build_mtdnn(tiny_encoder_dir, TWO, dropout=0.0, seed=0).train() for _ in "ab"]
+    engine = DeepSpeedBackend(models[0], config, total_steps=len(data), world_size=1)
+    plain = TorchBackend(models[1], config.training, total_steps=len(data))
+    for task, inputs, labels in data:
+        heads = {b: {n: p.detach().clone() for n, p in b.model.named_parameters()
+                     if n.startswith("heads.")} for b in (engine, plain)}
+        for backend in (engine, plain):
+            loss = torch.nn.functional.cross_entropy(backend.forward(task, inputs).float(),
+                                                     labels)
+            backend.backward(loss)
+            assert backend.step()
+            for name, param in backend.model.named_parameters():
+                if name.startswith("heads.") and not name.startswith(f"heads.{task}."):
+                    assert torch.equal(param.detach(), heads[backend][name]), name
+    for (name, a), b in zip(engine.model.state_dict().items(),
+                            plain.model.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
