@@ -158,6 +158,8 @@ class StudentRecord(Record):
     loss_scale: float | None = None
     scored_in: dict[str, Any] | None = None
     seconds: float = 0.0
+    selected: dict[str, Any] | None = None
+    """Which weights were exported: {"keep": "best"|"final", "step", "steps"}."""
 
     @classmethod
     def _convert(cls, values: dict[str, Any]) -> StudentRecord:

@@ -488,6 +488,10 @@ class StudentConfig:
     """Train on soft targets; false trains the MT-DNN baseline through the same code path."""
     baseline: bool = False
     """Also train the no-KD baseline student, for comparison in the report."""
+    keep: Literal["best", "final"] = "best"
+    """Which weights a student run exports: best (those of its best dev evaluation, as the
+    teacher members keep theirs; with early stopping, the weights before the patience ran
+    out) or final (the last step's). The report states the choice for every model."""
     kd: KDConfig = field(default_factory=KDConfig)
     """The distillation loss."""
     training: TrainingConfig = field(default_factory=TrainingConfig)

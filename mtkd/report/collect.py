@@ -102,6 +102,21 @@ def _hardware(store: Storage, manifests: dict[str, Any], runs: dict[str, Student
     return rows
 
 
+def _selection(store: Storage, runs: dict[str, StudentRecord]) -> list[dict[str, Any]]:
+    """How each model's weights were chosen: teacher members keep their best dev
+    evaluation; student runs what ``student.keep`` said (recorded with the run)."""
+    rows: list[dict[str, Any]] = []
+    if store.exists(TEACHERS_SUMMARY):
+        for member in store.read_json(TEACHERS_SUMMARY)["members"]:
+            rows.append({"model": f"member {member['name']}", "keep": "best",
+                         "step": member.get("best_step"), "steps": member.get("steps")})
+    for name, run in runs.items():
+        chosen = run.selected or {"keep": "final"}
+        rows.append({"model": name, "keep": chosen.get("keep"), "step": chosen.get("step"),
+                     "steps": chosen.get("steps")})
+    return rows
+
+
 def _lineage(manifests: dict[str, Any], runs: dict[str, StudentRecord]) -> dict[str, Any]:
     """The lineage of every model the report shows, and which ensemble each distilled
     student learnt from. Raises MtkdError (exit 2) when a distilled student was not
@@ -171,6 +186,7 @@ def collect(store: Storage, speed_examples: int = 256, measure: bool = True,
     report["student_runs"] = {n: {"average": r.average, "seed": r.seed,
                                   "distill": r.distill} for n, r in runs.items()}
     report["hardware"] = _hardware(store, manifests, runs, resolved)
+    report["selection"] = _selection(store, runs)
     for name, run in runs.items():
         report["artifacts"][f"model:{name}"] = run.model
     for name in (m["name"] for m in report["members"]):

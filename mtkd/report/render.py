@@ -68,6 +68,17 @@ def render_markdown(report: dict[str, Any]) -> str:
                   "| stage | work | precision | device |", "|---|---|---|---|"]
         lines += [f"| {h['stage']} | {h['what']} | {h['requested']} -> {h['precision']} | "
                   f"{describe_device(h['device'])} |" for h in report["hardware"]]
+    if report.get("selection"):
+        lines += ["", "## Model selection", "",
+                  "Which weights each model is: its best dev evaluation (teacher members; "
+                  "student runs with student.keep: best) or its last step "
+                  "(student.keep: final). Scores above are on the same dev rows.", "",
+                  "| model | weights | step |", "|---|---|---|"]
+        for row in report["selection"]:
+            what = "best dev evaluation" if row["keep"] == "best" else "final step"
+            step = (f"{row['step']} of {row['steps']}" if row.get("step") is not None
+                    else "—")
+            lines.append(f"| {row['model']} | {what} | {step} |")
     lines += _lineage_lines(report.get("lineage"))
     lines += ["", "## Stages", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in report["stages"].items()]

@@ -135,6 +135,19 @@ class DeepSpeedBackend:
         self._world_size = world_size
         self._used: set[str] = set()
 
+    def full_weights(self) -> dict[str, torch.Tensor]:
+        """The whole model's weights as it evaluates now (in half_weights mode its bf16/fp16
+        module weights), as fp32 on the CPU. Every rank must call it: ZeRO-3 gathers the
+        partitioned parameters."""
+        params = dict(self.model.named_parameters())
+        if self.engine.zero_optimization_partition_weights():
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(list(params.values()), modifier_rank=None):
+                return {k: v.detach().float().cpu().clone()
+                        for k, v in self.model.state_dict().items()}
+        return {k: v.detach().float().cpu().clone() for k, v in self.model.state_dict().items()}
+
     def forward(self, task: str, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         self._used.add(task)
         return self.engine(task, **inputs)

@@ -46,7 +46,7 @@ from mtkd.raycluster import ensure_ray, probe_work_device
 from mtkd.records import EnsembleRef, StudentRecord
 from mtkd.storage import Storage
 from mtkd.student.deepspeed_backend import CHECKPOINT_TAG
-from mtkd.student.worker import student_worker
+from mtkd.student.worker import best_weights_file, load_safetensors, student_worker
 from mtkd.training.evaluate import evaluate
 from mtkd.training.recipe import build_model, load_prepared_tasks
 
@@ -141,8 +141,19 @@ def _export(ctx: StageContext, run: StudentRun, result: Any, scoring: Resolved
                         encoder=config.student.encoder or config.encoder.path,
                         num_layers=config.student.num_layers,
                         dropout=config.student.training.dropout, seed=run.seed)
-    with result.checkpoint.as_directory() as folder:
-        model.load_state_dict(consolidate(Path(folder), config.student.zero_stage))
+    state_path = f"{student_dir(run.name)}/train_state.json"
+    trained = store.read_json(state_path) if store.exists(state_path) else {}
+    best, steps = trained.get("best_step"), trained.get("steps")
+    if config.student.keep == "best" and best is not None and best != steps:
+        model.load_state_dict(load_safetensors(
+            store.child(student_dir(run.name)).read_bytes(best_weights_file(best))))
+        log.info("[student] %s: keeping the weights of step %d of %d (best dev score %.2f; "
+                 "student.keep: best)", run.name, best, steps, trained.get("best_score"))
+    else:
+        with result.checkpoint.as_directory() as folder:
+            model.load_state_dict(consolidate(Path(folder), config.student.zero_stage))
+    selected = {"keep": config.student.keep, "step": best if (
+        config.student.keep == "best" and best is not None) else steps, "steps": steps}
     from mtkd.data.tokenize import load_tokenizer
     from mtkd.pretrained import resolve_encoder_dir
 
@@ -152,10 +163,8 @@ def _export(ctx: StageContext, run: StudentRun, result: Any, scoring: Resolved
                           extra={"run": dataclasses.asdict(run)})
     metrics = evaluate(model, data.specs, data.dev, precision=scoring.precision,
                        progress=f"{run.name} dev")
-    state_path = f"{student_dir(run.name)}/train_state.json"
-    trained = store.read_json(state_path) if store.exists(state_path) else {}
-    return {"model": saved.uri, "content": saved.content, "metrics": metrics["tasks"],
-            "average": metrics["average"],
+    return {"selected": selected, "model": saved.uri, "content": saved.content,
+            "metrics": metrics["tasks"], "average": metrics["average"],
             "params": num_parameters(model), "precision": trained.get("precision"),
             "loss_scale": trained.get("loss_scale"), "scored_in": scoring.to_json()}
 

@@ -45,6 +45,36 @@ from mtkd.training.recipe import (
 
 log = logging.getLogger("mtkd")
 STATE_FILE = "loop_state.json"
+BEST_DIR = "best"
+
+
+def best_weights_file(step: int) -> str:
+    """Weights of the best dev evaluation at ``step``, relative to the run's folder."""
+    return f"{BEST_DIR}/step-{step:08d}.safetensors"
+
+
+def save_safetensors(weights: dict[str, torch.Tensor]) -> bytes:
+    from safetensors.torch import save
+
+    return save({k: v.contiguous() for k, v in weights.items()})
+
+
+def load_safetensors(data: bytes) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load
+
+    return load(data)
+
+
+def prune_best_weights(run_store: Storage, keep_step: int | None) -> None:
+    """After a checkpoint (whose loop state names ``keep_step`` as best) is persisted:
+    delete every other best-weights file. Before, a resumed run may still need them."""
+    if not run_store.exists(BEST_DIR):
+        return
+    keep = best_weights_file(keep_step) if keep_step is not None else None
+    for name in run_store.list(BEST_DIR):
+        rel = f"{BEST_DIR}/{name.rsplit('/', 1)[-1]}"
+        if rel != keep:
+            run_store.delete(rel)
 
 
 def teacher_arrays(store: Storage, data: PreparedTasks,
@@ -145,13 +175,29 @@ def student_worker(loop_config: dict[str, Any]) -> None:
             if state.history:
                 metrics.update(score=state.history[-1]["score"])
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        if rank == 0 and student.keep == "best":
+            prune_best_weights(run_store, state.best_step)
         run_store.write_json_atomic(f"progress/rank{rank}.json",
                                     {"pid": os.getpid(), "step": state.step,
                                      "attempt": len(attempts)})
 
-    loop.hooks = LoopHooks(on_checkpoint=save, checkpoint_every=student.checkpoint_every)
+    def keep_best(state: LoopState, record: dict[str, Any]) -> None:
+        weights = backend.full_weights()  # collective under ZeRO-3
+        if rank == 0:
+            run_store.write_atomic(best_weights_file(state.step), save_safetensors(weights))
+
+    loop.hooks = LoopHooks(on_checkpoint=save, checkpoint_every=student.checkpoint_every,
+                           on_best=keep_best if student.keep == "best" else None)
     final = loop.run(state, rng=rng, seed=run["seed"])
-    if rank == 0:  # what the in-training model predicts on dev, to compare with the export
+    best_differs = (student.keep == "best" and final.best_step is not None
+                    and final.best_step != final.step)
+    if rank == 0 and best_differs and backend.engine.zero_optimization_partition_weights():
+        log.info("kept the weights of step %d (best dev score); in-training dev outputs "
+                 "are not recorded under ZeRO-3", final.best_step)
+    elif rank == 0:  # what the exported weights predict on dev, to compare with the export
+        if best_differs:
+            backend.model.load_state_dict(load_safetensors(
+                run_store.read_bytes(best_weights_file(final.best_step))))
         outputs = {task: {"uids": list(split["uid"]),
                           "outputs": predict_outputs(backend.model, data.specs[task], split,
                                                      device=backend.device,
@@ -162,6 +208,8 @@ def student_worker(loop_config: dict[str, Any]) -> None:
             "steps": final.step, "attempts": attempts, "step_log": final.step_log,
             "history": final.history, "examples_per_s": final.examples / max(
                 final.train_seconds, 1e-9), "world_size": world,
-            "precision": backend.resolved.to_json(), "loss_scale": backend.loss_scale()})
+            "precision": backend.resolved.to_json(), "loss_scale": backend.loss_scale(),
+            "keep": student.keep, "best_step": final.best_step,
+            "best_score": final.best_score})
         log.info("finished at step %d: dev average %.2f", final.step,
                  final.history[-1]["average"] if final.history else float("nan"))

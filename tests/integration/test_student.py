@@ -119,3 +119,33 @@ def test_zero0_and_zero2_fp32_losses_match_and_export_equals_training(
         assert list(split["uid"]) == saved["uids"]
         ours = predict_outputs(model, read_task_spec(store, task), split)
         np.testing.assert_allclose(ours, np.asarray(saved["outputs"]), atol=1e-5)
+
+
+def test_keep_best_exports_the_best_dev_evaluation(experiment: dict, tmp_path: Path) -> None:
+    """student.keep: best (the default) exports the weights of the best evaluation in the
+    run's history (its first maximum), whose dev average the exported model reproduces;
+    only that step's weights file is left; the report states the selection."""
+    data = {**experiment, "name": "best", "storage_path": str(tmp_path / "runs"),
+            "student": {**experiment["student"], "distill": False, "checkpoint_every": 3,
+                        "deepspeed": {"zero_stage": 0},
+                        "training": {**experiment["student"]["training"], "epochs": 1,
+                                     "max_steps": 12, "precision": "fp32", "eval_every": 1,
+                                     "learning_rate": 0.02}}}
+    config = config_from_dict(data)
+    run_pipeline(config, only="prepare")
+    run_pipeline(config, only="student")
+    store = experiment_store(config)
+    state = store.read_json("student/baseline/train_state.json")
+    history = state["history"]
+    scores = [h["score"] for h in history]
+    best = history[scores.index(max(scores))]
+    record = store.read_json("student/baseline/student.json")
+    assert record["selected"] == {"keep": "best", "step": best["step"], "steps": 12}
+    assert state["best_step"] == best["step"]
+    assert store.list("student/baseline/best") == [f"step-{best['step']:08d}.safetensors"]
+    assert record["average"] == pytest.approx(best["average"], abs=1e-3)
+    print(f"best step {best['step']} of 12, scores {scores}")
+    run_pipeline(config, only="report")
+    report = store.read_text("report/report.md")
+    assert "## Model selection" in report
+    assert f"| baseline | best dev evaluation | {best['step']} of 12 |" in report

@@ -351,3 +351,35 @@ def test_deepspeed_leaves_absent_heads_alone_like_the_teachers_backend(
     for (name, a), b in zip(engine.model.state_dict().items(),
                             plain.model.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize(("zero", "precision", "mixed"), [(0, "fp32", "autocast"),
+                                                          (2, "fp32", "autocast"),
+                                                          (2, "bf16", "half_weights")])
+def test_full_weights_are_the_models_weights_as_fp32_on_cpu(
+        tiny_encoder_dir: Path, process_group: None, zero: int, precision: str,
+        mixed: str) -> None:
+    engine = DeepSpeedBackend(fresh_model(tiny_encoder_dir), student(precision, zero, mixed),
+                              total_steps=2, world_size=1)
+    train(engine, batches(1))
+    weights = engine.full_weights()
+    module = engine.model.state_dict()
+    assert set(weights) == set(module)
+    for name, value in weights.items():
+        assert value.dtype == torch.float32 and value.device.type == "cpu"
+        torch.testing.assert_close(value, module[name].float().cpu(), rtol=0, atol=0)
+        assert value.data_ptr() != module[name].data_ptr()  # a copy, not a view
+
+
+def test_pruning_keeps_only_the_best_step_named_by_the_checkpoint(tmp_path: Path) -> None:
+    from mtkd.storage import Storage
+    from mtkd.student.worker import best_weights_file, prune_best_weights
+
+    store = Storage.from_uri(str(tmp_path))
+    for step in (10, 20, 30):
+        store.write_bytes(best_weights_file(step), b"w")
+    prune_best_weights(store, 20)
+    assert store.list("best") == ["step-00000020.safetensors"]
+    prune_best_weights(store, None)
+    assert store.list("best") == []
+    prune_best_weights(Storage.from_uri(str(tmp_path / "empty")), 5)  # nothing there: fine
