@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 
-from mtkd.config import RayConfig
+from mtkd.config import RayConfig, Resources
 from mtkd.errors import MtkdError
 from mtkd.precision import DeviceInfo
 
@@ -40,6 +40,30 @@ def joins_cluster(config: RayConfig) -> bool:
     """Whether mtkd joins an existing cluster (ray.address, or RAY_ADDRESS inside a Ray
     job) rather than starting a local Ray on this machine."""
     return config.address is not None or bool(os.environ.get("RAY_ADDRESS"))
+
+
+def ray_resources(resources: Resources, gpu: float | None = None) -> dict[str, float]:
+    """Ray's request for one unit of work (a member, a soft-target actor, a student
+    worker) in Ray's own resource names: ``CPU``, ``GPU`` (when > 0) and ``memory``
+    (bytes, when ``memory_gb`` is set). ``gpu`` overrides ``resources.gpu``. The work runs
+    on CUDA iff its GPU request is > 0 (:func:`on_gpu`)."""
+    request = {"CPU": float(resources.cpu)}
+    gpus = resources.gpu if gpu is None else gpu
+    if gpus > 0:
+        request["GPU"] = float(gpus)
+    if resources.memory_gb:
+        request["memory"] = float(int(resources.memory_gb * 2**30))
+    return request
+
+
+def tune_resources(request: dict[str, float]) -> dict[str, float]:
+    """:func:`ray_resources` as ``tune.with_resources`` spells it (cpu, gpu, memory)."""
+    return {key.lower(): value for key, value in request.items()}
+
+
+def on_gpu(request: dict[str, float]) -> bool:
+    """The one device rule: work whose request holds GPUs runs on CUDA."""
+    return request.get("GPU", 0.0) > 0
 
 
 def _probe(use_gpu: bool) -> DeviceInfo:

@@ -501,9 +501,11 @@ class StudentConfig:
     num_workers: int = 1
     """Data-parallel Ray Train workers."""
     use_gpu: bool = False
-    """One GPU per worker, NCCL, CUDA precision; false: CPU and gloo."""
+    """Train on GPUs: resources_per_worker.gpu GPUs per worker (1 when that is 0), NCCL,
+    CUDA precision; false: CPU and gloo (unless resources_per_worker.gpu > 0, which alone
+    also puts the workers on GPUs)."""
     resources_per_worker: Resources = field(default_factory=Resources)
-    """What one worker asks for besides its GPU."""
+    """What one worker asks for (CPU, GPU, memory), as every other unit of work does."""
     checkpoint_every: int = 500
     """Save a checkpoint every N optimizer steps (and always at the end). A checkpoint that
     resumes exactly holds the weights and both AdamW moments, 12 bytes per parameter
@@ -527,6 +529,14 @@ class StudentConfig:
             return 0 if self.num_workers == 1 else 2
         return stage
 
+    @property
+    def gpu_per_worker(self) -> float:
+        """GPUs one worker asks for: resources_per_worker.gpu, or 1 with use_gpu when that
+        is 0. The workers run on CUDA iff it is > 0 (the device rule of every stage)."""
+        if self.resources_per_worker.gpu > 0:
+            return self.resources_per_worker.gpu
+        return 1.0 if self.use_gpu else 0.0
+
     def problems(self, path: str) -> list[Problem]:
         found: list[Problem] = []
         _at_least(found, f"{path}.num_layers", self.num_layers, 1)
@@ -537,7 +547,7 @@ class StudentConfig:
         if not self.seeds:
             found.append(Problem(f"{path}.seeds", "is empty", "give at least one seed, e.g. [0]"))
         found += _precision_problems(f"{path}.training.precision", self.training.precision,
-                                     self.use_gpu, f"{path}.use_gpu: true")
+                                     self.gpu_per_worker > 0, f"{path}.use_gpu: true")
         return found
 
 

@@ -48,7 +48,7 @@ from mtkd.experiment import (
 from mtkd.metrics import average_score, compute_task_metrics, task_score
 from mtkd.precision import Resolved, stage_precision
 from mtkd.progress import Progress
-from mtkd.raycluster import ensure_ray, probe_work_device
+from mtkd.raycluster import ensure_ray, on_gpu, probe_work_device, ray_resources
 from mtkd.records import (
     MemberRecord,
     PredictionsRecord,
@@ -131,6 +131,7 @@ def _infer_member(config: ExperimentConfig, store: Storage, member: MemberRecord
     # Several blocks per actor so that the last ones (the shortest rows) balance the pool.
     blocks = max(1, min(actors * 8, len(rows) // max(soft.batch_size, 1)))
     per = soft.resources_per_actor
+    request = ray_resources(per)
     # mtkd prints one progress line (rows, ex/s, ETA) at least every 30 s; Ray Data's own
     # non-terminal progress log would add a dozen lines every 10 s.
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -144,8 +145,10 @@ def _infer_member(config: ExperimentConfig, store: Storage, member: MemberRecord
                                "model_rel": f"{member_dir(member.name)}/model",
                                "precision": soft.precision,
                                "precision_key": "soft_targets.precision",
-                               "threads": max(1, round(per.cpu)), "use_gpu": per.gpu > 0},
-        num_cpus=per.cpu, num_gpus=per.gpu or None)
+                               "threads": max(1, round(per.cpu)),
+                               "use_gpu": on_gpu(request)},
+        num_cpus=request["CPU"], num_gpus=request.get("GPU"),
+        **({"memory": request["memory"]} if "memory" in request else {}))
     what = " ".join(x for x in ("soft", label, member.name) if x)
     tables, done, progress = [], 0, None
     for block in outputs.iter_batches(batch_size=None, batch_format="pyarrow"):

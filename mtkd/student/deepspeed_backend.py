@@ -92,7 +92,7 @@ class DeepSpeedBackend:
         training = student.training
         if device is None:
             device = (torch.device(get_accelerator().current_device_name())
-                      if student.use_gpu else torch.device("cpu"))
+                      if student.gpu_per_worker > 0 else torch.device("cpu"))
         device = torch.device(device)
         self.resolved = resolved or resolve_here(training.precision, device, PRECISION_KEY)
         self._optimizer = build_adamw(model, training.learning_rate, training.weight_decay)

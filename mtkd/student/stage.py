@@ -42,7 +42,7 @@ from mtkd.experiment import (
 from mtkd.model.mtdnn import num_parameters
 from mtkd.model.remote import save_model_to
 from mtkd.precision import Resolved, probe_device, stage_precision
-from mtkd.raycluster import ensure_ray, probe_work_device
+from mtkd.raycluster import ensure_ray, on_gpu, probe_work_device, ray_resources
 from mtkd.records import EnsembleRef, StudentRecord
 from mtkd.storage import Storage
 from mtkd.student.deepspeed_backend import CHECKPOINT_TAG
@@ -110,15 +110,13 @@ def _train(ctx: StageContext, run: StudentRun, run_lineage: str) -> Any:
     from ray.train.torch import TorchTrainer
 
     config, store, student = ctx.config, ctx.store, ctx.config.student
-    per_worker = {"CPU": student.resources_per_worker.cpu}
-    if student.resources_per_worker.memory_gb:
-        per_worker["memory"] = int(student.resources_per_worker.memory_gb * 2**30)
+    per_worker = ray_resources(student.resources_per_worker, gpu=student.gpu_per_worker)
     trainer = TorchTrainer(
         student_worker,
         train_loop_config={"experiment": config_to_dict(config, redact=False),
                            "run": dataclasses.asdict(run),
                            "storage": Storage.from_uri(config.storage_path).uri},
-        scaling_config=ScalingConfig(num_workers=student.num_workers, use_gpu=student.use_gpu,
+        scaling_config=ScalingConfig(num_workers=student.num_workers, use_gpu=on_gpu(per_worker),
                                      resources_per_worker=per_worker),
         run_config=RunConfig(
             name=f"{run.name}-{run_lineage[:10]}", storage_path=store.full_path(STUDENT_TRAIN_RUNS),
@@ -192,8 +190,7 @@ def run_student(ctx: StageContext) -> dict[str, Any]:
         if scoring is None:  # before the first run: refused (exit 2) or warned once
             stage_precision("student", "student.training.precision",
                             config.student.training.precision,
-                            probe_work_device(config.ray, 1.0 if config.student.use_gpu
-                                              else 0.0))
+                            probe_work_device(config.ray, config.student.gpu_per_worker))
             scoring = stage_precision("student", "report.precision", config.report.precision,
                                       probe_device("cpu"))
         ensure_ray(config.ray)

@@ -130,7 +130,7 @@ def student_worker(loop_config: dict[str, Any]) -> None:
                         seed=run["seed"])
     sampler = make_sampler(data.train, config, training, run["seed"], num_shards=world,
                            shard_index=rank)
-    if student.use_gpu:
+    if student.gpu_per_worker > 0:
         import ray.train.torch
 
         device = ray.train.torch.get_device()

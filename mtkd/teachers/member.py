@@ -34,6 +34,7 @@ from mtkd.config import ExperimentConfig, config_from_dict
 from mtkd.experiment import TEACHER_TRAIN_RUNS, member_dir, member_record, reusable
 from mtkd.model.mtdnn import keep_tasks
 from mtkd.model.remote import load_model_from, save_model_to
+from mtkd.raycluster import on_gpu, ray_resources
 from mtkd.records import MemberRecord
 from mtkd.storage import Storage
 from mtkd.teachers.plan import Member
@@ -211,7 +212,7 @@ def _train_in_trial(job: MemberJob, started: float) -> MemberRecord:
 
     resources = job.config.teachers.resources_per_member
     torch.set_num_threads(max(1, int(resources.cpu)))
-    device = "cuda" if resources.gpu > 0 and torch.cuda.is_available() else "cpu"
+    device = "cuda" if on_gpu(ray_resources(resources)) and torch.cuda.is_available() else "cpu"
     loop = job.build_loop(device)
     result, attempts = _train_with_checkpoints(job, loop, tune.get_checkpoint(), started,
                                                tune.report, tune.Checkpoint.from_directory)
@@ -257,17 +258,12 @@ def _drive_workers(job: MemberJob, trial_config: dict[str, Any], started: float)
     from ray.tune.integration.ray_train import TuneReportCallback
 
     teachers = job.config.teachers
-    resources = teachers.resources_per_member
-    per_worker: dict[str, float] = {"CPU": resources.cpu}
-    if resources.gpu > 0:
-        per_worker["GPU"] = resources.gpu
-    if resources.memory_gb:
-        per_worker["memory"] = int(resources.memory_gb * 2**30)
+    per_worker = ray_resources(teachers.resources_per_member)
     trainer = TorchTrainer(
         member_worker,
         train_loop_config={**trial_config, "started_at": started},
         scaling_config=ScalingConfig(num_workers=teachers.workers_per_member,
-                                     use_gpu=resources.gpu > 0,
+                                     use_gpu=on_gpu(per_worker),
                                      resources_per_worker=per_worker),
         run_config=RunConfig(
             name=train_run_name(job.member, job.lineage),
@@ -295,7 +291,7 @@ def member_worker(loop_config: dict[str, Any]) -> None:
     job.setup_logging(rank)
     resources = job.config.teachers.resources_per_member
     torch.set_num_threads(max(1, int(resources.cpu)))
-    if resources.gpu > 0:
+    if on_gpu(ray_resources(resources)):
         import ray.train.torch
 
         device = ray.train.torch.get_device()

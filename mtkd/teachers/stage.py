@@ -28,7 +28,7 @@ from mtkd.experiment import (
     reusable,
 )
 from mtkd.precision import stage_precision
-from mtkd.raycluster import ensure_ray, probe_work_device
+from mtkd.raycluster import ensure_ray, probe_work_device, ray_resources, tune_resources
 from mtkd.records import MemberRecord
 from mtkd.storage import Storage
 from mtkd.teachers.member import DRIVER_MEMORY, train_member_trial
@@ -94,10 +94,7 @@ def _run_trials(ctx: StageContext, todo: list[tuple[Member, str]], total: int,
         # The trial only drives a TorchTrainer, whose workers ask for resources_per_member.
         resources: dict[str, float] = {"cpu": 0, "memory": DRIVER_MEMORY}
     else:
-        resources = {"cpu": teachers.resources_per_member.cpu,
-                     "gpu": teachers.resources_per_member.gpu}
-        if teachers.resources_per_member.memory_gb:
-            resources["memory"] = int(teachers.resources_per_member.memory_gb * 2**30)
+        resources = tune_resources(ray_resources(teachers.resources_per_member))
     experiment = config_to_dict(config, redact=False)
     space = [{"experiment": experiment, "member": m.to_json(), "lineage": fp,
               # Absolute: Tune runs trials in their own working directories.
