@@ -1,0 +1,41 @@
+"""One translation from a Resources config to Ray's requests, and one device rule."""
+
+from __future__ import annotations
+
+import pytest
+
+from mtkd.config import Resources, config_from_dict
+from mtkd.raycluster import on_gpu, ray_resources, tune_resources
+
+GIB = 2**30
+
+
+@pytest.mark.parametrize(("resources", "gpu", "request_"), [
+    (Resources(), None, {"CPU": 1.0}),
+    (Resources(cpu=0.5), None, {"CPU": 0.5}),
+    (Resources(cpu=4, gpu=1), None, {"CPU": 4.0, "GPU": 1.0}),
+    (Resources(cpu=2, gpu=0.5, memory_gb=1.5), None,
+     {"CPU": 2.0, "GPU": 0.5, "memory": float(int(1.5 * GIB))}),
+    (Resources(cpu=1, memory_gb=8), None, {"CPU": 1.0, "memory": float(8 * GIB)}),
+    # the student's use_gpu supplies the GPU count
+    (Resources(cpu=2), 1.0, {"CPU": 2.0, "GPU": 1.0}),
+    (Resources(cpu=2, gpu=2), 0.0, {"CPU": 2.0}),
+])
+def test_ray_resources(resources: Resources, gpu: float | None, request_: dict) -> None:
+    got = ray_resources(resources, gpu)
+    assert got == request_
+    assert on_gpu(got) == ("GPU" in request_)
+    assert tune_resources(got) == {k.lower(): v for k, v in request_.items()}
+
+
+@pytest.mark.parametrize(("student", "gpus"), [
+    ({}, 0.0),
+    ({"use_gpu": True}, 1.0),
+    ({"use_gpu": True, "resources_per_worker": {"cpu": 4, "gpu": 2}}, 2.0),
+    # a GPU request alone puts the workers on GPUs, as for members and actors
+    ({"resources_per_worker": {"cpu": 4, "gpu": 0.5}}, 0.5),
+])
+def test_student_gpu_per_worker(student: dict, gpus: float) -> None:
+    config = config_from_dict({"name": "x", "tasks": [{"name": "rotten_tomatoes"}],
+                               "student": student})
+    assert config.student.gpu_per_worker == gpus
