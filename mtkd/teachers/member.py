@@ -31,7 +31,14 @@ from typing import Any
 import torch
 
 from mtkd.config import ExperimentConfig, config_from_dict
-from mtkd.experiment import TEACHER_TRAIN_RUNS, member_dir, member_record, reusable
+from mtkd.errors import MtkdError
+from mtkd.experiment import (
+    TEACHER_TRAIN_RUNS,
+    TEACHER_TUNE_RUNS,
+    member_dir,
+    member_record,
+    reusable,
+)
 from mtkd.model.mtdnn import keep_tasks
 from mtkd.model.remote import load_model_from, save_model_to
 from mtkd.raycluster import on_gpu, ray_resources
@@ -57,8 +64,52 @@ trial asks for a little memory and no CPU (it must not take a CPU its workers ne
 
 def train_run_name(member: Member, lineage: str) -> str:
     """The Ray Train run of a multi-worker member, under ``teachers/_train/``: stable over
-    retries and re-runs, so the run resumes from its own latest checkpoint."""
+    retries and re-runs, so the run resumes from its own latest checkpoint. Tune trial
+    folders of single-process members start with it too (``<run name>-<trial id>``)."""
     return f"{member.name}-{lineage[:10]}"
+
+
+def earlier_checkpoints(store: Storage, member: Member, lineage: str) -> list[tuple[Any, int]]:
+    """The checkpoints that earlier, interrupted Tune runs (Ctrl-C, a lost driver, a
+    preempted head) left for this member and lineage, newest first, with their steps. A
+    new trial of the same member continues from the newest that loads, not from step 0."""
+    from ray.train import Checkpoint
+
+    prefix = train_run_name(member, lineage) + "-"
+    found: list[tuple[int, str]] = []
+    for run in store.list(TEACHER_TUNE_RUNS):
+        for trial in store.list(f"{TEACHER_TUNE_RUNS}/{run}"):
+            if not trial.startswith(prefix):
+                continue
+            for name in store.list(f"{TEACHER_TUNE_RUNS}/{run}/{trial}"):
+                rel = f"{TEACHER_TUNE_RUNS}/{run}/{trial}/{name}"
+                if not name.startswith("checkpoint_") or not store.exists(
+                        f"{rel}/{CHECKPOINT_FILE}"):
+                    continue
+                try:
+                    state = json.loads(store.read_text(f"{rel}/{STATE_FILE}"))
+                    step = int(state["loop"]["step"])
+                except (MtkdError, ValueError, KeyError, TypeError):
+                    continue  # an upload cut short
+                found.append((step, rel))
+    return [(Checkpoint(path=store.full_path(rel), filesystem=store.filesystem), step)
+            for step, rel in sorted(found, reverse=True)]
+
+
+def _first_loadable(candidates: list[tuple[Any, int]]) -> Any | None:
+    """The first checkpoint of ``candidates`` whose files load (an upload cut short by a
+    kill may leave a truncated one)."""
+    for checkpoint, step in candidates:
+        try:
+            _restore(checkpoint)
+        except (OSError, RuntimeError, ValueError, KeyError, EOFError) as exc:
+            log.warning("skipping the checkpoint at step %d an earlier run left: %s", step, exc)
+            continue
+        # the progress logger: shown on the console even without teachers.verbose
+        logging.getLogger("mtkd.progress").info(
+            "continuing from the checkpoint at step %d that an earlier run left", step)
+        return checkpoint
+    return None
 
 
 @dataclass
@@ -214,7 +265,10 @@ def _train_in_trial(job: MemberJob, started: float) -> MemberRecord:
     torch.set_num_threads(max(1, int(resources.cpu)))
     device = "cuda" if on_gpu(ray_resources(resources)) and torch.cuda.is_available() else "cpu"
     loop = job.build_loop(device)
-    result, attempts = _train_with_checkpoints(job, loop, tune.get_checkpoint(), started,
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:  # a new trial: continue what an interrupted run left, if any
+        checkpoint = _first_loadable(earlier_checkpoints(job.store, job.member, job.lineage))
+    result, attempts = _train_with_checkpoints(job, loop, checkpoint, started,
                                                tune.report, tune.Checkpoint.from_directory)
     return job.write_member(result, started, attempts)
 
@@ -229,8 +283,9 @@ def _train_with_checkpoints(job: MemberJob, loop: TrainingLoop, checkpoint: Any,
     if checkpoint is not None:
         resume, attempts, best = _restore(checkpoint, rank)
         loop_state = resume[1]
-        log.info("resumed from step %d (epoch %d, batch %d)", loop_state.step,
-                 loop_state.epoch, loop_state.position)
+        logging.getLogger("mtkd.progress").info(
+            "resumed from step %d (epoch %d, batch %d)", loop_state.step, loop_state.epoch,
+            loop_state.position)
     attempts.append({"pid": os.getpid(), "start_step": resume[1].step if resume else 0,
                      "started_at": started_at})
     if rank == 0:

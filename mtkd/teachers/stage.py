@@ -31,7 +31,7 @@ from mtkd.precision import stage_precision
 from mtkd.raycluster import ensure_ray, probe_work_device, ray_resources, tune_resources
 from mtkd.records import MemberRecord
 from mtkd.storage import Storage
-from mtkd.teachers.member import DRIVER_MEMORY, train_member_trial
+from mtkd.teachers.member import DRIVER_MEMORY, train_member_trial, train_run_name
 from mtkd.teachers.plan import Member, init_member, member_lineage, plan_members
 
 log = logging.getLogger("mtkd")
@@ -128,7 +128,10 @@ def _run_trials(ctx: StageContext, todo: list[tuple[Member, str]], total: int,
 
 
 def _trial_dirname(trial: Any) -> str:
-    return trial.config["trial"]["member"]["name"] + "-" + trial.trial_id
+    """``<member>-<lineage[:10]>-<trial id>``: how a later run finds this trial's
+    checkpoints (:func:`mtkd.teachers.member.earlier_checkpoint`)."""
+    spec = trial.config["trial"]
+    return train_run_name(Member.from_json(spec["member"]), spec["lineage"]) + "-" + trial.trial_id
 
 
 def _preflight(config: ExperimentConfig) -> None:

@@ -199,3 +199,76 @@ def test_member_with_two_workers_trains_data_parallel_and_resumes(
     model, _ = load_model_from(store, "teachers/m000/model", tmp_path / "model")
     assert list(model.specs) == ["toy"]
     assert summary["model"].endswith("teachers/m000/model")
+
+
+def _wait_for(store: Storage, path: str, check, proc, log: Path, timeout: float = 300) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        try:
+            found = store.read_json(path) if store.exists(path) else None
+        except Exception:  # a read racing the atomic write
+            found = None
+        if found and check(found):
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"{path} never satisfied the check:\n{log.read_text()[-3000:]}")
+
+
+def test_interrupted_driver_resumes_members_from_their_checkpoints(experiment: dict,
+                                                                   tmp_path: Path) -> None:
+    """Ctrl-C, then kill -9, of `mtkd run` while a member trains: each re-run continues the
+    member from its last persisted checkpoint (not step 0), and the member ends with the
+    weights of an uninterrupted run (equal content fingerprints)."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[2]
+    data = {**experiment, "name": "cut",
+            "teachers": {**experiment["teachers"], "size": 1, "max_concurrent": 1,
+                         "variation": {"strategy": "grid", "seed": [1],
+                                       "learning_rate": [0.002]},
+                         "training": {**experiment["teachers"]["training"], "epochs": 1}}}
+    config_file = tmp_path / "cut.yaml"
+    config_file.write_text(yaml.safe_dump(data))
+    command = [sys.executable, "-m", "mtkd", "run", str(config_file), "--to", "teachers"]
+    store = Storage.from_uri(data["storage_path"]).child("cut")
+    progress = "teachers/m000/progress.json"
+    stops = [(signal.SIGINT, 1, 30), (signal.SIGKILL, 2, 45)]  # (signal, attempt, step)
+    for number, (sig, attempt, step) in enumerate(stops):
+        log = tmp_path / f"run{number}.log"
+        with log.open("w") as out:
+            proc = subprocess.Popen(command, cwd=repo, stdout=out, stderr=subprocess.STDOUT)
+            seen = _wait_for(store, progress,
+                             lambda p, a=attempt, s=step: p["attempt"] == a and p["step"] >= s,
+                             proc, log)
+            proc.send_signal(sig)
+            proc.wait(timeout=120)
+        assert proc.returncode == (130 if sig == signal.SIGINT else -signal.SIGKILL)
+        assert not store.exists("teachers/m000/member.json")
+        stops[number] = (sig, attempt, seen["step"])
+        time.sleep(2)  # the killed driver's Ray processes go with it (fate sharing)
+    log = tmp_path / "final.log"
+    with log.open("w") as out:
+        done = subprocess.run(command, cwd=repo, stdout=out, stderr=subprocess.STDOUT,
+                              timeout=600)
+    text = log.read_text()
+    assert done.returncode == 0, text[-3000:]
+    assert "continuing from the checkpoint at step" in text
+    record = store.read_json("teachers/m000/member.json")
+    starts = [a["start_step"] for a in record["attempts"]]
+    assert len(starts) == 3 and starts[0] == 0, starts
+    for (_, _, stopped_at), start in zip(stops, starts[1:], strict=True):
+        # the newest checkpoint persisted before the stop (every 15 steps)
+        assert start % 15 == 0 and stopped_at - 15 <= start <= stopped_at, (starts, stops)
+    assert starts[1] < starts[2]
+    history = [h["step"] for h in record["history"]]
+    assert history == sorted(set(history)), history
+
+    whole = config_from_dict({**data, "name": "whole"})
+    run_pipeline(whole, to_stage="teachers")
+    uninterrupted = experiment_store(whole).read_json("teachers/m000/member.json")
+    assert uninterrupted["lineage"] == record["lineage"]
+    assert uninterrupted["content"] == record["content"]
