@@ -30,7 +30,7 @@ def figures(report: dict) -> dict[str, float]:
             twin = runs.get(name.replace("student", "baseline", 1))
             if twin is not None:
                 gains.append(run["average"] - twin["average"])
-    member_mean = statistics.mean(m["average"] for m in report["members"])
+    member_mean = report["ensemble"]["member_mean"]  # the soft stage's one definition
     return {"kd_gain": statistics.mean(gains),
             "kd_gain_per_seed": gains,
             "ensemble_gain": report["ensemble"]["average"] - member_mean,

@@ -175,8 +175,11 @@ def collect(store: Storage, speed_examples: int = 256, measure: bool = True,
             report["members"].append({"name": name, "metrics": metrics,
                                       "average": average_score(metrics)})
         metrics = {t: v["ensemble"] for t, v in ensemble["tasks"].items()}
+        # "mean member", defined once (soft stage): per task the mean score of the members
+        # covering it, then the mean over tasks (per_task ensembles cover tasks unevenly)
         report["ensemble"] = {"metrics": metrics, "average": average_score(metrics),
-                              "size": len(names)}
+                              "size": len(names),
+                              "member_mean": ensemble["member_mean_average"]}
         report["artifacts"]["ensemble"] = store.uri_of(ENSEMBLE_SUMMARY)
     runs = {name: StudentRecord.from_json(run)
             for name, run in (manifests["student"] or {}).get("runs", {}).items()}

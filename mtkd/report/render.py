@@ -43,7 +43,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                          if metrics else "—")
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {row['average']:.2f} |")
     if report["members"] and report.get("ensemble"):
-        mean_member = sum(m["average"] for m in report["members"]) / len(report["members"])
+        mean_member = report["ensemble"]["member_mean"]
         lines += ["", f"Ensemble {report['ensemble']['average']:.2f} vs mean member "
                       f"{mean_member:.2f} ({report['ensemble']['average'] - mean_member:+.2f})."]
     if report.get("student") and report.get("baseline"):
