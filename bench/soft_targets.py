@@ -11,7 +11,7 @@ would. Variants, measured side by side in one run, interleaved round by round (m
   ``map_batches`` with the ``MemberPredictor`` actor pool: every actor loads the model from
   storage), ``soft_targets.precision: bf16``, ``resources_per_actor: {cpu: 0.5}`` (2 actors
   with one torch thread each on 2 CPUs), ``batch_size`` ``--batch-size``. The stage also
-  predicts dev; here only the train splits go through it (``SPLITS`` set to train), as in
+  predicts dev; here only the train splits go through it (``splits=TRAIN_ONLY``), as in
   every other variant. Ray is started once before any timing;
 * ``naive``: one process, fp32, batches of 32 in data order, every batch padded to the task's
   max_length, 2 torch threads;
@@ -96,6 +96,8 @@ from mtkd.training.evaluate import model_inputs
 
 ENCODER = "bundled:all-MiniLM-L6-v2"
 MAX_LENGTHS = {"rotten_tomatoes": 128, "boolq": 256}
+TRAIN_ONLY = ("train",)
+"""The splits timed: train only (the stage also predicts dev and test)."""
 MEMBER = MemberRecord(lineage="bench", content=None, name="m000", tasks=list(MAX_LENGTHS))
 Key = tuple[str, str]
 """(task, uid)"""
@@ -249,7 +251,8 @@ def soft_variant(setup: Setup) -> Callable[[], Measurement]:
 
     def run() -> Measurement:
         table, timing = timed(lambda: soft_stage._infer_member(setup.config, setup.store,
-                                                                MEMBER, tasks))
+                                                                MEMBER, tasks,
+                                                                splits=TRAIN_ONLY))
         return Measurement(timing, setup.examples, 0, table_outputs(table))
 
     return run
@@ -318,7 +321,7 @@ def replica(setup: Setup, *, blocks: int | None = None, batch_size: int | None =
     import ray
 
     soft = setup.config.soft_targets
-    rows = soft_stage._member_rows(setup.store, list(MAX_LENGTHS))
+    rows = soft_stage._member_rows(setup.store, list(MAX_LENGTHS), TRAIN_ONLY)
     if limit:
         rows = pa.concat_tables([rows.filter(pa.compute.equal(rows["task"], t)).slice(0, limit)
                                  for t in MAX_LENGTHS])
@@ -466,7 +469,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("mtkd").setLevel(logging.WARNING)
     datasets.disable_progress_bars()
     set_threads(args.threads)
-    soft_stage.SPLITS = ("train",)  # the train splits only (the stage also predicts dev)
     info = machine()
     began = time.perf_counter()
     print(f"# bench/soft_targets.py  {' '.join(sys.argv[1:]) or '(defaults)'}")

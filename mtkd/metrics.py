@@ -112,6 +112,14 @@ def predictions_from_outputs(spec: TaskSpec, outputs: np.ndarray) -> np.ndarray:
     return np.argmax(out, axis=-1).astype(np.int64)
 
 
+def labelled(spec: TaskSpec, labels: np.ndarray) -> np.ndarray:
+    """Which rows carry a label ``[N]`` bool: not NaN (regression), not -1 (otherwise)."""
+    gold = np.asarray(labels).reshape(-1)
+    if spec.kind.is_regression:
+        return ~np.isnan(gold.astype(np.float64))
+    return gold != -1
+
+
 def compute_task_metrics(spec: TaskSpec, outputs: np.ndarray,
                          labels: np.ndarray) -> dict[str, float]:
     """The task's metrics (``spec.metrics``, else its type's) of ``outputs`` against labels.
@@ -123,12 +131,8 @@ def compute_task_metrics(spec: TaskSpec, outputs: np.ndarray,
     gold = np.asarray(labels).reshape(-1)
     if gold.shape[0] != preds.shape[0]:
         raise ValueError(f"{spec.name}: {preds.shape[0]} outputs for {gold.shape[0]} labels")
-    if spec.kind.is_regression:
-        gold = gold.astype(np.float64)
-        keep = ~np.isnan(gold)
-    else:
-        keep = gold != -1
-        gold = gold.astype(np.int64)
+    keep = labelled(spec, gold)
+    gold = gold.astype(np.float64 if spec.kind.is_regression else np.int64)
     if not keep.any():
         raise ValueError(f"{spec.name}: no labelled examples to score")
     preds, gold = preds[keep], gold[keep]

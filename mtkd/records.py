@@ -152,7 +152,11 @@ class StudentRecord(Record):
     model: str = ""
     """The exported model folder's uri."""
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Dev metrics per task (percent) of the exported weights."""
     average: float | None = None
+    test_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    """The same on each task's labelled test rows (tasks without them are absent)."""
+    test_average: float | None = None
     params: int = 0
     precision: dict[str, Any] | None = None
     loss_scale: float | None = None

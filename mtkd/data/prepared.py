@@ -30,6 +30,12 @@ def read_task_spec(store: Storage, task: str) -> TaskSpec:
     return TaskSpec.from_json(record.spec)
 
 
+def prepared_splits(store: Storage, task: str) -> list[str]:
+    """The splits prepare wrote for ``task`` (train, dev, and test where the task has one)."""
+    record = TaskRecord.from_json(store.child(task_data_dir(task)).read_json(TASK_RECORD))
+    return [s for s in ("train", "dev", "test") if s in record.splits]
+
+
 def task_lineages(store: Storage) -> dict[str, str]:
     """The lineage of every task the last finished prepare stage wrote: {task: lineage}."""
     prepared = read_manifest(store, "prepare") or {}

@@ -43,12 +43,21 @@ def _mean_run(runs: list[StudentRecord]) -> dict[str, Any] | None:
     """A model row for several seeds: per-metric means, plus each seed's average."""
     if not runs:
         return None
-    tasks = runs[0].metrics
-    metrics = {t: {m: float(np.mean([r.metrics[t][m] for r in runs])) for m in tasks[t]}
-               for t in tasks}
+
+    def mean(per_run: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+        return {t: {m: float(np.mean([r[t][m] for r in per_run])) for m in per_run[0][t]}
+                for t in per_run[0]}
+
+    metrics = mean([r.metrics for r in runs])
+    test = mean([r.test_metrics for r in runs])
     return {"metrics": metrics, "average": average_score(metrics),
+            "test": {"metrics": test, "average": average_score(test) if test else None},
             "seeds": [r.seed for r in runs], "seed_averages": [r.average for r in runs],
             "params": runs[0].params, "models": [r.model for r in runs]}
+
+
+def _scored(metrics: dict[str, dict[str, float]]) -> dict[str, Any]:
+    return {"metrics": metrics, "average": average_score(metrics) if metrics else None}
 
 
 def measure_speed(store: Storage, model_rels: list[str], examples: int,
@@ -172,13 +181,17 @@ def collect(store: Storage, speed_examples: int = 256, measure: bool = True,
         for name in names:
             metrics = {t: v["members"][name] for t, v in ensemble["tasks"].items()
                        if name in v["members"]}
+            test = {t: v["test"]["members"][name] for t, v in ensemble["tasks"].items()
+                    if name in v.get("test", {}).get("members", {})}
             report["members"].append({"name": name, "metrics": metrics,
-                                      "average": average_score(metrics)})
+                                      "average": average_score(metrics),
+                                      "test": _scored(test)})
         metrics = {t: v["ensemble"] for t, v in ensemble["tasks"].items()}
+        test = {t: v["test"]["ensemble"] for t, v in ensemble["tasks"].items() if "test" in v}
         # "mean member", defined once (soft stage): per task the mean score of the members
         # covering it, then the mean over tasks (per_task ensembles cover tasks unevenly)
         report["ensemble"] = {"metrics": metrics, "average": average_score(metrics),
-                              "size": len(names),
+                              "size": len(names), "test": _scored(test),
                               "member_mean": ensemble["member_mean_average"]}
         report["artifacts"]["ensemble"] = store.uri_of(ENSEMBLE_SUMMARY)
     runs = {name: StudentRecord.from_json(run)

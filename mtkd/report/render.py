@@ -50,6 +50,18 @@ def render_markdown(report: dict[str, Any]) -> str:
         gain = report["student"]["average"] - report["baseline"]["average"]
         lines.append(f"Distillation: student {report['student']['average']:.2f} vs baseline "
                      f"{report['baseline']['average']:.2f} ({gain:+.2f}).")
+    tested = [(label, row["test"]) for label, row in _rows(report)
+              if (row.get("test") or {}).get("metrics")]
+    if tested:
+        lines += ["", "## Test", "",
+                  "The same models on each task's labelled test rows (never used to train, "
+                  "select weights or stop early); a task without test labels is left out.", "",
+                  "| model | " + " | ".join(tasks) + " | average |",
+                  "|---|" + "---|" * (len(tasks) + 1)]
+        for label, row in tested:
+            cells = [", ".join(f"{k} {v:.1f}" for k, v in row["metrics"][t].items())
+                     if t in row["metrics"] else "—" for t in tasks]
+            lines.append(f"| {label} | " + " | ".join(cells) + f" | {row['average']:.2f} |")
     lines += ["", "## Size and inference speed", "", "| model | parameters | examples/s |",
               "|---|---|---|"]
     if report.get("ensemble") and "examples_per_s" in report["ensemble"]:

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from mtkd.config import ExperimentConfig, SoftTargetsConfig
 from mtkd.data.columns import random_access_columns
-from mtkd.data.prepared import read_prepared, read_task_spec, task_lineages
+from mtkd.data.prepared import prepared_splits, read_prepared, read_task_spec, task_lineages
 from mtkd.errors import MtkdError
 from mtkd.experiment import (
     ENSEMBLE_SUMMARY,
@@ -45,7 +45,7 @@ from mtkd.experiment import (
     soft_targets_file,
     soft_targets_record,
 )
-from mtkd.metrics import average_score, compute_task_metrics, task_score
+from mtkd.metrics import average_score, compute_task_metrics, labelled, task_score
 from mtkd.precision import Resolved, stage_precision
 from mtkd.progress import Progress
 from mtkd.raycluster import ensure_ray, on_gpu, probe_work_device, ray_resources
@@ -61,7 +61,9 @@ from mtkd.soft.predictor import OUTPUT_SCHEMA, MemberPredictor
 from mtkd.storage import Storage
 
 log = logging.getLogger("mtkd")
-SPLITS = ("train", "dev")
+TARGET_SPLITS = ("train", "dev")
+"""Splits that get soft targets: the student trains on train; dev scores it. Members
+predict every prepared split (test too, scored where labelled)."""
 
 
 def actor_pool_size(config: SoftTargetsConfig, resources: dict[str, float]) -> int:
@@ -82,8 +84,10 @@ def _sequences(row: Any, ranking: bool) -> list:
     return row if ranking else [row]
 
 
-def _member_rows(store: Storage, tasks: list[str]) -> pa.Table:
-    """Train and dev rows of ``tasks``, one task after another, longest rows first.
+def _member_rows(store: Storage, tasks: list[str],
+                 splits: tuple[str, ...] | None = None) -> pa.Table:
+    """Rows of ``tasks`` (``splits``, default every prepared split: train, dev, test), one
+    task after another, longest rows first.
 
     Rows of a task are sorted by length so batches are bucketed. The order is longest
     first, and the task with the longest rows comes first: the actors then take the
@@ -97,7 +101,7 @@ def _member_rows(store: Storage, tasks: list[str]) -> pa.Table:
     for task in tasks:
         ranking = read_task_spec(store, task).kind.head == "ranking"
         tables, lengths = [], []
-        for split in SPLITS:
+        for split in splits or prepared_splits(store, task):
             data = read_prepared(store, task, split)
             columns = random_access_columns(data, ("uid", "input_ids", "token_type_ids",
                                                    "length"))
@@ -120,13 +124,15 @@ def _member_rows(store: Storage, tasks: list[str]) -> pa.Table:
 
 
 def _infer_member(config: ExperimentConfig, store: Storage, member: MemberRecord,
-                  tasks: list[str], label: str = "") -> pa.Table:
-    """Run the member over its tasks' rows with a Ray Data actor pool; a progress line
-    (``label``: which member of how many) at least every 30 s."""
+                  tasks: list[str], label: str = "",
+                  splits: tuple[str, ...] | None = None) -> pa.Table:
+    """Run the member over its tasks' rows (``splits``: default every prepared split) with
+    a Ray Data actor pool; a progress line (``label``: which member of how many) at least
+    every 30 s."""
     import ray
 
     soft = config.soft_targets
-    rows = _member_rows(store, tasks)
+    rows = _member_rows(store, tasks, splits)
     actors = actor_pool_size(soft, ray.cluster_resources())
     # Several blocks per actor so that the last ones (the shortest rows) balance the pool.
     blocks = max(1, min(actors * 8, len(rows) // max(soft.batch_size, 1)))
@@ -182,7 +188,8 @@ def predictions_lineage(config: ExperimentConfig, member_lineage: str, precision
     on the actors' device, not as asked for)."""
     effective = dataclasses.replace(
         config, soft_targets=dataclasses.replace(config.soft_targets, precision=precision))
-    return lineage("predictions", effective, inputs={"member": member_lineage})
+    return lineage("predictions", effective, inputs={"member": member_lineage,
+                                                     "splits": "train, dev, test"})
 
 
 def targets_lineage(config: ExperimentConfig, task: str, predictions: dict[str, str],
@@ -238,17 +245,20 @@ def _predict_members(config: ExperimentConfig, store: Storage,
 
 def _task_targets(config: ExperimentConfig, store: Storage, task: str,
                   members: list[MemberRecord]) -> tuple[dict[str, Any], dict[str, str]]:
-    """Aggregate, check and write one task's soft targets; returns its dev metrics and
-    the files written ({file: sha256})."""
+    """Aggregate, check and write one task's soft targets (train, dev); returns the dev
+    metrics of every member and of the ensemble, and under ``"test"`` the same on the
+    labelled test rows where the task has them; and the files written ({file: sha256})."""
     spec = read_task_spec(store, task)
     soft = config.soft_targets
     outputs = {m.name: _read_parquet(store, f"{predictions_dir(m.name)}/{task}.parquet")
                for m in members}
     metrics: dict[str, Any] = {"members": {}}
     files: dict[str, str] = {}
-    for split in SPLITS:
+    for split in prepared_splits(store, task):
         prepared = read_prepared(store, task, split)
         uids, labels = prepared["uid"], np.asarray(prepared["label"])
+        if split == "test" and not labelled(spec, labels).any():
+            continue
         per_member = []
         for table in outputs.values():
             chosen = table.filter(pa.compute.equal(table["split"], split))
@@ -259,13 +269,15 @@ def _task_targets(config: ExperimentConfig, store: Storage, task: str,
         targets = aggregate(stacked, list(uids), regression=spec.kind.is_regression,
                             method=soft.aggregation, temperature=soft.temperature)
         check_targets(targets, uids, task, split)
-        files[f"{split}.parquet"] = _write_targets(store, task, split, targets, labels)
-        if split == "dev":
+        if split in TARGET_SPLITS:
+            files[f"{split}.parquet"] = _write_targets(store, task, split, targets, labels)
+        if split in ("dev", "test"):
+            scored = metrics if split == "dev" else metrics.setdefault("test", {"members": {}})
             for name, member_out in zip(outputs, stacked, strict=True):
-                metrics["members"][name] = compute_task_metrics(spec, _outputs(member_out,
-                                                                               spec), labels)
+                scored["members"][name] = compute_task_metrics(spec, _outputs(member_out,
+                                                                              spec), labels)
             ensemble = targets.score if targets.probs is None else targets.probs
-            metrics["ensemble"] = compute_task_metrics(spec, ensemble, labels)
+            scored["ensemble"] = compute_task_metrics(spec, ensemble, labels)
     member_scores = [task_score(m) for m in metrics["members"].values()]
     metrics["member_mean"] = float(np.mean(member_scores))
     metrics["ensemble_score"] = task_score(metrics["ensemble"])
@@ -344,5 +356,6 @@ def run_soft(ctx: StageContext) -> dict[str, Any]:
             "member_mean_average": report["member_mean_average"],
             "members": report["members"], "lineages": lineages, "contents": contents,
             "output_fingerprint": ensemble,
-            "artifacts": [soft_targets_file(t, s) for t in sorted(tasks) for s in SPLITS]
+            "artifacts": [soft_targets_file(t, s) for t in sorted(tasks)
+                          for s in TARGET_SPLITS]
             + [ENSEMBLE_SUMMARY]}

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from mtkd.config import ExperimentConfig, KDConfig, config_to_dict
-from mtkd.data.prepared import task_lineages
+from mtkd.data.prepared import prepared_splits, read_prepared, task_lineages
 from mtkd.errors import MtkdError
 from mtkd.experiment import (
     STUDENT_TRAIN_RUNS,
@@ -161,8 +161,13 @@ def _export(ctx: StageContext, run: StudentRun, result: Any, scoring: Resolved
                           extra={"run": dataclasses.asdict(run)})
     metrics = evaluate(model, data.specs, data.dev, precision=scoring.precision,
                        progress=f"{run.name} dev")
+    test = {task: read_prepared(store, task, "test") for task in data.specs
+            if "test" in prepared_splits(store, task)}
+    tested = evaluate(model, data.specs, test, precision=scoring.precision,
+                      progress=f"{run.name} test")
     return {"selected": selected, "model": saved.uri, "content": saved.content,
             "metrics": metrics["tasks"], "average": metrics["average"],
+            "test_metrics": tested["tasks"], "test_average": tested["average"],
             "params": num_parameters(model), "precision": trained.get("precision"),
             "loss_scale": trained.get("loss_scale"), "scored_in": scoring.to_json()}
 

@@ -11,7 +11,7 @@ import torch
 
 from mtkd.data.collate import collate
 from mtkd.data.columns import random_access_columns
-from mtkd.metrics import average_score, compute_task_metrics
+from mtkd.metrics import average_score, compute_task_metrics, labelled
 from mtkd.precision import autocast
 from mtkd.progress import EVERY_SECONDS, Progress
 from mtkd.tasks.spec import TaskSpec
@@ -74,10 +74,15 @@ def predict_outputs(model: torch.nn.Module, spec: TaskSpec, split: datasets.Data
 
 def evaluate(model: torch.nn.Module, specs: Mapping[str, TaskSpec],
              splits: Mapping[str, datasets.Dataset], **kwargs: Any) -> dict[str, Any]:
-    """Dev metrics per task plus their average: {"tasks": {task: {metric: value}},
-    "average": float}. ``kwargs`` go to :func:`predict_outputs`."""
+    """Metrics per task plus their average: {"tasks": {task: {metric: value}},
+    "average": float | None}. Rows without a label are left out; a task without any
+    labelled row is left out (test splits may be unlabelled); the average is None when no
+    task is left. ``kwargs`` go to :func:`predict_outputs`."""
     per_task = {}
     for task, split in splits.items():
+        labels = np.asarray(split["label"])
+        if not labelled(specs[task], labels).any():
+            continue
         outputs = predict_outputs(model, specs[task], split, **kwargs)
-        per_task[task] = compute_task_metrics(specs[task], outputs, np.asarray(split["label"]))
-    return {"tasks": per_task, "average": average_score(per_task)}
+        per_task[task] = compute_task_metrics(specs[task], outputs, labels)
+    return {"tasks": per_task, "average": average_score(per_task) if per_task else None}

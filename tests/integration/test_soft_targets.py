@@ -34,7 +34,8 @@ def experiment(tmp_path_factory: pytest.TempPathFactory) -> dict:
     cls = {"name": "toy", "source": "files", "type": "classification",
            "labels": ["neg", "pos"], "max_length": 32,
            "files": {"train": str(write_task(root / "c_train.csv", 160, 0)),
-                     "dev": str(write_task(root / "c_dev.csv", 40, 1))}}
+                     "dev": str(write_task(root / "c_dev.csv", 40, 1)),
+                     "test": str(write_task(root / "c_test.csv", 30, 5))}}
     reg = {"name": "score", "source": "files", "type": "regression", "max_length": 32,
            "files": {"train": str(write_regression(root / "r_train.csv", 120, 2)),
                      "dev": str(write_regression(root / "r_dev.csv", 40, 3))}}
@@ -49,11 +50,11 @@ def experiment(tmp_path_factory: pytest.TempPathFactory) -> dict:
     }
 
 
-def member_outputs(store: Storage, member: str, task: str) -> np.ndarray:
+def member_outputs(store: Storage, member: str, task: str, split: str = "train") -> np.ndarray:
     with tempfile.TemporaryDirectory() as tmp:
         model, _ = load_model_from(store, f"teachers/{member}/model", Path(tmp) / "m")
         return predict_outputs(model, read_task_spec(store, task),
-                               read_prepared(store, task, "train"))
+                               read_prepared(store, task, split))
 
 
 def targets(store: Storage, task: str, split: str = "train") -> dict:
@@ -87,6 +88,18 @@ def test_soft_targets_average_members_and_grow_incrementally(experiment: dict) -
     ensemble = store.read_json("teachers/ensemble.json")
     assert set(ensemble["tasks"]["toy"]["members"]) == set(members)
     assert "accuracy" in ensemble["tasks"]["toy"]["ensemble"]
+    # The test split: every member and the ensemble scored on it, nothing written for it.
+    gold = np.asarray(read_prepared(store, "toy", "test")["label"])
+    outputs = {m: member_outputs(store, m, "toy", "test") for m in members}
+    scored = ensemble["tasks"]["toy"]["test"]
+    for m in members:
+        accuracy = 100 * np.mean(outputs[m].argmax(-1) == gold)
+        assert scored["members"][m]["accuracy"] == pytest.approx(accuracy, abs=1e-6)
+    mean_probs = np.mean([softmax(o) for o in outputs.values()], axis=0)
+    assert scored["ensemble"]["accuracy"] == pytest.approx(
+        100 * np.mean(mean_probs.argmax(-1) == gold), abs=1e-6)
+    assert "test" not in ensemble["tasks"]["score"]  # no test split
+    assert not store.exists("soft_targets/toy/test.parquet")
     assert outcomes["soft"].manifest["ensemble_average"] == ensemble["ensemble_average"]
 
     # A 4th member: only its own inference runs; the other members' predictions are reused.

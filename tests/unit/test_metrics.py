@@ -248,3 +248,35 @@ def test_majority_baseline_needs_train_labels() -> None:
         majority_baseline(BINARY, a(-1, -1), a(0, 1))
     with pytest.raises(ValueError, match="no labelled training"):
         majority_baseline(STSB, a(np.nan), a(0.5, 1.0))
+
+
+def test_evaluate_leaves_out_unlabelled_rows_and_tasks(monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    """Test splits may be partly or wholly unlabelled (-1, NaN): scored on the labelled
+    rows; a task with none is left out of the result and the average."""
+    import datasets
+    import torch
+
+    from mtkd.metrics import labelled
+    from mtkd.tasks.spec import TaskSpec
+    from mtkd.training import evaluate as evaluation
+
+    cls = TaskSpec("cls", "classification", ("a", "b"), ("accuracy",), 8)
+    reg = TaskSpec("reg", "regression", (), ("pearson",), 8)
+    assert labelled(cls, np.array([0, -1, 1])).tolist() == [True, False, True]
+    assert labelled(reg, np.array([0.5, np.nan])).tolist() == [True, False]
+
+    outputs = {"cls": np.array([[2.0, 0.0], [0.0, 2.0], [0.0, 2.0], [2.0, 0.0]]),
+               "reg": np.array([[0.1], [0.2]])}
+
+    def fake_predict(model: torch.nn.Module, spec: TaskSpec, split: datasets.Dataset,
+                     **kwargs: object) -> np.ndarray:
+        return outputs[spec.name]
+
+    splits = {"cls": datasets.Dataset.from_dict({"label": [0, -1, 1, 1]}),
+              "reg": datasets.Dataset.from_dict({"label": [np.nan, np.nan]})}
+    monkeypatch.setattr(evaluation, "predict_outputs", fake_predict)
+    result = evaluation.evaluate(torch.nn.Linear(1, 1), {"cls": cls, "reg": reg}, splits)
+    # labelled rows 0, 2, 3: predictions 0, 1, 0 vs labels 0, 1, 1 -> 2 of 3
+    assert result["tasks"] == {"cls": {"accuracy": pytest.approx(200 / 3)}}
+    assert result["average"] == pytest.approx(200 / 3)
