@@ -34,7 +34,7 @@ from typing import Any
 import datasets
 import pyarrow.parquet as pq
 
-from mtkd.config.schema import TaskConfig
+from mtkd.config.schema import COLUMN_ROLES, TaskConfig
 from mtkd.errors import DataError
 from mtkd.storage import Storage
 from mtkd.tasks.examples import CANDIDATES, LABEL, SPLITS, TEXT, TEXT_PAIR, UID, make_split
@@ -65,7 +65,7 @@ __all__ = ["deterministic_subset", "load_file_task", "read_table"]
 
 EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl",
               ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
-ROLES = ("text", "query", "text_pair", "candidates", "label", "uid")
+ROLES = COLUMN_ROLES
 
 
 @dataclass
