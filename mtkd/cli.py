@@ -107,8 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from mtkd.config import config_to_yaml, load_config
+    from mtkd.pretrained import check_encoders
 
     config = load_config(args.config, args.overrides)
+    check_encoders(config, args.config)
     if args.print_config:
         print(config_to_yaml(config), end="")
     print(f"OK: {args.config} is a valid experiment config ({len(config.tasks)} task(s), "

@@ -68,7 +68,8 @@ def registered_stages() -> list[Stage]:
     """The pipeline's stages in order (their config slices: mtkd.experiment.ARTIFACTS)."""
     return [
         Stage.declared("prepare", _lazy("mtkd.stages.prepare:run_prepare"),
-                       "load, check and tokenize every task's splits", always_run=True),
+                       "load, check and tokenize every task's splits", always_run=True,
+                       check=_lazy("mtkd.stages.prepare:check_prepare")),
         Stage.declared("teachers", _lazy("mtkd.teachers.stage:run_teachers"),
                        "train the teacher ensemble with Ray Tune", enabled=_distills),
         Stage.declared("soft", _lazy("mtkd.soft.stage:run_soft"),
@@ -134,6 +135,8 @@ def run_pipeline(
     store = experiment_store(config)
     log.info("experiment %s at %s", config.name, store.uri)
     _check_selection(config, store, all_stages, selected)
+    checked = {s.name: s.check(StageContext(config=config, store=store))
+               for s in all_stages if s.name in selected and s.check is not None}
     store.write_atomic(CONFIG_FILE, config_to_yaml(config).encode())
 
     outcomes: list[StageOutcome] = []
@@ -152,7 +155,8 @@ def run_pipeline(
             continue
         log.info("[%s] starting: %s", stage.name, stage.description)
         started = time.time()
-        result = stage.run(StageContext(config=config, store=store))
+        result = stage.run(StageContext(config=config, store=store,
+                                        checked=checked.get(stage.name)))
         seconds = time.time() - started
         manifest = {
             "stage": stage.name,

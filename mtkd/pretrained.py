@@ -11,6 +11,7 @@ import hashlib
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from mtkd import assets
 from mtkd.errors import MtkdError
@@ -63,3 +64,99 @@ def tokenizer_fingerprint(encoder_dir: Path) -> str:
             digest.update(name.encode())
             digest.update(file.read_bytes())
     return digest.hexdigest()[:16]
+
+
+ROBERTA_LIKE = ("roberta", "xlm-roberta", "camembert", "longformer", "data2vec-text",
+                "xlm-roberta-xl", "roberta-prelayernorm")
+"""Model types whose position ids start after the padding index (pad_token_id + 1): a
+table of 514 positions holds 512 tokens."""
+
+
+def max_tokens(encoder_dir: Path) -> tuple[int | None, str]:
+    """The most tokens one input to the encoder may have, and where that comes from: its
+    config.json's max_position_embeddings (less the padding offset of RoBERTa-style
+    models; none for relative-position models such as DeBERTa-v2/v3 with
+    position_biased_input false), capped by the tokenizer's model_max_length."""
+    import json
+
+    limit: int | None = None
+    why = ""
+    config = json.loads((encoder_dir / "config.json").read_text(encoding="utf-8"))
+    positions = config.get("max_position_embeddings")
+    if isinstance(positions, int) and config.get("position_biased_input", True) is not False:
+        offset = 0
+        if config.get("model_type") in ROBERTA_LIKE:
+            offset = int(config.get("pad_token_id") or 1) + 1
+        limit = positions - offset
+        why = (f"max_position_embeddings {positions}"
+               + (f" less the padding offset {offset} ({config.get('model_type')})"
+                  if offset else ""))
+    tokenizer_config = encoder_dir / "tokenizer_config.json"
+    if tokenizer_config.is_file():
+        cap = json.loads(tokenizer_config.read_text(encoding="utf-8")).get("model_max_length")
+        if isinstance(cap, int) and cap < 1_000_000 and (limit is None or cap < limit):
+            limit, why = cap, f"the tokenizer's model_max_length {cap}"
+    return limit, why
+
+
+def _local_encoder_dir(path: str) -> Path | None:
+    """The encoder's directory if it can be read without a download, else None."""
+    if path.startswith(BUNDLED_PREFIX):
+        try:
+            return assets.asset_dir(path[len(BUNDLED_PREFIX):], fetch=False)
+        except MtkdError:
+            return None
+    if path.startswith("s3://"):
+        digest = hashlib.sha256(path.encode()).hexdigest()[:16]
+        local = assets.cache_dir() / "encoders" / digest
+        return local if (local / "config.json").is_file() else None
+    local = Path(path).expanduser()
+    return local if (local / "config.json").is_file() else None
+
+
+def encoder_problems(config: Any) -> list[Any]:
+    """Problems of the tasks' max_length against every encoder the config uses (teachers'
+    encoder.path, student.encoder, teachers.variation encoders): an input longer than the
+    encoder's positions would fail or be silently wrong. Encoders that are not available
+    without a download (an unfetched bundled asset, an uncached s3:// folder) are checked
+    when the run fetches them (prepare)."""
+    from mtkd.errors import Problem
+
+    paths = {config.encoder.path: "encoder.path"}
+    if config.student.encoder:
+        paths.setdefault(config.student.encoder, "student.encoder")
+    variation = config.teachers.variation
+    for i, path in enumerate(variation.encoder):
+        paths.setdefault(path, f"teachers.variation.encoder.{i}")
+    for i, member in enumerate(variation.members):
+        if member.encoder:
+            paths.setdefault(member.encoder, f"teachers.variation.members.{i}.encoder")
+    problems = []
+    for path, key in paths.items():
+        local = _local_encoder_dir(path)
+        if local is None:
+            continue
+        try:
+            limit, why = max_tokens(local)
+        except (OSError, ValueError) as exc:
+            problems.append(Problem(key, f"cannot read {local / 'config.json'}: {exc}",
+                                    "point it at a transformers checkpoint directory"))
+            continue
+        if limit is None:
+            continue
+        for index, task in enumerate(config.tasks):
+            if task.max_length > limit:
+                problems.append(Problem(
+                    f"tasks.{index}.max_length", f"is {task.max_length} but the encoder "
+                    f"{path} ({key}) takes at most {limit} tokens ({why})",
+                    f"set tasks.{index}.max_length to {limit} or less"))
+    return problems
+
+
+def check_encoders(config: Any, source: str) -> None:
+    """Raise ConfigError (exit 2) listing :func:`encoder_problems`."""
+    from mtkd.errors import ConfigError
+
+    problems = encoder_problems(config)
+    if problems:
+        raise ConfigError(problems, source)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import hashlib
 import json
 import re
@@ -23,6 +24,8 @@ import yaml
 from mtkd.config.schema import ExperimentConfig
 from mtkd.errors import ConfigError, MtkdError, Problem
 
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+"""libyaml's safe loader where PyYAML was built with it (about 10x faster)."""
 _SECRET_NAME = re.compile(r"(SECRET|PASSWORD|TOKEN|CREDENTIAL|PRIVATE|_KEY|^KEY)", re.IGNORECASE)
 REDACTED = "***redacted***"
 
@@ -33,19 +36,26 @@ REDACTED = "***redacted***"
 def _read_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
     """Parse a YAML file into plain data plus its node tree (for line numbers)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise MtkdError(f"config file not found: {path} (fix: check the path)") from None
-    except UnicodeDecodeError as err:
-        raise MtkdError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     except OSError as err:
         raise MtkdError(f"cannot read config file {path}: {err.strerror}") from None
-    if "\x00" in text:
+    if b"\x00" in raw:
         raise MtkdError(f"{path}: is not a text file (it holds NUL bytes; fix: give the "
                         "experiment's YAML file, e.g. jobs/configs/quickstart.yaml)")
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise MtkdError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}; fix: "
+                        "save the file as UTF-8)") from None
+    try:
+        loader = _LOADER(text)
+        try:  # parsed once: the node tree (line numbers) and the data built from it
+            node = loader.get_single_node()
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
@@ -226,6 +236,13 @@ def _convert(tp: Any, value: Any, path: str, problems: list[Problem]) -> Any:
     return None
 
 
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    """The dataclass's resolved field types (cached: resolving string annotations costs
+    about 5 ms per class)."""
+    return typing.get_type_hints(cls)
+
+
 def _failed(tp: Any, value: Any, converted: Any) -> bool:
     """Whether converting ``value`` to ``tp`` failed (gave None where None is not allowed)."""
     if converted is not None:
@@ -242,7 +259,7 @@ def _build(cls: type, data: Any, path: str, problems: list[Problem]) -> Any:
         problems.append(Problem(where, f"expected a mapping, got {type(data).__name__}",
                                 "write key: value pairs"))
         return cls()
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in data.items():
@@ -253,7 +270,7 @@ def _build(cls: type, data: Any, path: str, problems: list[Problem]) -> Any:
             problems.append(Problem(key_path, "unknown key", fix))
             continue
         converted = _convert(hints[key], value, key_path, problems)
-        if converted is not None or value is None:
+        if not _failed(hints[key], value, converted):
             kwargs[key] = converted
     try:
         return cls(**kwargs)
