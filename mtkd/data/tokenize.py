@@ -16,20 +16,24 @@ split is encoded as pairs is decided once per split (:func:`split_is_pair`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import datasets
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from mtkd.errors import DataError
 from mtkd.tasks.examples import CANDIDATES, LABEL, TEXT, TEXT_PAIR, UID
 from mtkd.tasks.spec import TaskSpec
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 TOKEN_COLUMNS = ("input_ids", "token_type_ids", "length")
 
 
 def load_tokenizer(encoder_dir: Path) -> PreTrainedTokenizerBase:
     """The encoder's tokenizer, loaded from a local directory only (never a hub)."""
+    from transformers import AutoTokenizer  # imported when needed: seconds to import
+
     return AutoTokenizer.from_pretrained(str(encoder_dir), local_files_only=True)
 
 
