@@ -1,22 +1,26 @@
 """User task files (source "files"): CSV, TSV, JSONL or Parquet, local or s3://.
 
-Each split's file is read through :class:`mtkd.storage.Storage`, checked row by row (UTF-8,
-CSV field counts and quoting, one JSON object per line), loaded with the ``datasets``
-library from a cleaned local copy and mapped onto the canonical example table
+Each split's file is read through :class:`mtkd.storage.Storage`, decoded (byte-order mark:
+UTF-8/16/32; LF, CRLF or CR line ends), parsed and checked row by row (Python's ``csv``
+module for CSV/TSV with field counts and quoting, ``json`` per line, ``pyarrow`` for
+Parquet, rows read counted against lines or metadata) and mapped onto the canonical table
 (:mod:`mtkd.tasks.examples`) through ``tasks.N.columns`` (role -> column; a role's default
 column has the role's name):
 
 * ``text`` (alias ``query``; a ranking task's default is ``query``): required, never empty;
 * ``text_pair``: required for pair_classification, optional for regression;
-* ``label``: required in train and dev, optional in test (missing: NO_LABEL / NaN).
-  Classification: a value of ``tasks.N.labels`` (numbers and true/false match their text);
+* ``label``: required in train and dev, optional in test (missing: NO_LABEL / NaN); a
+  ``tasks.N.no_label`` value is unlabelled (skipped and counted in train/dev).
+  Classification: a value of ``tasks.N.labels`` (numbers and true/false match by value);
   regression: a number; ranking: the 0-based index of the right candidate;
 * ``candidates`` (ranking): a list of strings (in CSV/TSV a JSON list in one cell);
 * ``uid``: used verbatim if the file has the column; otherwise ``<task>-<sha1 of the
   text(s)>[:12]``, so two rows with the same text get the same uid (a duplicate).
 
-CSV/TSV use standard quoting (``"a, b"``, ``""`` for a quote) and read every cell as text,
-so "NA", "007" or "1" stay as written. See :mod:`mtkd.tasks.validation` for row numbers.
+CSV use standard quoting (``"a, b"``, ``""`` for a quote), TSV none (GLUE's convention: a
+quote is text), unless ``tasks.N.quoting`` says otherwise; every cell is read as text, so
+"NA", "007" or "1" stay as written. Labels are matched by value (:mod:`mtkd.tasks.labels`).
+See :mod:`mtkd.tasks.validation` for row numbers and docs/DATA_FILES.md for every rule.
 """
 
 from __future__ import annotations

@@ -248,7 +248,7 @@ def test_glue_files_with_wrong_columns_or_labels(tmp_path: Path) -> None:
     pq.write_table(pa.table({"text": ["x"], "label": [0], "idx": [0]}), path)
     task = TaskConfig(name="rte", source="glue", glue_task="rte", files={"train": str(path)})
     with pytest.raises(DataError, match=r"column 'sentence1' for role 'text' not found; columns "
-                                        r"found: text, label, idx"):
+                                        r"found: 'text', 'label', 'idx'"):
         load_glue_task(task, 4)
     pq.write_table(pa.table({"sentence1": ["x"], "sentence2": ["y"], "label": [7]}), path)
     with pytest.raises(DataError, match=r"train\.parquet, row 1, column 'label': label '7' is "
