@@ -695,7 +695,7 @@ def deterministic_subset(ds: datasets.Dataset, n: int | None, stratify: bool = F
         if seats[c] < len(groups[c]):
             heapq.heappush(heap, (-len(groups[c]) / (seats[c] + 1), i, c))
     for c in order:
-        if seats[c] < RARE_CLASS:
+        if seats[c] < RARE_CLASS and c != NO_LABEL:
             name = (label_names[c] if isinstance(c, int) and 0 <= c < len(label_names)
                     else c)
             log.warning("%sclass %r keeps %d of its %d examples in the subset of %d: too few "

@@ -355,3 +355,26 @@ def test_regression_minus_one_is_a_score_and_dash_is_unlabelled(tmp_path: Path) 
     task["files"]["test"] = str(test)
     labels = load_task(TaskConfig(**task), 0).splits["test"]["label"]
     assert all(math.isnan(x) for x in labels)
+
+
+def test_pair_or_single_is_decided_once_per_split() -> None:
+    from mtkd.data.tokenize import split_is_pair
+    from mtkd.errors import DataError
+    from mtkd.tasks.examples import make_split
+    from mtkd.tasks.spec import TaskSpec
+    from mtkd.tasks.types import task_type
+
+    spec = TaskSpec(name="sts", type="regression")
+    kind = task_type("regression")
+
+    def split(pairs: list[str]) -> Any:
+        return make_split([{"uid": f"u{i}", "text": f"t{i}", "text_pair": p, "label": 1.0}
+                           for i, p in enumerate(pairs)], kind)
+
+    assert split_is_pair(split(["b"] * 1001), spec) is True
+    assert split_is_pair(split([""] * 1001), spec) is False
+    # the old rule decided per 1000-row batch: single for rows 1-1000, pairs for row 1001
+    with pytest.raises(DataError, match=r"text_pair is empty in example 1 \(uid 'u0'\) but "
+                                        r"given in example 1001 \(uid 'u1000'\)"):
+        split_is_pair(split([""] * 1000 + ["b"]), spec)
+    assert split_is_pair(split([""]), TaskSpec(name="p", type="pair_classification")) is True

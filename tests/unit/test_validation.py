@@ -320,3 +320,21 @@ def test_summary_merge_keeps_counts_and_first_examples() -> None:
     a.merge(b)
     assert a.counts() == {EMPTY_TEXT: 2, UNKNOWN_LABEL: 1} and len(a.examples) == 2
     assert str(a.examples[0]) == "f.csv, row 2, column 'text': text is empty"
+
+
+def test_stratified_subset_keeps_every_class_and_warns_about_rare_ones(
+        caplog: pytest.LogCaptureFixture) -> None:
+    kind = task_type("classification")
+    # 97 of class 0, 3 of class 1: a plain 10-row hash subset may keep none of class 1
+    rows = [{"uid": f"u{i}", "text": f"t{i}", "label": int(i % 33 == 0)} for i in range(99)]
+    subsets = {n: deterministic_subset(make_split(rows, kind), n, stratify=True,
+                                       label_names=("neg", "pos"), where="t") for n in range(1, 60)}
+    for n, subset in subsets.items():
+        labels = subset["label"]
+        assert len(labels) == n and set(labels) == ({0} if n == 1 else {0, 1})
+        # D'Hondt quotas (96 : 3, at least one each): class 1 gets a 2nd seat only when
+        # 3 / 2 beats 96 / (seats of class 0 + 1), i.e. once class 0 holds 64
+        assert labels.count(1) == (0 if n == 1 else 1 if n < 66 else 2)
+        if n > 1:
+            assert set(subsets[n - 1]["uid"]) <= set(subset["uid"])  # larger n only adds
+    assert "class 'pos' keeps 1 of its 3 examples" in caplog.text
