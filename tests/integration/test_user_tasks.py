@@ -74,6 +74,21 @@ def test_csv_task_on_s3(s3_env: str) -> None:
 
 
 @pytest.mark.s3
+def test_s3_keys_with_spaces_and_non_ascii(s3_env: str) -> None:
+    store = Storage.from_uri(s3_env)
+    store.write_text("my data/café train.tsv", "review\tsentiment\n\"Quoted\" start\tpositive\n"
+                     "plain\tnegative\n")
+    store.write_text("my data/dév.tsv", "review\tsentiment\nthird\tnegative\n")
+    task = _files_task({"train": f"{s3_env}/my data/café train.tsv",
+                        "dev": f"{s3_env}/my data/dév.tsv"},
+                       type="classification", labels=["negative", "positive"],
+                       columns={"text": "review", "label": "sentiment"})
+    splits, _ = load_file_task(task, 0)
+    assert splits["train"]["text"] == ['"Quoted" start', "plain"]
+    assert splits["train"]["label"] == [1, 0] and splits["dev"]["label"] == [0]
+
+
+@pytest.mark.s3
 def test_jsonl_task_on_s3_with_bad_rows_skipped(s3_env: str) -> None:
     rows = [{"q": "Is it good?", "a": "Yes it is.", "y": True},
             {"q": "Is it bad?", "a": "No.", "y": False},
