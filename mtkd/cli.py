@@ -109,11 +109,11 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from mtkd.config import config_to_yaml, load_config
 
     config = load_config(args.config, args.overrides)
-    from mtkd.encoder_checks import check_tokenizers
+    from mtkd.encoder_checks import check_encoders
 
-    unchecked = check_tokenizers(config, args.config, local_only=True)
+    unchecked = check_encoders(config, args.config, local_only=True)
     if unchecked:
-        print(f"note: not checked here (not on this machine yet): the tokenizers of "
+        print(f"note: not checked here (not on this machine yet): the encoders of "
               f"{', '.join(unchecked)}; `mtkd run` checks them before it starts")
     if args.print_config:
         print(config_to_yaml(config), end="")

@@ -1,22 +1,28 @@
 """Checks of a config against the encoders it names, before anything runs.
 
-The prepare stage tokenizes every task once, with ``encoder.path``'s tokenizer; every
-member and the student read those token ids. An encoder with another tokenizer would
-train on ids that mean different words to its embeddings, and its saved model would
-tokenize differently at ``mtkd predict`` than in training. Until mixed tokenizers are
-supported, such configs are refused here, naming the key and both tokenizers.
+* **Tokenizers.** The prepare stage tokenizes every task once, with ``encoder.path``'s
+  tokenizer; every member and the student read those token ids. An encoder with another
+  tokenizer would train on ids that mean different words to its embeddings, and its saved
+  model would tokenize differently at ``mtkd predict`` than in training. Until mixed
+  tokenizers are supported, such configs are refused, naming the key and both tokenizers.
+* **Positions.** A task's ``max_length`` must fit every encoder's positions
+  (:func:`mtkd.pretrained.max_tokens`): longer inputs would fail or be silently wrong.
 
 Used by ``mtkd validate`` (``local_only``: encoders already on this machine — a local
-folder or a cached bundled asset — are checked; others are named as not checked) and
-before a run writes anything (every encoder, downloading as the stages would).
+folder, a cached bundled asset or s3:// copy — are checked; the others are named as not
+checked) and by the pipeline before a run writes anything (every encoder, fetched as the
+stages would fetch it).
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
+from mtkd import assets
 from mtkd.config import ExperimentConfig
-from mtkd.errors import ConfigError, Problem
+from mtkd.errors import ConfigError, MtkdError, Problem
+from mtkd.pretrained import BUNDLED_PREFIX, max_tokens
 
 PROBES = ("Hello World! It's 3:45pm in São Paulo, naïve café.",
           "the QUICK brown fox; don't-stop 12345 ünïcödé 日本語 🙂")
@@ -60,28 +66,62 @@ def tokenizer_difference(first: Path, second: Path) -> str | None:
     return None
 
 
-def _available(path: str) -> bool:
-    """Whether ``path`` resolves without a download."""
-    from mtkd import assets
-    from mtkd.pretrained import BUNDLED_PREFIX
-
+def _local_encoder_dir(path: str) -> Path | None:
+    """The encoder's directory if it can be read without a download, else None."""
     if path.startswith(BUNDLED_PREFIX):
-        name = path[len(BUNDLED_PREFIX):]
-        return any(a.name == name and a.present for a in assets.list_assets())
-    return "://" not in path
+        try:
+            return assets.asset_dir(path[len(BUNDLED_PREFIX):], fetch=False)
+        except MtkdError:
+            return None
+    if path.startswith("s3://"):
+        digest = hashlib.sha256(path.encode()).hexdigest()[:16]
+        local = assets.cache_dir() / "encoders" / digest
+        return local if (local / "config.json").is_file() else None
+    local = Path(path).expanduser()
+    return local if (local / "config.json").is_file() else None
+
+
+def length_problems(config: ExperimentConfig) -> list[Problem]:
+    """Problems of the tasks' max_length against every encoder the config uses (teachers'
+    encoder.path, student.encoder, teachers.variation encoders): an input longer than the
+    encoder's positions would fail or be silently wrong. Encoders that are not available
+    without a download (an unfetched bundled asset, an uncached s3:// folder) are checked
+    when the run fetches them (prepare)."""
+    paths = {config.encoder.path: "encoder.path"}
+    for key, path in encoder_keys(config).items():
+        paths.setdefault(path, key)
+    problems = []
+    for path, key in paths.items():
+        local = _local_encoder_dir(path)
+        if local is None:
+            continue
+        try:
+            limit, why = max_tokens(local)
+        except (OSError, ValueError) as exc:
+            problems.append(Problem(key, f"cannot read {local / 'config.json'}: {exc}",
+                                    "point it at a transformers checkpoint directory"))
+            continue
+        if limit is None:
+            continue
+        for index, task in enumerate(config.tasks):
+            if task.max_length > limit:
+                problems.append(Problem(
+                    f"tasks.{index}.max_length", f"is {task.max_length} but the encoder "
+                    f"{path} ({key}) takes at most {limit} tokens ({why})",
+                    f"set tasks.{index}.max_length to {limit} or less"))
+    return problems
 
 
 def tokenizer_problems(config: ExperimentConfig, local_only: bool = False
                        ) -> tuple[list[Problem], list[str]]:
     """Problems with encoders whose tokenizer differs from ``encoder.path``'s, and the keys
     left unchecked (with ``local_only``: encoders that would need a download)."""
-    from mtkd.errors import MtkdError
     from mtkd.pretrained import resolve_encoder_dir
 
     others = encoder_keys(config)
     if not others:
         return [], []
-    if local_only and not _available(config.encoder.path):
+    if local_only and _local_encoder_dir(config.encoder.path) is None:
         return [], sorted(others)
     try:
         reference = resolve_encoder_dir(config.encoder.path)
@@ -89,7 +129,7 @@ def tokenizer_problems(config: ExperimentConfig, local_only: bool = False
         return [Problem("encoder.path", str(exc), "see the fix above")], []
     problems, unchecked = [], []
     for key, path in others.items():
-        if local_only and not _available(path):
+        if local_only and _local_encoder_dir(path) is None:
             unchecked.append(key)
             continue
         try:
@@ -109,11 +149,24 @@ def tokenizer_problems(config: ExperimentConfig, local_only: bool = False
     return problems, unchecked
 
 
-def check_tokenizers(config: ExperimentConfig, source: str, local_only: bool = False
-                     ) -> list[str]:
-    """Raise ConfigError (exit 2) listing every tokenizer problem; returns the keys not
-    checked (``local_only``)."""
+def check_encoders(config: ExperimentConfig, source: str, local_only: bool = False
+                   ) -> list[str]:
+    """Raise ConfigError (exit 2) listing every tokenizer and position problem; returns
+    the keys left unchecked (``local_only``: encoders not on this machine yet). Without
+    ``local_only`` every encoder is fetched first, as the stages would."""
+    from mtkd.pretrained import resolve_encoder_dir
+
+    problems: list[Problem] = []
+    if not local_only:
+        for key, path in {"encoder.path": config.encoder.path, **encoder_keys(config)}.items():
+            try:
+                resolve_encoder_dir(path)
+            except MtkdError as exc:
+                problems.append(Problem(key, str(exc), "point it at an encoder folder"))
+        if problems:
+            raise ConfigError(problems, source)
     problems, unchecked = tokenizer_problems(config, local_only)
+    problems += length_problems(config)
     if problems:
         raise ConfigError(problems, source)
     return unchecked

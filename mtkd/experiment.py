@@ -286,6 +286,9 @@ class StageContext:
 
     config: ExperimentConfig
     store: Storage
+    checked: Any = None
+    """What the stage's ``check`` returned (None without one), e.g. prepare's loaded
+    tasks, so the stage does not redo the work."""
 
 
 def _declared_values(name: str) -> Callable[[ExperimentConfig], Any]:
@@ -312,6 +315,10 @@ class Stage:
     """Run even when the manifest matches: for stages whose inputs live outside the
     config (user data files). Such a stage reuses its own work internally and reports
     an ``output_fingerprint``, so later stages re-run only if its output changed."""
+    check: Callable[[StageContext], Any] | None = None
+    """Checks run for a selected stage before anything is written under the experiment
+    (not even config.yaml): raising MtkdError refuses the run with nothing written. The
+    result is handed to ``run`` as ``ctx.checked``."""
 
     @classmethod
     def declared(cls, name: str, run: Callable[[StageContext], dict[str, Any]],

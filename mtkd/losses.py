@@ -10,7 +10,8 @@ Model outputs by task type (``spec.kind``):
   Padded candidates get no probability, no loss and zero gradient.
 
 Every loss is computed in float32 (bf16 / fp16 outputs are cast up first) and returns a
-float32 scalar. Unlabelled rows (label -1, or NaN for regression) are ignored; a batch
+float32 scalar. Unlabelled rows (a negative label such as -1, or NaN for regression) are
+ignored; a class label >= the number of classes is an error, never masked; a batch
 without any labelled row gives a zero that still has a gradient. Nothing synchronises with
 the host: means are sums divided by ``max(count, 1)``.
 """
@@ -102,8 +103,11 @@ def hard_loss(spec: TaskSpec, outputs: Tensor, labels: Tensor) -> Tensor:
         diff = out - torch.nan_to_num(target)
         return _masked_mean(diff * diff, keep)
     labels = labels.long()
-    index = labels.clamp(0, out.shape[-1] - 1).unsqueeze(-1)  # [B, 1]
-    keep = (labels >= 0) & (labels < out.shape[-1]) & valid.gather(-1, index).squeeze(-1)
+    # Only unlabelled rows (negative: -1, or -100 as torch writes it) are masked. A label
+    # >= the number of outputs is a data error that prepare refuses (naming file and row);
+    # here it fails loudly in gather (an index error), it is never silently ignored.
+    index = labels.clamp_min(0).unsqueeze(-1)  # [B, 1]
+    keep = (labels >= 0) & valid.gather(-1, index).squeeze(-1)
     nll = -F.log_softmax(out, dim=-1).gather(-1, index).squeeze(-1)  # [B]
     return _masked_mean(nll, keep)
 

@@ -68,7 +68,8 @@ def registered_stages() -> list[Stage]:
     """The pipeline's stages in order (their config slices: mtkd.experiment.ARTIFACTS)."""
     return [
         Stage.declared("prepare", _lazy("mtkd.stages.prepare:run_prepare"),
-                       "load, check and tokenize every task's splits", always_run=True),
+                       "load, check and tokenize every task's splits", always_run=True,
+                       check=_lazy("mtkd.stages.prepare:check_prepare")),
         Stage.declared("teachers", _lazy("mtkd.teachers.stage:run_teachers"),
                        "train the teacher ensemble with Ray Tune", enabled=_distills),
         Stage.declared("soft", _lazy("mtkd.soft.stage:run_soft"),
@@ -134,10 +135,12 @@ def run_pipeline(
     store = experiment_store(config)
     log.info("experiment %s at %s", config.name, store.uri)
     _check_selection(config, store, all_stages, selected)
-    if stages is None:  # the real stages read the encoders: refuse mismatched tokenizers
-        from mtkd.encoder_checks import check_tokenizers
+    if stages is None:  # the real stages read the encoders: tokenizers and positions
+        from mtkd.encoder_checks import check_encoders
 
-        check_tokenizers(config, "config")
+        check_encoders(config, "config")
+    checked = {s.name: s.check(StageContext(config=config, store=store))
+               for s in all_stages if s.name in selected and s.check is not None}
     store.write_atomic(CONFIG_FILE, config_to_yaml(config).encode())
 
     outcomes: list[StageOutcome] = []
@@ -161,7 +164,8 @@ def run_pipeline(
                      ", ".join(previous.get("failed") or []) or "see its manifest")
         log.info("[%s] starting: %s", stage.name, stage.description)
         started = time.time()
-        result = stage.run(StageContext(config=config, store=store))
+        result = stage.run(StageContext(config=config, store=store,
+                                        checked=checked.get(stage.name)))
         seconds = time.time() - started
         manifest = {
             "stage": stage.name,

@@ -63,3 +63,36 @@ def tokenizer_fingerprint(encoder_dir: Path) -> str:
             digest.update(name.encode())
             digest.update(file.read_bytes())
     return digest.hexdigest()[:16]
+
+
+ROBERTA_LIKE = ("roberta", "xlm-roberta", "camembert", "longformer", "data2vec-text",
+                "xlm-roberta-xl", "roberta-prelayernorm")
+"""Model types whose position ids start after the padding index (pad_token_id + 1): a
+table of 514 positions holds 512 tokens."""
+
+
+def max_tokens(encoder_dir: Path) -> tuple[int | None, str]:
+    """The most tokens one input to the encoder may have, and where that comes from: its
+    config.json's max_position_embeddings (less the padding offset of RoBERTa-style
+    models; none for relative-position models such as DeBERTa-v2/v3 with
+    position_biased_input false), capped by the tokenizer's model_max_length."""
+    import json
+
+    limit: int | None = None
+    why = ""
+    config = json.loads((encoder_dir / "config.json").read_text(encoding="utf-8"))
+    positions = config.get("max_position_embeddings")
+    if isinstance(positions, int) and config.get("position_biased_input", True) is not False:
+        offset = 0
+        if config.get("model_type") in ROBERTA_LIKE:
+            offset = int(config.get("pad_token_id") or 1) + 1
+        limit = positions - offset
+        why = (f"max_position_embeddings {positions}"
+               + (f" less the padding offset {offset} ({config.get('model_type')})"
+                  if offset else ""))
+    tokenizer_config = encoder_dir / "tokenizer_config.json"
+    if tokenizer_config.is_file():
+        cap = json.loads(tokenizer_config.read_text(encoding="utf-8")).get("model_max_length")
+        if isinstance(cap, int) and cap < 1_000_000 and (limit is None or cap < limit):
+            limit, why = cap, f"the tokenizer's model_max_length {cap}"
+    return limit, why

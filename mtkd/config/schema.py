@@ -16,10 +16,36 @@ from typing import Literal
 from mtkd.errors import Problem
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Scalar = str | int | float | bool
+"""A label as YAML may write it: ``[1, 2]``, ``[no, yes]``, ``[neg, pos]`` (see
+mtkd.tasks.labels for how labels are compared)."""
 TaskType = Literal["classification", "pair_classification", "regression", "ranking"]
 BUNDLED_TASK_NAMES = ("rotten_tomatoes", "boolq", "trec", "vader_movies", "lp50", "sms_spam")
 """Names of the bundled tasks (mtkd.tasks.bundled.BUNDLED; a test keeps them equal)."""
+SPLIT_NAMES = ("train", "dev", "test")
+COLUMN_ROLES = ("text", "query", "text_pair", "candidates", "label", "uid")
+"""Roles of tasks.N.columns (query is the text role's other name, for ranking)."""
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+MAX_NAME_LENGTH = 64
+"""Experiment and task names become folder names and S3 keys (a member adds
+``.m000``, a Ray Train run ``-<16-hex lineage>``): kept short and portable."""
+
+
+def _name_problems(path: str, name: str, what: str) -> list[Problem]:
+    """A name that becomes a path: ASCII letters, digits, '_', '.', '-', starting with a
+    letter or digit, at most MAX_NAME_LENGTH characters, not ending in '.'."""
+    if not _NAME_RE.match(name) or name.endswith("."):
+        bad = sorted({c for c in name if not re.match(r"[A-Za-z0-9_.-]", c)})
+        detail = (f" (characters not allowed: {', '.join(repr(c) for c in bad)})" if bad
+                  else " (it must start with a letter or digit and not end with '.')"
+                  if name else "")
+        return [Problem(path, f"{name!r} is not a valid {what} name{detail}",
+                        "use ASCII letters, digits, '_', '.', '-', starting with a letter "
+                        "or digit (it becomes a folder name and an S3 key)")]
+    if len(name) > MAX_NAME_LENGTH:
+        return [Problem(path, f"{what} name is {len(name)} characters long",
+                        f"use at most {MAX_NAME_LENGTH} (it becomes a folder name)")]
+    return []
 
 
 def _at_least(problems: list[Problem], path: str, value: float | None, low: float) -> None:
@@ -140,10 +166,27 @@ class TaskConfig:
     """For source "files": split name (train, dev, test) to a local or s3:// path."""
     format: Literal["auto", "csv", "tsv", "jsonl", "parquet"] = "auto"
     """File format of `files` ("auto": from the file extension)."""
+    quoting: Literal["auto", "csv", "none"] = "auto"
+    """Quotes in CSV/TSV files. csv: standard quoting ("a, b"; "" for a quote inside;
+    quoted fields may span lines). none: a quote is text and every line is one row (the
+    GLUE convention: QQP and MNLI quote nothing). auto: csv for .csv, none for .tsv."""
+    header: bool = True
+    """Whether a CSV/TSV file's first row names the columns. false: columns are named by
+    0-based position, "0", "1", ...; name the roles with columns, e.g. {text: "3",
+    label: "1"} for CoLA's headerless files."""
     columns: dict[str, str] = field(default_factory=dict)
     """Role to column name: text, text_pair, label, uid (and query, candidates for ranking)."""
-    labels: list[str] | None = None
-    """Class labels in head order (classification tasks of source "files")."""
+    labels: list[Scalar] | None = None
+    """Class labels in head order (classification tasks of source "files"), at least two.
+    A label cell matches a label when both are the same number (`1`, `1.0`, ` 1`, `01`),
+    the same truth value (`true`, `True`, `yes`; `false`, `no`) or the same text after
+    trimming spaces (case-sensitive): see docs/DATA_FILES.md."""
+    no_label: list[Scalar] | None = None
+    """Label cells that mean "no gold label" (compared like labels; empty cells always
+    count). Such rows are kept unlabelled in a test split and skipped (counted in the
+    prepare summary) in train and dev. null: ["-1", "-", ""] (SNLI/MNLI's "-", GLUE test
+    files' -1), or ["-", ""] for regression, where -1 is a score. [] makes every empty or
+    "-" label an error."""
     metrics: list[str] | None = None
     """Dev metrics to report, from accuracy, f1, mcc, pearson, spearman (null: the task
     type's defaults; GLUE tasks use GLUE's own)."""
@@ -163,11 +206,8 @@ class TaskConfig:
 
     def problems(self, path: str) -> list[Problem]:
         found: list[Problem] = []
-        if not _NAME_RE.match(self.name):
-            found.append(
-                Problem(f"{path}.name", f"{self.name!r} is not a valid task name",
-                        "use letters, digits, '_', '.', '-' (it becomes a folder name)")
-            )
+        found += _name_problems(f"{path}.name", self.name, "task")
+        found += self._label_problems(path)
         if self.source == "bundled" and self.name not in BUNDLED_TASK_NAMES:
             close = difflib.get_close_matches(self.name, BUNDLED_TASK_NAMES, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
@@ -182,6 +222,18 @@ class TaskConfig:
             if "train" not in self.files:
                 found.append(Problem(f"{path}.files.train", "is missing",
                                      "give the path of the training file"))
+        for split in self.files:
+            if split not in SPLIT_NAMES:
+                close = difflib.get_close_matches(split, SPLIT_NAMES, n=1)
+                found.append(Problem(f"{path}.files.{split}", f"unknown split {split!r}",
+                                     (f"did you mean {close[0]!r}? " if close else "")
+                                     + f"use {', '.join(SPLIT_NAMES)}"))
+        for role in self.columns:
+            if role not in COLUMN_ROLES:
+                close = difflib.get_close_matches(role, COLUMN_ROLES, n=1)
+                found.append(Problem(f"{path}.columns.{role}", f"unknown role {role!r}",
+                                     (f"did you mean {close[0]!r}? " if close else "")
+                                     + f"use roles from {', '.join(COLUMN_ROLES)}"))
         if self.source == "glue" and not self.glue_task:
             found.append(Problem(f"{path}.glue_task", "is required for source 'glue'",
                                  "set it to a GLUE config name such as sst2"))
@@ -193,6 +245,46 @@ class TaskConfig:
         _at_least(found, f"{path}.max_length", self.max_length, 8)
         _at_least(found, f"{path}.max_train_examples", self.max_train_examples, 1)
         _at_least(found, f"{path}.max_dev_examples", self.max_dev_examples, 1)
+        return found
+
+    def _label_problems(self, path: str) -> list[Problem]:
+        from mtkd.tasks.labels import label_key, label_name
+
+        found: list[Problem] = []
+        classes = self.type in ("classification", "pair_classification")
+        if self.labels is not None and classes and self.source == "files" \
+                and len(self.labels) < 2:
+            found.append(Problem(f"{path}.labels", f"lists {len(self.labels)} label(s); a "
+                                 "classification task needs at least 2",
+                                 "list every class, e.g. [ham, spam]"))
+        first: dict[str, int] = {}
+        for i, label in enumerate(self.labels or []):
+            if label is None:
+                continue
+            j = first.setdefault(label_key(label), i)
+            if j != i:
+                found.append(Problem(f"{path}.labels.{i}", f"{label_name(label)!r} is the "
+                                     f"same label as {path}.labels.{j} "
+                                     f"({label_name(self.labels[j])!r})",
+                                     "list every label once (numbers and true/false are "
+                                     "compared by value)"))
+        for i, value in enumerate(self.no_label or []):
+            if value is not None and label_key(value) in first:
+                k = first[label_key(value)]
+                found.append(Problem(f"{path}.no_label.{i}", f"{label_name(value)!r} is also "
+                                     f"a class label ({path}.labels.{k})",
+                                     f"remove it from {path}.no_label"))
+        if self.no_label is None and classes and self.labels:
+            from mtkd.tasks.labels import DEFAULT_NO_LABEL
+
+            for value in DEFAULT_NO_LABEL:
+                if value and label_key(value) in first:
+                    k = first[label_key(value)]
+                    found.append(Problem(f"{path}.labels.{k}", f"{value!r} is a class label "
+                                         f"but also in the default no_label set "
+                                         f"{list(DEFAULT_NO_LABEL)} (unlabelled rows)",
+                                         f"set {path}.no_label to the values that mean "
+                                         f"unlabelled without it, e.g. [\"-\", \"\"]"))
         return found
 
 
@@ -605,19 +697,24 @@ class ExperimentConfig:
 
     def problems(self, path: str = "") -> list[Problem]:
         found: list[Problem] = []
-        if not _NAME_RE.match(self.name):
-            found.append(Problem("name", f"{self.name!r} is not a valid experiment name",
-                                 "use letters, digits, '_', '.', '-' (it becomes a folder)"))
+        found += _name_problems("name", self.name, "experiment")
         found += _storage_path_problems(self.storage_path)
         if not self.tasks:
             found.append(Problem("tasks", "is empty", "list at least one task, e.g. "
                                  "[{name: rotten_tomatoes}]"))
-        seen: set[str] = set()
+        seen: dict[str, int] = {}
         for i, task in enumerate(self.tasks):
-            if task.name in seen:
+            j = seen.setdefault(task.name.lower(), i)
+            if j == i:
+                continue
+            if self.tasks[j].name == task.name:
                 found.append(Problem(f"tasks.{i}.name", f"task {task.name!r} is listed twice",
                                      "give every task a unique name"))
-            seen.add(task.name)
+            else:
+                found.append(Problem(f"tasks.{i}.name", f"task {task.name!r} differs from "
+                                     f"tasks.{j}.name {self.tasks[j].name!r} only in case: "
+                                     "their folders collide on case-insensitive file "
+                                     "systems (macOS, Windows)", "rename one of them"))
         if self.tasks and self.student.distill and not any(t.teacher for t in self.tasks):
             found.append(Problem("student.distill", "is true but no task has a teacher",
                                  "set teacher: true on a task, or student.distill: false"))

@@ -9,25 +9,31 @@ Output columns of a tokenized split:
   sampler buckets on.
 
 Padding is left to the collator (dynamic per batch); truncation is per task
-(``max_length``), and for a pair the longer side is cut first (``longest_first``).
+(``max_length``), and for a pair the longer side is cut first (``longest_first``). Whether a
+split is encoded as pairs is decided once per split (:func:`split_is_pair`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import datasets
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from mtkd.errors import DataError
 from mtkd.tasks.examples import CANDIDATES, LABEL, TEXT, TEXT_PAIR, UID
 from mtkd.tasks.spec import TaskSpec
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 TOKEN_COLUMNS = ("input_ids", "token_type_ids", "length")
 
 
 def load_tokenizer(encoder_dir: Path) -> PreTrainedTokenizerBase:
     """The encoder's tokenizer, loaded from a local directory only (never a hub)."""
+    from transformers import AutoTokenizer  # imported when needed: seconds to import
+
     return AutoTokenizer.from_pretrained(str(encoder_dir), local_files_only=True)
 
 
@@ -41,7 +47,7 @@ def _encode(tokenizer: PreTrainedTokenizerBase, first: list[str], second: list[s
 
 
 def _tokenize_batch(batch: dict[str, list[Any]], tokenizer: PreTrainedTokenizerBase,
-                    spec: TaskSpec) -> dict[str, list[Any]]:
+                    spec: TaskSpec, is_pair: bool) -> dict[str, list[Any]]:
     if spec.kind.head == "ranking":
         all_ids, all_types, lengths = [], [], []
         for query, candidates in zip(batch[TEXT], batch[CANDIDATES], strict=True):
@@ -51,11 +57,30 @@ def _tokenize_batch(batch: dict[str, list[Any]], tokenizer: PreTrainedTokenizerB
             all_types.append(types)
             lengths.append(max(len(x) for x in ids))
         return {"input_ids": all_ids, "token_type_ids": all_types, "length": lengths}
-    pairs = batch[TEXT_PAIR]
-    is_pair = spec.kind.pair if spec.kind.pair is not None else any(pairs)
-    second = pairs if is_pair else None
+    second = batch[TEXT_PAIR] if is_pair else None
     ids, types = _encode(tokenizer, batch[TEXT], second, spec.max_length)
     return {"input_ids": ids, "token_type_ids": types, "length": [len(x) for x in ids]}
+
+
+def split_is_pair(split: datasets.Dataset, spec: TaskSpec) -> bool:
+    """Whether a split is encoded as sentence pairs: the task type's rule, or for a type
+    that allows both (regression) whether its rows have a text_pair, decided once for the
+    whole split (never per tokenization batch). A split whose rows mix empty and non-empty
+    text_pair raises DataError naming the first row of each kind (the loaders refuse empty
+    text_pair cells in a file that has the column, so this is a guard)."""
+    if spec.kind.head == "ranking":
+        return True
+    if spec.kind.pair is not None or TEXT_PAIR not in split.column_names:
+        return bool(spec.kind.pair)
+    pairs = split[TEXT_PAIR]
+    filled = [bool(p) for p in pairs]
+    if all(filled) or not any(filled):
+        return bool(filled) and filled[0]
+    empty, full = filled.index(False), filled.index(True)
+    raise DataError(f"task {spec.name!r}: text_pair is empty in example {empty + 1} (uid "
+                    f"{split[empty][UID]!r}) but given in example {full + 1} (uid "
+                    f"{split[full][UID]!r}): a split is encoded all as pairs or all as single "
+                    "texts (fix: give every row a text_pair, or none)")
 
 
 def tokenize_split(split: datasets.Dataset, spec: TaskSpec,
@@ -63,6 +88,7 @@ def tokenize_split(split: datasets.Dataset, spec: TaskSpec,
     """Tokenize one split; keeps ``uid`` and ``label``, drops the raw text columns."""
     drop = [c for c in split.column_names if c not in (UID, LABEL)]
     return split.map(_tokenize_batch, batched=True, batch_size=1000,
-                     fn_kwargs={"tokenizer": tokenizer, "spec": spec},
+                     fn_kwargs={"tokenizer": tokenizer, "spec": spec,
+                                "is_pair": split_is_pair(split, spec)},
                      remove_columns=drop, desc=f"tokenize {spec.name}",
                      load_from_cache_file=False, keep_in_memory=True)

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from mtkd.config import ExperimentConfig
 from mtkd.data.prepared import read_prepared, read_task_spec, task_lineages
 from mtkd.data.sampler import MultiTaskBatchSampler, padding_fraction
-from mtkd.data.tokenize import load_tokenizer, tokenize_split
+from mtkd.data.tokenize import load_tokenizer, split_is_pair, tokenize_split
 from mtkd.experiment import (
     TASK_RECORD,
     StageContext,
@@ -112,16 +112,30 @@ def tokenized_lineage(config: ExperimentConfig, index: int, tokenizer: str,
                    inputs={"tokenizer": tokenizer, "content": content})
 
 
+def check_prepare(ctx: StageContext) -> list[LoadedTask]:
+    """Load and check every task before anything is written: a DataError (bad file, row,
+    label, column) refuses the run with nothing written under the experiment."""
+    resolve_encoder_dir(ctx.config.encoder.path)  # fetched to the cache, not the experiment
+    # (every encoder's tokenizer and positions were checked by the pipeline before this)
+    loaded = [load_task(task_config, index) for index, task_config in
+              enumerate(ctx.config.tasks)]
+    for task in loaded:
+        for split in task.splits.values():
+            split_is_pair(split, task.spec)  # one encoding per split, or an error
+    return loaded
+
+
 def run_prepare(ctx: StageContext) -> dict[str, Any]:
     """Load, check and tokenize every task; reuse tasks whose inputs did not change."""
     config = ctx.config
+    all_loaded = ctx.checked if ctx.checked is not None else check_prepare(ctx)
     encoder_dir = resolve_encoder_dir(config.encoder.path)
     tokenizer = load_tokenizer(encoder_dir)
     tok_fp = tokenizer_fingerprint(encoder_dir)
     summary: dict[str, Any] = {}
     for index, task_config in enumerate(config.tasks):
         task_store = ctx.store.child(task_data_dir(task_config.name))
-        loaded = load_task(task_config, index)
+        loaded = all_loaded[index]
         task_lineage = tokenized_lineage(config, index, tok_fp, {
             n: rows_fingerprint(s) for n, s in sorted(loaded.splits.items())})
         old = reusable(task_store, TASK_RECORD, task_lineage, TaskRecord)

@@ -1,43 +1,45 @@
 """User task files (source "files"): CSV, TSV, JSONL or Parquet, local or s3://.
 
-Each split's file is read through :class:`mtkd.storage.Storage`, checked row by row (UTF-8,
-CSV field counts and quoting, one JSON object per line), loaded with the ``datasets``
-library from a cleaned local copy and mapped onto the canonical example table
+Each split's file is read through :class:`mtkd.storage.Storage`, decoded (byte-order mark:
+UTF-8/16/32; LF, CRLF or CR line ends), parsed and checked row by row (Python's ``csv``
+module for CSV/TSV with field counts and quoting, ``json`` per line, ``pyarrow`` for
+Parquet, rows read counted against lines or metadata) and mapped onto the canonical table
 (:mod:`mtkd.tasks.examples`) through ``tasks.N.columns`` (role -> column; a role's default
 column has the role's name):
 
 * ``text`` (alias ``query``; a ranking task's default is ``query``): required, never empty;
 * ``text_pair``: required for pair_classification, optional for regression;
-* ``label``: required in train and dev, optional in test (missing: NO_LABEL / NaN).
-  Classification: a value of ``tasks.N.labels`` (numbers and true/false match their text);
+* ``label``: required in train and dev, optional in test (missing: NO_LABEL / NaN); a
+  ``tasks.N.no_label`` value is unlabelled (skipped and counted in train/dev).
+  Classification: a value of ``tasks.N.labels`` (numbers and true/false match by value);
   regression: a number; ranking: the 0-based index of the right candidate;
 * ``candidates`` (ranking): a list of strings (in CSV/TSV a JSON list in one cell);
 * ``uid``: used verbatim if the file has the column; otherwise ``<task>-<sha1 of the
   text(s)>[:12]``, so two rows with the same text get the same uid (a duplicate).
 
-CSV/TSV use standard quoting (``"a, b"``, ``""`` for a quote) and read every cell as text,
-so "NA", "007" or "1" stay as written. See :mod:`mtkd.tasks.validation` for row numbers.
+CSV use standard quoting (``"a, b"``, ``""`` for a quote), TSV none (GLUE's convention: a
+quote is text), unless ``tasks.N.quoting`` says otherwise; every cell is read as text, so
+"NA", "007" or "1" stay as written. Labels are matched by value (:mod:`mtkd.tasks.labels`).
+See :mod:`mtkd.tasks.validation` for row numbers and docs/DATA_FILES.md for every rule.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
-import os
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import datasets
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mtkd.config.schema import TaskConfig
+from mtkd.config.schema import COLUMN_ROLES, TaskConfig
 from mtkd.errors import DataError
 from mtkd.storage import Storage
 from mtkd.tasks.examples import CANDIDATES, LABEL, SPLITS, TEXT, TEXT_PAIR, UID, make_split
+from mtkd.tasks.labels import label_key, label_name
 from mtkd.tasks.types import TaskType, task_type
 from mtkd.tasks.validation import (
     EMPTY_UID,
@@ -48,15 +50,19 @@ from mtkd.tasks.validation import (
     as_text,
     cell_candidates,
     cell_text,
+    check_label_range,
     class_label_parser,
     decode_lines,
     deterministic_subset,
     drop_duplicate_uids,
     empty_split_error,
+    headerless_error,
+    looks_like_data,
     missing_column_error,
+    no_label_set,
     normalize_cell,
-    ranking_label,
-    regression_label,
+    ranking_parser,
+    regression_parser,
     scan_csv,
     scan_jsonl,
 )
@@ -65,7 +71,7 @@ __all__ = ["deterministic_subset", "load_file_task", "read_table"]
 
 EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl",
               ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
-ROLES = ("text", "query", "text_pair", "candidates", "label", "uid")
+ROLES = COLUMN_ROLES
 
 
 @dataclass
@@ -117,76 +123,66 @@ def resolve_roles(task: str, key: str, kind: TaskType, split: str, file: str, fo
 
 
 def read_table(path: str, fmt: str, resolve: Callable[[list[str]], dict[str, str]],
-               bad_rows: BadRows) -> Table:
-    """Read one file via Storage; ``resolve`` maps the columns found to role -> column."""
+               bad_rows: BadRows, quoting: str = "auto", header: bool = True,
+               labels: list[Any] | tuple[Any, ...] = ()) -> Table:
+    """Read one file via Storage; ``resolve`` maps the columns found to role -> column.
+
+    ``quoting`` (CSV/TSV): "csv", "none" or "auto" (csv for CSV, none for TSV); ``header``:
+    whether line 1 names the columns (CSV/TSV); ``labels``: the task's class labels, to
+    recognise a first row that is data. Every record read is a record counted: CSV/TSV
+    records against data lines (:func:`~mtkd.tasks.validation.scan_csv`), JSON lines one
+    per line, Parquet rows against the file's metadata.
+    """
     parent, _, name = path.rstrip("/").rpartition("/")
     raw = Storage.from_uri(parent or ("/" if path.startswith("/") else ".")).read_bytes(name)
-    with tempfile.TemporaryDirectory(prefix="mtkd-data-") as tmp:
-        local = os.path.join(tmp, f"data.{fmt}")
-        if fmt == "parquet":
-            with open(local, "wb") as out:
-                out.write(raw)
-            try:
-                found = list(pq.read_schema(local).names)
-            except Exception as exc:
-                raise DataError(f"task {bad_rows.task!r}: {path} is not a Parquet file "
-                                f"({exc})") from None
-            roles = resolve(found)
-            ds = _load("parquet", local, tmp, path, bad_rows.task)
-            rows = list(range(1, len(ds) + 1))
-        else:
-            lines, bad_lines = decode_lines(raw)
-            if fmt == "jsonl":
-                found, records, rows = scan_jsonl(lines, bad_lines, path, bad_rows)
-                roles = resolve(found) if found else {}  # empty file: an empty split
-                with open(local, "w", encoding="utf-8") as out:
-                    for obj in records:
-                        kept = {c: normalize_cell(obj.get(c)) for c in roles.values()}
-                        out.write(json.dumps(kept, ensure_ascii=False) + "\n")
-                kwargs: dict[str, Any] = {}
-            else:
-                delimiter = "\t" if fmt == "tsv" else ","
-                found, records, rows = scan_csv(lines, bad_lines, delimiter, path, bad_rows)
-                roles = resolve(found) if found else {}  # empty file: an empty split
-                with open(local, "w", encoding="utf-8", newline="") as out:
-                    csv.writer(out, delimiter=delimiter, lineterminator="\n",
-                               quoting=csv.QUOTE_ALL).writerows([found, *records])
-                kwargs = {"delimiter": delimiter, "keep_default_na": False,
-                          "converters": dict.fromkeys(found, str)}
-            if not records:
-                return Table(path, found, roles, {c: [] for c in roles.values()}, [])
-            ds = _load("json" if fmt == "jsonl" else "csv", local, tmp, path, bad_rows.task,
-                       **kwargs)
-        if len(ds) != len(rows):
-            raise RuntimeError(f"{path}: datasets read {len(ds)} rows, the check {len(rows)}")
-        data = ds.select_columns(list(dict.fromkeys(roles.values()))).to_dict()
+    if fmt == "parquet":
+        found, roles, data, rows = _read_parquet(raw, path, resolve, bad_rows.task)
+        return Table(path, found, roles, data, rows)
+    lines, bad_lines = decode_lines(raw, path, bad_rows.task)
+    if fmt == "jsonl":
+        found, objects, rows = scan_jsonl(lines, bad_lines, path, bad_rows)
+        roles = resolve(found) if found else {}  # empty file: an empty split
+        data = {c: [normalize_cell(obj.get(c)) for obj in objects]
+                for c in dict.fromkeys(roles.values())}
+        return Table(path, found, roles, data, rows)
+    delimiter = "\t" if fmt == "tsv" else ","
+    if quoting == "auto":
+        quoting = "none" if fmt == "tsv" else "csv"
+    found, records, rows = scan_csv(lines, bad_lines, delimiter, path, bad_rows, quoting,
+                                    header)
+    try:
+        roles = resolve(found) if found else {}  # empty file: an empty split
+    except DataError:
+        if header and looks_like_data(found, labels):
+            raise headerless_error(bad_rows.task, path, bad_rows.key, found, labels) from None
+        raise
+    positions = {c: found.index(c) for c in dict.fromkeys(roles.values())}
+    data = {c: [record[i] for record in records] for c, i in positions.items()}
     return Table(path, found, roles, data, rows)
 
 
-@contextmanager
-def _quiet() -> Iterator[None]:
-    bars_off = datasets.utils.are_progress_bars_disabled()
-    verbosity = datasets.logging.get_verbosity()
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
+def _read_parquet(raw: bytes, path: str, resolve: Callable[[list[str]], dict[str, str]],
+                  task: str) -> tuple[list[str], dict[str, str], dict[str, list[Any]],
+                                      list[int]]:
     try:
-        yield
-    finally:
-        datasets.logging.set_verbosity(verbosity)
-        if not bars_off:
-            datasets.enable_progress_bars()
-
-
-def _load(builder: str, local: str, tmp: str, file: str, task: str, **kwargs: Any
-          ) -> datasets.Dataset:
-    with _quiet():
-        try:
-            return datasets.load_dataset(builder, data_files=local, split="train",
-                                         cache_dir=os.path.join(tmp, "cache"), **kwargs)
-        except Exception as exc:
-            cause = exc.__cause__ or exc
-            raise DataError(f"task {task!r}: {file} could not be read as {builder}: "
-                            f"{type(cause).__name__}: {cause}") from exc
+        parquet = pq.ParquetFile(pa.BufferReader(raw))
+        found = list(parquet.schema_arrow.names)
+    except Exception as exc:
+        raise DataError(f"task {task!r}: {path} is not a Parquet file ({exc}) (fix: give a "
+                        "Parquet file, or name a text file *.csv, *.tsv or *.jsonl)") from None
+    roles = resolve(found)
+    kept = list(dict.fromkeys(roles.values()))
+    try:
+        table = parquet.read(columns=kept)
+    except Exception as exc:
+        raise DataError(f"task {task!r}: {path}: the Parquet file cannot be read ({exc}) "
+                        "(fix: re-write it, e.g. with pandas.DataFrame.to_parquet)") from None
+    expected = parquet.metadata.num_rows
+    if table.num_rows != expected:
+        raise DataError(f"task {task!r}: {path}: read {table.num_rows} rows but the file's "
+                        f"metadata says {expected} (fix: re-write the file)")
+    data = {c: [normalize_cell(v) for v in table.column(c).to_pylist()] for c in kept}
+    return found, roles, data, list(range(1, table.num_rows + 1))
 
 
 def content_uid(task: str, example: dict[str, Any]) -> str:
@@ -236,10 +232,13 @@ def to_examples(table: Table, split: str, task: str, parse_label: LabelParser,
 
 
 def finish_task(task: TaskConfig, kind: TaskType, key: str, bad_rows: BadRows,
-                per_split: dict[str, tuple[Table, list[dict[str, Any]], list[Place]]]
-                ) -> dict[str, datasets.Dataset]:
-    """Drop duplicate uids (across splits, in train/dev/test order), check for empty splits,
-    build the Datasets and apply max_train_examples / max_dev_examples."""
+                per_split: dict[str, tuple[Table, list[dict[str, Any]], list[Place]]],
+                labels: list[str] | tuple[str, ...] = ()) -> dict[str, datasets.Dataset]:
+    """Check label ranges, drop duplicate uids (across splits, in train/dev/test order),
+    check for empty splits, build the Datasets and apply max_train_examples /
+    max_dev_examples (stratified by class for classification). ``labels``: class names."""
+    for split, (_, examples, places) in per_split.items():
+        check_label_range(examples, places, split, kind.name, len(labels), task.name, key)
     order = sorted(per_split, key=lambda s: SPLITS.index(s) if s in SPLITS else len(SPLITS))
     owners = [(split, j) for split in order for j in range(len(per_split[split][2]))]
     entries = [per_split[split][2][j] for split, j in owners]
@@ -255,7 +254,9 @@ def finish_task(task: TaskConfig, kind: TaskType, key: str, bad_rows: BadRows,
         if not kept:
             raise empty_split_error(task.name, table.file, split,
                                     bad_rows.per_file.get(table.file, 0))
-        out[split] = deterministic_subset(make_split(kept, kind), limits.get(split))
+        out[split] = deterministic_subset(
+            make_split(kept, kind), limits.get(split), stratify=is_classes(kind),
+            label_names=labels, where=f"task {task.name!r}, {split} split")
     return out
 
 
@@ -273,18 +274,24 @@ def load_file_task(task: TaskConfig, index: int | None = None
     if unknown:
         raise DataError(f"task {task.name!r}: {key}.files has unknown split(s) "
                         f"{', '.join(unknown)} (fix: use {', '.join(SPLITS)})")
+    no_label = no_label_set(kind.name, task.no_label, key)
+    labels: list[Any] = []
     if kind.is_regression:
-        parse_label: LabelParser = regression_label
+        parse_label: LabelParser = regression_parser(no_label)
     elif kind.head == "ranking":
-        parse_label = ranking_label
+        parse_label = ranking_parser(no_label)
     else:
-        parse_label = class_label_parser(_labels(task, key), key)
+        labels = _labels(task, key)
+        parse_label = class_label_parser(labels, key, no_label)
     configured = configured_roles(task, kind, key)
     bad_rows = BadRows(task.bad_rows, key, task.name)
-    per_split = {}
+    tables: dict[str, Table] = {}
     for split in (s for s in SPLITS if s in task.files):
         path = task.files[split]
         fmt = file_format(path, task.format, key, task.name)
+        if not task.header and fmt not in ("csv", "tsv"):
+            raise DataError(f"task {task.name!r}: {key}.header: false is for CSV/TSV files, "
+                            f"but {path} is {fmt} (fix: remove {key}.header)")
 
         def resolve(found: list[str], split: str = split, path: str = path) -> dict[str, str]:
             ranking = kind.head == "ranking"
@@ -292,19 +299,51 @@ def load_file_task(task: TaskConfig, index: int | None = None
             return resolve_roles(task.name, key, kind, split, path, found, configured,
                                  {"text": text})
 
-        table = read_table(path, fmt, resolve, bad_rows)
-        per_split[split] = (table, *to_examples(table, split, task.name, parse_label, bad_rows))
-    return finish_task(task, kind, key, bad_rows, per_split), bad_rows.summary
+        tables[split] = read_table(path, fmt, resolve, bad_rows, task.quoting, task.header,
+                                   labels)
+    check_roles_across_splits(task.name, key, tables)
+    per_split = {split: (table, *to_examples(table, split, task.name, parse_label, bad_rows))
+                 for split, table in tables.items()}
+    names = tuple(label_name(label) for label in labels)
+    return finish_task(task, kind, key, bad_rows, per_split, names), bad_rows.summary
 
 
-def _labels(task: TaskConfig, key: str) -> list[str]:
+def is_classes(kind: TaskType) -> bool:
+    """Whether a task's labels are classes (subsets are stratified by them)."""
+    return kind.head == "linear" and not kind.is_regression
+
+
+def check_roles_across_splits(task: str, key: str, tables: dict[str, Table]) -> None:
+    """An optional column (text_pair of a regression task, uid) must be in every split's
+    file or in none: a task must not train on single sentences and evaluate on pairs."""
+    for role in ("text_pair", "uid"):
+        have = [s for s, t in tables.items() if role in t.roles and t.rows]
+        lack = [s for s, t in tables.items() if role not in t.roles and t.rows]
+        if have and lack:
+            with_it = tables[have[0]]
+            without = tables[lack[0]]
+            raise DataError(
+                f"task {task!r}: column {with_it.roles[role]!r} (role {role!r}) is in "
+                f"{with_it.file} ({have[0]} split) but not in {without.file} ({lack[0]} "
+                f"split; its columns: {', '.join(repr(c) for c in without.columns)}) "
+                f"(fix: give every split the column, or none; or set {key}.columns.{role} "
+                "to a column every file has)")
+
+
+def _labels(task: TaskConfig, key: str) -> list[Any]:
     if not task.labels:
         raise DataError(f"task {task.name!r}: {key}.labels is required for a {task.type} task "
                         "from files (fix: list the label values in head order, e.g. labels: "
                         "[negative, positive])")
-    if len(set(task.labels)) != len(task.labels):
-        raise DataError(f"task {task.name!r}: {key}.labels lists a label twice: {task.labels}")
-    return [str(label) for label in task.labels]
+    if len(task.labels) < 2:
+        raise DataError(f"task {task.name!r}: {key}.labels lists one label; a {task.type} "
+                        "task needs at least 2 (fix: list every class, e.g. [ham, spam])")
+    keys = [label_key(label) for label in task.labels]
+    if len(set(keys)) != len(keys):
+        raise DataError(f"task {task.name!r}: {key}.labels lists a label twice: "
+                        f"{[label_name(x) for x in task.labels]} (numbers and true/false are "
+                        "compared by value)")
+    return list(task.labels)
 
 
 def configured_roles(task: TaskConfig, kind: TaskType, key: str) -> dict[str, str]:

@@ -35,6 +35,7 @@ from mtkd.tasks.files import (
     task_key,
     to_examples,
 )
+from mtkd.tasks.labels import label_key
 from mtkd.tasks.spec import TaskSpec
 from mtkd.tasks.types import task_type
 from mtkd.tasks.validation import (
@@ -42,7 +43,10 @@ from mtkd.tasks.validation import (
     BadRows,
     BadRowSummary,
     LabelParser,
+    NoLabel,
     RowProblem,
+    as_text,
+    no_label_set,
     regression_label,
 )
 
@@ -106,19 +110,26 @@ def glue_task_spec(task: TaskConfig, index: int | None = None) -> TaskSpec:
                     teacher=task.teacher)
 
 
-def _label_parser(spec: GlueTask) -> LabelParser:
+def _label_parser(spec: GlueTask, no_label: NoLabel) -> LabelParser:
+    """GLUE labels: class indices as on the hub (``1``, ``1.0``), or label names; test
+    files' ``-1`` (and the task's no_label set) is unlabelled."""
     names = list(spec.labels)
+    keys = {label_key(name): i for i, name in enumerate(names)}
 
     def parse(value: Any, split: str, candidates: list[str] | None = None) -> int | float:
-        text = "" if value is None else str(value).strip()
-        if split == "test" and text in ("", "-1", "-1.0"):
-            return math.nan if spec.type == "regression" else NO_LABEL
+        text = as_text(value)
         if spec.type == "regression":
+            if no_label(text, split, math.nan) is not None:
+                return math.nan
             return regression_label(value, split)
-        if text in names:
-            return names.index(text)
-        if text.lstrip("-").isdigit() and 0 <= int(text) < len(names):
-            return int(text)
+        key = label_key(text) if text is not None else ""
+        if key in keys:
+            return keys[key]
+        if key.lstrip("-").isdigit() and 0 <= int(key) < len(names):
+            return int(key)
+        missing = no_label(text, split, NO_LABEL)
+        if missing is not None:
+            return int(missing)
         raise RowProblem(UNKNOWN_LABEL, f"label {text!r} is not a class index 0 to "
                          f"{len(names) - 1} or one of {names}", "use GLUE's label indices")
     return parse
@@ -148,7 +159,7 @@ def load_glue_task(task: TaskConfig, index: int | None = None
             path = task.files[split]
             tables[split] = read_table(path, file_format(path, task.format, key, task.name),
                                        lambda found, s=split, p=path: resolve(s, p, found),
-                                       bad_rows)
+                                       bad_rows, task.quoting, task.header, spec.labels)
     else:
         hub = _hub(task, name, key)
         for hub_split, split in spec.splits:
@@ -158,11 +169,12 @@ def load_glue_task(task: TaskConfig, index: int | None = None
             data = ds.select_columns(list(dict.fromkeys(roles.values()))).to_dict()
             tables[split] = Table(file, list(ds.column_names), roles, data,
                                   list(range(1, len(ds) + 1)))
-    parse = _label_parser(spec)
+    # GLUE marks unlabelled test rows -1 in every task, STS-B included
+    parse = _label_parser(spec, no_label_set("classification", task.no_label, key))
     per_split = {split: (table, *to_examples(table, split, task.name, parse, bad_rows,
                                              lambda uid, split: f"{name}-{split}-{uid}"))
                  for split, table in tables.items()}
-    return finish_task(task, kind, key, bad_rows, per_split), bad_rows.summary
+    return finish_task(task, kind, key, bad_rows, per_split, spec.labels), bad_rows.summary
 
 
 def _hub(task: TaskConfig, name: str, key: str) -> datasets.DatasetDict:

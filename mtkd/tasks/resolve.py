@@ -14,6 +14,7 @@ import datasets
 
 from mtkd.config import TaskConfig
 from mtkd.errors import DataError
+from mtkd.tasks.examples import CANDIDATES, LABEL, NO_LABEL, UID
 from mtkd.tasks.spec import TaskSpec
 from mtkd.tasks.validation import deterministic_subset
 
@@ -57,7 +58,10 @@ def load_task(task: TaskConfig, index: int | None = None,
         from mtkd.tasks.files import load_file_task
 
         splits, summary = load_file_task(task, index)
-        spec = _spec(task, str(task.type), tuple(task.labels or ()), ())
+        from mtkd.tasks.labels import label_name
+
+        spec = _spec(task, str(task.type), tuple(label_name(x) for x in task.labels or ()),
+                     ())
         loaded = LoadedTask(spec, splits, summary.counts(), summary.lines())
     else:
         from mtkd.tasks.glue import GLUE_TASKS, load_glue_task
@@ -73,6 +77,35 @@ def load_task(task: TaskConfig, index: int | None = None,
                             f"{where}.files.{name} a file with rows)")
     limits = {"train": task.max_train_examples, "dev": task.max_dev_examples,
               "test": task.max_dev_examples}
-    loaded.splits = {name: deterministic_subset(split, limits.get(name))
+    classes = spec_is_classes(loaded.spec)
+    loaded.splits = {name: deterministic_subset(split, limits.get(name), stratify=classes,
+                                                label_names=loaded.spec.labels,
+                                                where=f"task {task.name!r}, {name} split")
                      for name, split in loaded.splits.items()}
+    for name, split in loaded.splits.items():
+        check_split_labels(loaded.spec, name, split)
     return loaded
+
+
+def spec_is_classes(spec: TaskSpec) -> bool:
+    return spec.kind.head == "linear" and not spec.kind.is_regression
+
+
+def check_split_labels(spec: TaskSpec, split_name: str, split: datasets.Dataset) -> None:
+    """Every source's last check: class labels are class indices (NO_LABEL only in test),
+    ranking labels index a candidate. The loaders name file and row for their own data;
+    this names the split's row and uid, so a bad label never reaches the loss."""
+    if spec.kind.is_regression:
+        return
+    labels = split[LABEL]
+    candidates = split[CANDIDATES] if spec.kind.head == "ranking" else None
+    for i, label in enumerate(labels):
+        count = len(candidates[i]) if candidates is not None else len(spec.labels)
+        if 0 <= label < count or (label == NO_LABEL and split_name == "test"):
+            continue
+        uid = split[i][UID]
+        raise DataError(f"task {spec.name!r}: {split_name} split, example {i + 1} (uid "
+                        f"{uid!r}): label {label} is outside 0 to {count - 1} ("
+                        + ("its candidates" if candidates is not None
+                           else f"labels {list(spec.labels)}")
+                        + ") (fix: correct the data or the task's labels)")

@@ -74,6 +74,21 @@ def test_csv_task_on_s3(s3_env: str) -> None:
 
 
 @pytest.mark.s3
+def test_s3_keys_with_spaces_and_non_ascii(s3_env: str) -> None:
+    store = Storage.from_uri(s3_env)
+    store.write_text("my data/café train.tsv", "review\tsentiment\n\"Quoted\" start\tpositive\n"
+                     "plain\tnegative\n")
+    store.write_text("my data/dév.tsv", "review\tsentiment\nthird\tnegative\n")
+    task = _files_task({"train": f"{s3_env}/my data/café train.tsv",
+                        "dev": f"{s3_env}/my data/dév.tsv"},
+                       type="classification", labels=["negative", "positive"],
+                       columns={"text": "review", "label": "sentiment"})
+    splits, _ = load_file_task(task, 0)
+    assert splits["train"]["text"] == ['"Quoted" start', "plain"]
+    assert splits["train"]["label"] == [1, 0] and splits["dev"]["label"] == [0]
+
+
+@pytest.mark.s3
 def test_jsonl_task_on_s3_with_bad_rows_skipped(s3_env: str) -> None:
     rows = [{"q": "Is it good?", "a": "Yes it is.", "y": True},
             {"q": "Is it bad?", "a": "No.", "y": False},
@@ -248,7 +263,7 @@ def test_glue_files_with_wrong_columns_or_labels(tmp_path: Path) -> None:
     pq.write_table(pa.table({"text": ["x"], "label": [0], "idx": [0]}), path)
     task = TaskConfig(name="rte", source="glue", glue_task="rte", files={"train": str(path)})
     with pytest.raises(DataError, match=r"column 'sentence1' for role 'text' not found; columns "
-                                        r"found: text, label, idx"):
+                                        r"found: 'text', 'label', 'idx'"):
         load_glue_task(task, 4)
     pq.write_table(pa.table({"sentence1": ["x"], "sentence2": ["y"], "label": [7]}), path)
     with pytest.raises(DataError, match=r"train\.parquet, row 1, column 'label': label '7' is "

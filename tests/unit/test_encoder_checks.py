@@ -14,7 +14,7 @@ from tiny import SPECIAL, WORDS, make_tiny_bert
 from transformers import BertTokenizer
 
 from mtkd.config import config_from_dict
-from mtkd.encoder_checks import check_tokenizers, encoder_keys, tokenizer_difference
+from mtkd.encoder_checks import check_encoders, encoder_keys, tokenizer_difference
 from mtkd.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -86,14 +86,14 @@ def test_every_encoder_key_is_listed_and_mismatches_named(encoders: dict[str, Pa
         "teachers.variation.encoder.2": str(encoders["same_tokenizer_other_model"]),
         "student.encoder": str(encoders["cased"])}
     with pytest.raises(ConfigError) as error:
-        check_tokenizers(config, "exp.yaml")
+        check_encoders(config, "exp.yaml")
     assert {p.path for p in error.value.problems} == {"teachers.variation.encoder.1",
                                                        "student.encoder"}
     assert str(encoders["ref"]) in str(error.value)
     listed = config_from_dict({**data, "student": {}, "teachers": {"size": 1, "variation": {
         "strategy": "list", "members": [{"encoder": str(encoders["other_vocabulary"])}]}}})
     with pytest.raises(ConfigError, match=r"teachers\.variation\.members\.0\.encoder"):
-        check_tokenizers(listed, "exp.yaml")
+        check_encoders(listed, "exp.yaml")
 
 
 def test_validate_and_run_refuse_with_exit_2_and_write_nothing(encoders: dict[str, Path],

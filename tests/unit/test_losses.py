@@ -404,3 +404,12 @@ def test_ranking_targets_with_more_real_candidates_than_outputs_are_an_error() -
     with pytest.raises(ValueError, match="5 real entries per row but the outputs only 3"):
         soft_loss(RANK, t([2.0, 0.0, 1.0]),
                   TeacherTargets(probs=t([0.2, 0.2, 0.2, 0.2, 0.2])), "ce")
+
+
+def test_hard_label_beyond_the_classes_is_an_error_not_masked() -> None:
+    # prepare refuses such labels (naming file and row); the loss never hides one: only
+    # negative labels (-1, -100) are unlabelled
+    logits = t([2.0, 0.0], [5.0, -5.0], grad=True)
+    with pytest.raises((IndexError, RuntimeError)):
+        hard_loss(CLS, logits, t(0, 2, dtype=torch.long))
+    close(hard_loss(CLS, logits, t(0, -100, dtype=torch.long)), 0.126928)

@@ -17,11 +17,11 @@ from mtkd.tasks.types import task_type
 from mtkd.tasks.validation import (
     BAD_CSV_ROW,
     BAD_JSON_LINE,
-    BAD_LABEL,
     DUPLICATE_UID,
     EMPTY_TEXT,
     NOT_UTF8,
     UNKNOWN_LABEL,
+    UNLABELLED,
     BadRow,
     BadRowSummary,
     decode_lines,
@@ -59,13 +59,13 @@ def _dev(tmp_path: Path, body: bytes, name: str = "dev.csv", **kw: Any) -> TaskC
 def test_missing_column_lists_found_columns_and_config_key(tmp_path: Path) -> None:
     msg = _error(_dev(tmp_path, b"review,stars\nnice,pos\n"), index=2)
     assert "dev.csv" in msg and "column 'text'" in msg and "role 'text'" in msg
-    assert "columns found: review, stars" in msg and "tasks.2.columns.text" in msg
+    assert "columns found: 'review', 'stars'" in msg and "tasks.2.columns.text" in msg
 
 
 def test_configured_column_missing(tmp_path: Path) -> None:
     task = _task(tmp_path, {"train": b"review,label\nok,pos\n"}, columns={"text": "sentence"})
     msg = _error(task)
-    assert "column 'sentence'" in msg and "columns found: review, label" in msg
+    assert "column 'sentence'" in msg and "columns found: 'review', 'label'" in msg
     assert "tasks.0.columns.text" in msg and "default" not in msg
 
 
@@ -102,7 +102,8 @@ def test_wrong_number_of_csv_fields(tmp_path: Path, row: bytes, found: str,
                                     column: str | None) -> None:
     msg = _error(_dev(tmp_path, b"text,label\n\"two\nlines\",pos\n" + row + b"\n"))
     # the header is row 1, the quoted record spans rows 2-3, so the bad record is row 4
-    assert "dev.csv, row 4" in msg and "expected 2 fields (text, label)" in msg and found in msg
+    assert "dev.csv, row 4" in msg and "expected 2 fields ('text', 'label')" in msg
+    assert found in msg
     assert (f"column '{column}'" in msg) == (column is not None)
 
 
@@ -139,8 +140,11 @@ def test_empty_pair_text_and_empty_label(tmp_path: Path) -> None:
     task = _task(tmp_path, {"train": train, "dev": b"a,b,label\nx2,,pos\n"},
                  type="pair_classification", columns={"text": "a", "text_pair": "b"})
     assert "dev.csv, row 2, column 'b': text_pair is empty" in _error(task)
+    # an empty label is "no gold label" (the default no_label set): skipped and counted
     msg = _error(_dev(tmp_path, b"text,label\nsomething,\n"))
-    assert "dev.csv, row 2, column 'label': label is empty" in msg
+    assert "split 'dev' has no examples: all 1 row(s) were bad or unlabelled" in msg
+    msg = _error(_dev(tmp_path, b"text,label\nsomething,\n", no_label=[]))
+    assert "dev.csv, row 2, column 'label': label '' is not one of the labels" in msg
 
 
 def test_non_numeric_regression_label(tmp_path: Path) -> None:
@@ -215,16 +219,19 @@ def test_skip_mode_counts_every_reason(tmp_path: Path) -> None:
     assert [r["text"] for r in splits["dev"]] == ["kept one", "kept two"]
     assert len(splits["train"]) == 3
     assert summary.counts() == {UNKNOWN_LABEL: 1, BAD_CSV_ROW: 1, NOT_UTF8: 1, EMPTY_TEXT: 1,
-                                DUPLICATE_UID: 2, BAD_LABEL: 1}
+                                DUPLICATE_UID: 2, UNLABELLED: 1}
     assert summary.total == 7 and summary.task == "reviews"
     rows = {(b.row, b.column, b.reason) for b in summary.examples}
     assert len(summary.examples) == 5
     assert (3, "label", UNKNOWN_LABEL) in rows and (5, "text", NOT_UTF8) in rows
     assert all(b.file.endswith("dev.csv") for b in summary.examples)
     lines = summary.lines()
-    assert lines[0].startswith("task 'reviews': skipped 7 bad row(s) (")
-    assert "1 not_utf8" in lines[0] and "2 duplicate_uid" in lines[0]
-    assert lines[-1] == "  ... and 2 more"
+    assert lines[0].startswith("task 'reviews': skipped 1 unlabelled row(s) in train/dev")
+    assert "dev.csv, row 10, column 'label': no gold label (empty" in lines[0]
+    assert lines[1].startswith("task 'reviews': skipped 6 bad row(s) (")
+    assert "1 not_utf8" in lines[1] and "2 duplicate_uid" in lines[1]
+    assert "unlabelled" not in lines[1]
+    assert lines[-1] == "  ... and 1 more"
     assert json.loads(json.dumps(summary.to_json()))["counts"]["duplicate_uid"] == 2
 
 
@@ -242,7 +249,7 @@ def test_skip_mode_still_fails_on_missing_column_and_all_rows_bad(tmp_path: Path
     msg = _error(_dev(tmp_path, b"review,label\nx,pos\n", bad_rows="skip"))
     assert "column 'text'" in msg
     msg = _error(_dev(tmp_path, b"text,label\nx,bad\ny,worse\n", bad_rows="skip"))
-    assert "split 'dev' has no examples: all 2 row(s) were bad and skipped" in msg
+    assert "split 'dev' has no examples: all 2 row(s) were bad or unlabelled and skipped" in msg
 
 
 def test_no_bad_rows_empty_summary(tmp_path: Path) -> None:
@@ -301,7 +308,7 @@ def test_max_examples_use_the_subset(tmp_path: Path) -> None:
 
 def test_decode_lines_reports_offsets_past_a_bom() -> None:
     lines, bad = decode_lines(b"\xef\xbb\xbfa,b\r\nok\r\nx\x80y\n")
-    assert lines == ["a,b\r", "ok\r", "x\ufffdy"]
+    assert lines == ["a,b", "ok", "x\ufffdy"]  # CRLF line ends read as line ends
     assert bad == {3: "byte 0x80 at byte offset 13 is not valid UTF-8"}
 
 
@@ -313,3 +320,21 @@ def test_summary_merge_keeps_counts_and_first_examples() -> None:
     a.merge(b)
     assert a.counts() == {EMPTY_TEXT: 2, UNKNOWN_LABEL: 1} and len(a.examples) == 2
     assert str(a.examples[0]) == "f.csv, row 2, column 'text': text is empty"
+
+
+def test_stratified_subset_keeps_every_class_and_warns_about_rare_ones(
+        caplog: pytest.LogCaptureFixture) -> None:
+    kind = task_type("classification")
+    # 97 of class 0, 3 of class 1: a plain 10-row hash subset may keep none of class 1
+    rows = [{"uid": f"u{i}", "text": f"t{i}", "label": int(i % 33 == 0)} for i in range(99)]
+    subsets = {n: deterministic_subset(make_split(rows, kind), n, stratify=True,
+                                       label_names=("neg", "pos"), where="t") for n in range(1, 60)}
+    for n, subset in subsets.items():
+        labels = subset["label"]
+        assert len(labels) == n and set(labels) == ({0} if n == 1 else {0, 1})
+        # D'Hondt quotas (96 : 3, at least one each): class 1 gets a 2nd seat only when
+        # 3 / 2 beats 96 / (seats of class 0 + 1), i.e. once class 0 holds 64
+        assert labels.count(1) == (0 if n == 1 else 1 if n < 66 else 2)
+        if n > 1:
+            assert set(subsets[n - 1]["uid"]) <= set(subset["uid"])  # larger n only adds
+    assert "class 'pos' keeps 1 of its 3 examples" in caplog.text
