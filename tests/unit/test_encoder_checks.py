@@ -61,7 +61,7 @@ def test_tokenizer_difference(encoders: dict[str, Path], other: str, differs: bo
 def config_with(encoders: dict[str, Path], tmp_path: Path, **keys: object) -> dict:
     data = {"name": "exp", "storage_path": str(tmp_path / "runs"),
             "encoder": {"path": str(encoders["ref"])},
-            "tasks": [{"name": "rotten_tomatoes"}]}
+            "tasks": [{"name": "rotten_tomatoes", "max_length": 32}]}
     for key, value in keys.items():
         section, _, leaf = key.partition("__")
         data.setdefault(section, {})
