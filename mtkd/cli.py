@@ -79,11 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
                                         "wheels pinned by version and sha256, extracted into "
                                         "a cache (MTKD_CACHE_DIR, default ~/.cache/mtkd).")
     assets_sub = assets.add_subparsers(dest="assets_command", metavar="ACTION", required=True)
-    for action, text in (("fetch", "download and verify missing assets (offline afterwards)"),
-                         ("list", "show which assets are cached"),
-                         ("verify", "re-hash every cached file")):
+    for action, text, default in (
+            ("fetch", "download and verify missing assets (offline afterwards)",
+             "the default set: the quickstart's encoder and the data sets, not the opt-in "
+             "encoders such as all-mpnet-base-v2"),
+            ("list", "show which assets are cached and which are opt-in", "all"),
+            ("verify", "re-hash every cached file", "the default set and cached opt-in ones")):
         one = assets_sub.add_parser(action, help=text, description=text)
-        one.add_argument("names", nargs="*", metavar="NAME", help="assets (default: all)")
+        one.add_argument("names", nargs="*", metavar="NAME", help=f"assets (default: {default})")
+        one.add_argument("--all", action="store_true", dest="all_assets",
+                         help="every known asset, opt-in ones included")
         one.add_argument("--cache-dir", help="cache folder (default: $MTKD_CACHE_DIR or "
                                              "~/.cache/mtkd)")
         one.set_defaults(handler=_cmd_assets)
@@ -144,7 +149,12 @@ def _cmd_assets(args: argparse.Namespace) -> int:
     if unknown:
         raise MtkdError(f"unknown asset(s) {', '.join(unknown)} (fix: use one of: "
                         f"{', '.join(assets.ASSETS)})")
-    names = args.names or list(assets.ASSETS)
+    if args.names or args.all_assets or args.assets_command == "list":
+        names = args.names or list(assets.ASSETS)
+    elif args.assets_command == "fetch":
+        names = assets.default_assets()
+    else:  # verify: the default set, and opt-in assets that are cached
+        names = [s.name for s in assets.list_assets(args.cache_dir) if s.default or s.present]
     if args.assets_command == "fetch":
         paths = assets.fetch(names, cache=args.cache_dir)
         print(f"{len(paths)} asset(s) ready in {assets.cache_dir(args.cache_dir)}")
@@ -155,9 +165,12 @@ def _cmd_assets(args: argparse.Namespace) -> int:
         for status in assets.list_assets(args.cache_dir):
             if status.name in names:
                 mark = "cached " if status.present else "missing"
-                print(f"{mark} {status.name:<18} {status.size / 1e6:8.1f} MB  "
+                kind = "default" if status.default else "opt-in "
+                print(f"{mark} {kind} {status.name:<18} {status.size / 1e6:8.1f} MB  "
                       f"{status.description}")
         print(f"cache: {assets.cache_dir(args.cache_dir)}")
+        print("`mtkd assets fetch` gets the default assets; opt-in ones are fetched by name "
+              "(`mtkd assets fetch NAME`, or --all) or on first use as bundled:NAME")
     return 0
 
 

@@ -21,17 +21,26 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "merges.txt", "spm.model",
                    "special_tokens_map.json", "added_tokens.json")
 
 
+def bundled_encoders() -> list[str]:
+    """Names of the pinned assets that are encoders (they hold a config.json):
+    all-MiniLM-L6-v2 (default set) and all-mpnet-base-v2 (opt-in, fetched on first use)."""
+    return [name for name, spec in assets.ASSETS.items()
+            if any(f.name == "config.json" for f in spec.files)]
+
+
 def resolve_encoder_dir(path: str, cache: str | Path | None = None) -> Path:
     """A local directory holding the encoder's config, weights and tokenizer.
 
-    ``bundled:NAME`` is a pinned asset (fetched on first use); ``s3://...`` is copied
-    once into the cache; anything else must be an existing local directory.
+    ``bundled:NAME`` is a pinned encoder asset (:func:`bundled_encoders`; fetched on first
+    use); ``s3://...`` is copied once into the cache; anything else must be an existing
+    local directory.
     """
     if path.startswith(BUNDLED_PREFIX):
         name = path[len(BUNDLED_PREFIX):]
-        if name not in assets.ASSETS:
-            raise MtkdError(f"unknown bundled encoder {name!r} (fix: use "
-                            f"bundled:all-MiniLM-L6-v2 or a checkpoint directory)")
+        if name not in bundled_encoders():
+            choices = " or ".join(BUNDLED_PREFIX + n for n in bundled_encoders())
+            raise MtkdError(f"unknown bundled encoder {name!r} (fix: use {choices}, or a "
+                            "checkpoint directory)")
         return assets.asset_dir(name, cache)
     if path.startswith("s3://"):
         from mtkd.storage import Storage
@@ -50,7 +59,8 @@ def resolve_encoder_dir(path: str, cache: str | Path | None = None) -> Path:
     if not (local / "config.json").is_file():
         raise MtkdError(f"encoder directory {local} has no config.json (fix: point "
                         "encoder.path at a transformers checkpoint saved with "
-                        "save_pretrained, or use bundled:all-MiniLM-L6-v2)")
+                        "save_pretrained, or use bundled:all-MiniLM-L6-v2 or "
+                        "bundled:all-mpnet-base-v2)")
     return local
 
 

