@@ -117,7 +117,10 @@ def ensure_ray(config: RayConfig) -> None:
                     "include_dashboard": True}
     joining = joins_cluster(config)
     if not joining:
-        kwargs.update(num_cpus=config.num_cpus, num_gpus=config.num_gpus)
+        # "local": always a new Ray on this machine. Without it ray.init() joins whatever
+        # `ray start` left recorded in /tmp/ray (a stopped or killed head included: minutes
+        # of connection retries, no message), which ray.address: null never means.
+        kwargs.update(address="local", num_cpus=config.num_cpus, num_gpus=config.num_gpus)
         if config.object_store_memory_gb:
             kwargs["object_store_memory"] = int(config.object_store_memory_gb * 2**30)
     else:

@@ -39,3 +39,28 @@ def test_student_gpu_per_worker(student: dict, gpus: float) -> None:
     config = config_from_dict({"name": "x", "tasks": [{"name": "rotten_tomatoes"}],
                                "student": student})
     assert config.student.gpu_per_worker == gpus
+
+
+@pytest.mark.parametrize(("address", "env", "expected"), [
+    (None, None, "local"),           # ray.address: null starts a local Ray, never joins
+    ("ray://head:10001", None, "ray://head:10001"),
+    (None, "http://job-head:8265", None),  # inside a Ray job: Ray reads RAY_ADDRESS itself
+])
+def test_local_ray_never_joins_a_recorded_cluster(monkeypatch: pytest.MonkeyPatch,
+                                                   address: str | None, env: str | None,
+                                                   expected: str | None) -> None:
+    import ray
+
+    from mtkd.config import RayConfig
+    from mtkd.raycluster import ensure_ray
+
+    seen: dict = {}
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: seen.update(kwargs))
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    if env:
+        monkeypatch.setenv("RAY_ADDRESS", env)
+    else:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    ensure_ray(RayConfig(address=address))
+    assert seen.get("address") == expected
