@@ -107,8 +107,10 @@ def test_grow_the_ensemble_on_the_real_encoder(tmp_path: Path) -> None:
         assert run_record["precision"]["precision"] == "fp32", run_record["precision"]
     report1 = _json(root / "report" / "report.json")
     assert report1["ensemble"]["size"] == len(first_members)
-    assert report1["lineage"]["ensemble"] == {"lineage": soft1["output_fingerprint"],
-                                              "members": first_members}
+    shown = report1["lineage"]["ensemble"]
+    assert {k: shown[k] for k in ("lineage", "members")} == {
+        "lineage": soft1["output_fingerprint"], "members": first_members}
+    assert shown["contents"] == soft1["contents"]  # each task's soft-target content
     members_before = {m: (p.stat().st_mtime_ns, p.read_bytes()) for m, p in members.items()}
     baseline_before = _snapshot(root, "student/baseline")
     assert "student/baseline/student.json" in baseline_before
@@ -150,11 +152,14 @@ def test_grow_the_ensemble_on_the_real_encoder(tmp_path: Path) -> None:
     assert report2["ensemble"]["size"] == len(grown_members)
     assert sorted(m["name"] for m in report2["members"]) == grown_members
     lineage = report2["lineage"]
-    assert lineage["ensemble"] == {"lineage": soft2["output_fingerprint"],
-                                   "members": grown_members}
-    assert lineage["members"] == teachers2["lineages"] and sorted(lineage["members"]) \
-        == grown_members
+    assert {k: lineage["ensemble"][k] for k in ("lineage", "members")} == {
+        "lineage": soft2["output_fingerprint"], "members": grown_members}
+    assert lineage["ensemble"]["contents"] == soft2["contents"]
+    assert lineage["members"] == {name: {"lineage": teachers2["lineages"][name],
+                                         "content": teachers2["contents"][name]}
+                                  for name in grown_members}
     assert lineage["student_runs"]["student"] == {"lineage": distilled2["lineage"],
+                                                  "content": distilled2["content"],
                                                   "distilled_from": distilled2["distilled_from"]}
     assert lineage["student_runs"]["baseline"] == {"lineage": baseline1["lineage"],
                                                    "distilled_from": None}
