@@ -18,16 +18,16 @@ def test_mtdnn_beats_majority_on_two_real_tasks(tmp_path: Path) -> None:
     config = config_from_dict({
         "name": "finetune", "storage_path": str(tmp_path / "runs"),
         "tasks": [
-            {"name": "rotten_tomatoes", "max_length": 64, "max_train_examples": 320,
+            {"name": "rotten_tomatoes", "max_length": 64, "max_train_examples": 256,
              "max_dev_examples": 120},
-            {"name": "trec", "max_length": 32, "max_train_examples": 320,
+            {"name": "trec", "max_length": 32, "max_train_examples": 256,
              "max_dev_examples": 120},
         ],
     })
     run_pipeline(config, to_stage="prepare")
     store = experiment_store(config)
     data = load_prepared_tasks(store, ["rotten_tomatoes", "trec"])
-    training = TrainingConfig(epochs=3, batch_size=16, learning_rate=1e-4, warmup_ratio=0.1,
+    training = TrainingConfig(epochs=2, batch_size=16, learning_rate=1e-4, warmup_ratio=0.1,
                               precision="auto", dropout=0.1)
     result = train_mtdnn(config, data, encoder=config.encoder.path, num_layers=None,
                          training=training, seed=0, name="finetune", log_every=20)
