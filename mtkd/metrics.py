@@ -80,13 +80,38 @@ def spearman(predictions: np.ndarray, labels: np.ndarray) -> float:
     return _correlation(stats.spearmanr, predictions, labels)
 
 
+def precision_at_1(predictions: np.ndarray, labels: np.ndarray) -> float:
+    """P@1 ×100 of a ranking task: the share of queries whose best-scored candidate is the
+    right one (``predictions``: best candidate ``[N]``, ``labels``: right candidate ``[N]``).
+    Per query, not the pair accuracy of a pairwise task such as QNLI."""
+    return accuracy(predictions, labels)
+
+
+def mean_reciprocal_rank(scores: np.ndarray, labels: np.ndarray) -> float:
+    """MRR ×100 of candidate ``scores`` ``[N, K]`` (absent candidates -inf or very low)
+    against the right candidate's index ``[N]``: the mean of 1 / rank, rank = 1 + the
+    number of candidates scored strictly higher than the right one."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels).reshape(-1).astype(np.int64)
+    if s.ndim != 2 or s.shape[0] != y.shape[0] or y.size == 0:
+        raise ValueError(f"MRR needs scores [N, K] for N labels, got {s.shape} and {y.shape}")
+    right = s[np.arange(len(y)), y]
+    ranks = 1 + (s > right[:, None]).sum(axis=1)
+    return 100.0 * float(np.mean(1.0 / ranks))
+
+
 METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "accuracy": accuracy,
     "f1": f1,
     "mcc": mcc,
     "pearson": pearson,
     "spearman": spearman,
+    "p@1": precision_at_1,
 }
+SCORE_METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+    "mrr": mean_reciprocal_rank,
+}
+"""Metrics of the model's scores ``[N, K]`` rather than of its predictions."""
 
 
 def predictions_from_outputs(spec: TaskSpec, outputs: np.ndarray) -> np.ndarray:
@@ -138,8 +163,12 @@ def compute_task_metrics(spec: TaskSpec, outputs: np.ndarray,
     preds, gold = preds[keep], gold[keep]
     result: dict[str, float] = {}
     for name in spec.metrics or spec.kind.metrics:
+        if name in SCORE_METRICS:
+            result[name] = SCORE_METRICS[name](np.asarray(outputs)[keep], gold)
+            continue
         if name not in METRICS:
-            raise ValueError(f"{spec.name}: unknown metric {name!r}; valid: {', '.join(METRICS)}")
+            valid = ", ".join([*METRICS, *SCORE_METRICS])
+            raise ValueError(f"{spec.name}: unknown metric {name!r}; valid: {valid}")
         if name == "f1" and spec.labels:
             result[name] = f1(preds, gold, num_classes=len(spec.labels))
         else:

@@ -190,8 +190,9 @@ class TaskConfig:
     files' -1), or ["-", ""] for regression, where -1 is a score. [] makes every empty or
     "-" label an error."""
     metrics: list[str] | None = None
-    """Dev metrics to report, from accuracy, f1, mcc, pearson, spearman (null: the task
-    type's defaults; GLUE tasks use GLUE's own)."""
+    """Dev metrics to report, from accuracy, f1, mcc, pearson, spearman, and for ranking
+    tasks p@1 (per query: the best-scored candidate is right) and mrr (null: the task
+    type's defaults, p@1 and mrr for ranking; GLUE tasks use GLUE's own)."""
     glue_task: str | None = None
     """For source "glue": the GLUE config name, e.g. sst2, mrpc, qnli."""
     max_length: int = 128
@@ -239,7 +240,7 @@ class TaskConfig:
         if self.source == "glue" and not self.glue_task:
             found.append(Problem(f"{path}.glue_task", "is required for source 'glue'",
                                  "set it to a GLUE config name such as sst2"))
-        known = ("accuracy", "f1", "mcc", "pearson", "spearman")
+        known = ("accuracy", "f1", "mcc", "pearson", "spearman", "p@1", "mrr")
         for i, metric in enumerate(self.metrics or []):
             if metric not in known:
                 found.append(Problem(f"{path}.metrics.{i}", f"unknown metric {metric!r}",

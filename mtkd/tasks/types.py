@@ -95,7 +95,8 @@ class Ranking:
     head: str = "ranking"
     hard_loss: str = "candidate_cross_entropy"
     soft_loss: str = "soft_cross_entropy"
-    metrics: tuple[str, ...] = ("accuracy",)
+    metrics: tuple[str, ...] = ("p@1", "mrr")
+    """Per query: P@1 (the best-scored candidate is right) and MRR; not a pair accuracy."""
     pair: bool | None = True
     is_regression: bool = False
 

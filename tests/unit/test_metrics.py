@@ -48,7 +48,7 @@ def one_hot(classes: list[int], width: int) -> np.ndarray:
 
 
 def test_metric_names_and_float_results() -> None:
-    assert set(METRICS) == {"accuracy", "f1", "mcc", "pearson", "spearman"}
+    assert set(METRICS) == {"accuracy", "f1", "mcc", "pearson", "spearman", "p@1"}
     for fn in METRICS.values():
         assert type(fn(a(0, 1, 1, 0), a(0, 1, 0, 1))) is float
 
@@ -171,7 +171,7 @@ def test_task_metrics_use_type_defaults_and_spec_override() -> None:
     assert got == {"accuracy": 75.0, "f1": pytest.approx(200 / 3)}  # TP1 FP1 FN0
     assert set(compute_task_metrics(COLA, outputs, gold)) == {"mcc"}
     assert set(compute_task_metrics(STSB, a(1, 2, 3), a(1, 2, 4))) == {"pearson", "spearman"}
-    assert set(compute_task_metrics(QNLI, np.eye(3), a(0, 1, 1))) == {"accuracy"}
+    assert set(compute_task_metrics(QNLI, np.eye(3), a(0, 1, 1))) == {"p@1", "mrr"}
 
 
 def test_task_f1_follows_the_label_count() -> None:
@@ -188,7 +188,7 @@ def test_unlabelled_rows_are_ignored() -> None:
     got = compute_task_metrics(STSB, a(1, 9, 2, 3), a(1, np.nan, 2, 4))
     assert got["pearson"] == pytest.approx(100 * 9 / math.sqrt(84))
     scores = np.array([[0.0, 1.0, -np.inf], [5.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
-    assert compute_task_metrics(QNLI, scores, a(1, -1, 0))["accuracy"] == 50.0
+    assert compute_task_metrics(QNLI, scores, a(1, -1, 0))["p@1"] == 50.0
 
 
 def test_nothing_labelled_or_bad_input_raises() -> None:
@@ -240,7 +240,7 @@ def test_majority_baseline_regression_and_ranking() -> None:
     got = majority_baseline(STSB, a(1.0, 3.0, np.nan), a(0.0, 2.0, 5.0))
     assert got == {"pearson": 0.0, "spearman": 0.0}
     got = majority_baseline(QNLI, a(2, 2, 0, -1), a(2, 1, 2, -1))
-    assert got["accuracy"] == pytest.approx(200 / 3)
+    assert got["p@1"] == pytest.approx(200 / 3)
 
 
 def test_majority_baseline_needs_train_labels() -> None:
@@ -280,3 +280,21 @@ def test_evaluate_leaves_out_unlabelled_rows_and_tasks(monkeypatch: pytest.Monke
     # labelled rows 0, 2, 3: predictions 0, 1, 0 vs labels 0, 1, 1 -> 2 of 3
     assert result["tasks"] == {"cls": {"accuracy": pytest.approx(200 / 3)}}
     assert result["average"] == pytest.approx(200 / 3)
+
+
+def test_ranking_is_scored_per_query_with_p_at_1_and_mrr() -> None:
+    """Ranking tasks report P@1 and MRR (not an "accuracy" comparable with pair accuracy);
+    values by hand: right candidates ranked 1, 2, 3 (a padded candidate never outranks)."""
+    from mtkd.metrics import mean_reciprocal_rank
+
+    scores = np.array([[0.9, 0.1, -np.inf],   # right 0: rank 1
+                       [0.5, 0.7, 0.1],       # right 0: rank 2
+                       [0.2, 0.3, 0.1]])      # right 2: rank 3
+    gold = a(0, 0, 2)
+    assert mean_reciprocal_rank(scores, gold) == pytest.approx(100 * (1 + 1 / 2 + 1 / 3) / 3)
+    got = compute_task_metrics(QNLI, scores, gold)
+    assert set(got) == {"p@1", "mrr"}
+    assert got["p@1"] == pytest.approx(100 / 3)
+    # unlabelled queries are left out of both
+    got = compute_task_metrics(QNLI, np.vstack([scores, [[0.0, 1.0, 2.0]]]), a(0, 0, 2, -1))
+    assert got["mrr"] == pytest.approx(100 * (1 + 1 / 2 + 1 / 3) / 3)
