@@ -7,6 +7,8 @@
   tokenizers are supported, such configs are refused, naming the key and both tokenizers.
 * **Positions.** A task's ``max_length`` must fit every encoder's positions
   (:func:`mtkd.pretrained.max_tokens`): longer inputs would fail or be silently wrong.
+* **Depth.** ``encoder.num_layers`` / ``student.num_layers`` may not exceed the layers of
+  their encoder (it would fail in every worker, retried until the run gives up).
 
 Used by ``mtkd validate`` (``local_only``: encoders already on this machine — a local
 folder, a cached bundled asset or s3:// copy — are checked; the others are named as not
@@ -17,6 +19,7 @@ stages would fetch it).
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 from mtkd import assets
@@ -149,6 +152,31 @@ def tokenizer_problems(config: ExperimentConfig, local_only: bool = False
     return problems, unchecked
 
 
+def depth_problems(config: ExperimentConfig) -> list[Problem]:
+    """``encoder.num_layers`` (the teachers') and ``student.num_layers`` against the layers
+    their encoders have (config.json's num_hidden_layers), for encoders on this machine:
+    keeping more layers than exist would fail inside every worker."""
+    wanted = [("encoder.num_layers", config.encoder.num_layers, config.encoder.path,
+               "encoder.path"),
+              ("student.num_layers", config.student.num_layers,
+               config.student.encoder or config.encoder.path,
+               "student.encoder" if config.student.encoder else "encoder.path")]
+    problems = []
+    for key, layers, path, where in wanted:
+        local = _local_encoder_dir(path) if layers else None
+        if local is None:
+            continue
+        try:
+            have = json.loads((local / "config.json").read_text(encoding="utf-8")).get(
+                "num_hidden_layers")
+        except (OSError, ValueError):
+            continue  # named by length_problems
+        if isinstance(have, int) and layers > have:
+            problems.append(Problem(key, f"is {layers} but the encoder {path} ({where}) has "
+                                    f"{have} layers", f"set {key} between 1 and {have}"))
+    return problems
+
+
 def check_encoders(config: ExperimentConfig, source: str, local_only: bool = False
                    ) -> list[str]:
     """Raise ConfigError (exit 2) listing every tokenizer and position problem; returns
@@ -166,7 +194,7 @@ def check_encoders(config: ExperimentConfig, source: str, local_only: bool = Fal
         if problems:
             raise ConfigError(problems, source)
     problems, unchecked = tokenizer_problems(config, local_only)
-    problems += length_problems(config)
+    problems += length_problems(config) + depth_problems(config)
     if problems:
         raise ConfigError(problems, source)
     return unchecked

@@ -175,6 +175,7 @@ def experiment(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "teachers": {"size": 1, "max_concurrent": 1, "resources_per_member": {"cpu": 1},
                      "variation": {"strategy": "grid", "seed": [1]},
                      "training": {"epochs": 1, "batch_size": 32, "dropout": 0.0}},
+        "student": {"num_layers": 2},  # the encoder has 2
     }
     path = root / "exp.yaml"
     path.write_text(yaml.safe_dump(data))

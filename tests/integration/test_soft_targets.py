@@ -47,6 +47,7 @@ def experiment(tmp_path_factory: pytest.TempPathFactory) -> dict:
                      "training": {"epochs": 2, "batch_size": 16, "learning_rate": 0.002}},
         "soft_targets": {"batch_size": 16, "precision": "fp32",
                          "resources_per_actor": {"cpu": 0.5}},
+        "student": {"num_layers": 2},  # the encoder has 2
     }
 
 

@@ -61,7 +61,8 @@ def test_tokenizer_difference(encoders: dict[str, Path], other: str, differs: bo
 def config_with(encoders: dict[str, Path], tmp_path: Path, **keys: object) -> dict:
     data = {"name": "exp", "storage_path": str(tmp_path / "runs"),
             "encoder": {"path": str(encoders["ref"])},
-            "tasks": [{"name": "rotten_tomatoes", "max_length": 32}]}
+            "tasks": [{"name": "rotten_tomatoes", "max_length": 32}],
+            "student": {"num_layers": 1}}  # encoders here have 1 or 2 layers
     for key, value in keys.items():
         section, _, leaf = key.partition("__")
         data.setdefault(section, {})
@@ -114,3 +115,27 @@ def test_validate_and_run_refuse_with_exit_2_and_write_nothing(encoders: dict[st
     result = subprocess.run([sys.executable, "-m", "mtkd", "validate", str(path)], cwd=REPO,
                             text=True, capture_output=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize(("keys", "refused"), [
+    ({"student": {"num_layers": 2}}, set()),              # the tiny encoder has 2 layers
+    ({"student": {"num_layers": 99}}, {"student.num_layers"}),
+    ({"encoder__num_layers": 3}, {"encoder.num_layers"}),
+])
+def test_more_layers_than_the_encoder_has_is_refused(encoders: dict[str, Path],
+                                                     tmp_path: Path, keys: dict,
+                                                     refused: set) -> None:
+    data = config_with(encoders, tmp_path)
+    for key, value in keys.items():
+        if key == "encoder__num_layers":
+            data["encoder"]["num_layers"] = value
+        else:
+            data[key] = value
+    config = config_from_dict(data)
+    if not refused:
+        assert check_encoders(config, "exp.yaml") == []
+        return
+    with pytest.raises(ConfigError) as error:
+        check_encoders(config, "exp.yaml", local_only=True)
+    assert {p.path for p in error.value.problems} == refused
+    assert "has 2 layers" in str(error.value)
