@@ -162,6 +162,7 @@ def test_grow_the_ensemble_on_the_real_encoder(tmp_path: Path) -> None:
                                                   "content": distilled2["content"],
                                                   "distilled_from": distilled2["distilled_from"]}
     assert lineage["student_runs"]["baseline"] == {"lineage": baseline1["lineage"],
+                                                   "content": baseline1["content"],
                                                    "distilled_from": None}
     assert (f"distilled from ensemble {soft2['output_fingerprint'][:8]}, "
             f"{len(grown_members)} members") in (root / "report" / "report.md").read_text()
