@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--to", dest="to_stage", metavar="STAGE",
                      help="stop after this stage (with --from: an inclusive range)")
     run.add_argument("--force", action="store_true",
-                     help="re-run the selected stages even if they are done")
+                     help="run the selected stages again and rebuild all their artifacts "
+                          "from scratch (no reuse of finished ones, no resume)")
     run.set_defaults(handler=_cmd_run)
 
     report = sub.add_parser("report", help="re-render the report of a finished experiment",

@@ -289,6 +289,9 @@ class StageContext:
     checked: Any = None
     """What the stage's ``check`` returned (None without one), e.g. prepare's loaded
     tasks, so the stage does not redo the work."""
+    rebuild: bool = False
+    """``--force``: build every artifact of the stage again, from scratch, instead of
+    reusing those whose lineage matches (and without resuming their old checkpoints)."""
 
 
 def _declared_values(name: str) -> Callable[[ExperimentConfig], Any]:

@@ -123,9 +123,10 @@ def run_pipeline(
     """Run the selected stages in order and return what each did.
 
     A stage's lineage is the hash of its config slice and the outputs of the stages
-    before it. A selected stage is skipped when its manifest records the same lineage,
-    unless ``force`` is set; otherwise it runs, reusing each of its artifacts whose own
-    lineage still matches (:func:`mtkd.experiment.reusable`). An unselected stage that
+    before it. A selected stage is skipped when its manifest records the same lineage;
+    otherwise it runs, reusing each of its artifacts whose own lineage still matches
+    (:func:`mtkd.experiment.reusable`). ``force`` runs every selected stage and has it
+    rebuild all its artifacts from scratch (``StageContext.rebuild``). An unselected stage that
     later selected stages read must be current: if its recorded lineage differs from the
     one the config gives now, this raises MtkdError (exit 2) naming it and the fix.
     """
@@ -165,7 +166,7 @@ def run_pipeline(
         log.info("[%s] starting: %s", stage.name, stage.description)
         started = time.time()
         result = stage.run(StageContext(config=config, store=store,
-                                        checked=checked.get(stage.name)))
+                                        checked=checked.get(stage.name), rebuild=force))
         seconds = time.time() - started
         manifest = {
             "stage": stage.name,

@@ -210,7 +210,7 @@ def _preflight(config: ExperimentConfig) -> Resolved | None:
 
 def _predict_members(config: ExperimentConfig, store: Storage,
                      members: list[MemberRecord], tasks: set[str],
-                     resolved: Resolved | None) -> dict[str, str]:
+                     resolved: Resolved | None, rebuild: bool = False) -> dict[str, str]:
     """Predictions of every member not yet done; returns {member: predictions lineage}."""
     precision = resolved.precision if resolved else config.soft_targets.precision
     lineages: dict[str, str] = {}
@@ -218,7 +218,8 @@ def _predict_members(config: ExperimentConfig, store: Storage,
         name = member.name
         expected = predictions_lineage(config, member.lineage, precision)
         lineages[name] = expected
-        if reusable(store, predictions_record(name), expected, PredictionsRecord) is not None:
+        if not rebuild and reusable(store, predictions_record(name), expected,
+                                    PredictionsRecord) is not None:
             log.info("[soft] %d/%d %s: predictions reused", i, len(members), name)
             continue
         ensure_ray(config.ray)
@@ -318,7 +319,7 @@ def run_soft(ctx: StageContext) -> dict[str, Any]:
                for name in teachers["members"]]
     tasks = {t.name for t in config.tasks if t.teacher}
     resolved = _preflight(config)
-    predictions = _predict_members(config, store, members, tasks, resolved)
+    predictions = _predict_members(config, store, members, tasks, resolved, ctx.rebuild)
     data = task_lineages(store)
     report: dict[str, Any] = {"tasks": {}, "aggregation": config.soft_targets.aggregation,
                               "precision": resolved.to_json() if resolved else None}

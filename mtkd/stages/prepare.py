@@ -138,7 +138,8 @@ def run_prepare(ctx: StageContext) -> dict[str, Any]:
         loaded = all_loaded[index]
         task_lineage = tokenized_lineage(config, index, tok_fp, {
             n: rows_fingerprint(s) for n, s in sorted(loaded.splits.items())})
-        old = reusable(task_store, TASK_RECORD, task_lineage, TaskRecord)
+        old = None if ctx.rebuild else reusable(task_store, TASK_RECORD, task_lineage,
+                                                TaskRecord)
         if old is not None:
             log.info("[prepare] %-16s unchanged, reusing %s", task_config.name, task_store.uri)
             meta = old

@@ -105,6 +105,12 @@ def run_lineage(config: ExperimentConfig, run: StudentRun, data: dict[str, str],
                    instance=dataclasses.asdict(run))
 
 
+def train_run_name(run: StudentRun, lineage: str) -> str:
+    """The run's Ray Train run under student/_train/: a resume never picks up another
+    lineage's checkpoints."""
+    return f"{run.name}-{lineage[:10]}"
+
+
 def _train(ctx: StageContext, run: StudentRun, run_lineage: str) -> Any:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -119,7 +125,8 @@ def _train(ctx: StageContext, run: StudentRun, run_lineage: str) -> Any:
         scaling_config=ScalingConfig(num_workers=student.num_workers, use_gpu=on_gpu(per_worker),
                                      resources_per_worker=per_worker),
         run_config=RunConfig(
-            name=f"{run.name}-{run_lineage[:10]}", storage_path=store.full_path(STUDENT_TRAIN_RUNS),
+            name=train_run_name(run, run_lineage),
+            storage_path=store.full_path(STUDENT_TRAIN_RUNS),
             storage_filesystem=store.filesystem,
             failure_config=FailureConfig(max_failures=student.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=student.keep_checkpoints)),
@@ -187,7 +194,8 @@ def run_student(ctx: StageContext) -> dict[str, Any]:
     scoring: Resolved | None = None
     for run in plan_runs(config):
         expected = run_lineage(config, run, data, soft)
-        record = reusable(store, student_record(run.name), expected, StudentRecord)
+        record = (None if ctx.rebuild else
+                  reusable(store, student_record(run.name), expected, StudentRecord))
         if record is not None:
             summaries[run.name] = record
             log.info("[student] %s finished before, reusing %s", run.name, record.model)
@@ -200,6 +208,8 @@ def run_student(ctx: StageContext) -> dict[str, Any]:
                                       probe_device("cpu"))
         ensure_ray(config.ray)
         store.delete(student_record(run.name))  # an old record never describes a new model
+        if ctx.rebuild:  # from step 0: the Ray Train run of this lineage starts afresh
+            store.delete(f"{STUDENT_TRAIN_RUNS}/{train_run_name(run, expected)}")
         started = time.time()
         log.info("[student] %s: %d worker(s), ZeRO-%d, %s", run.name,
                  config.student.num_workers, config.student.zero_stage,

@@ -244,20 +244,25 @@ def train_member_trial(tune_config: dict[str, Any]) -> None:
     started = time.time()
     job = MemberJob.from_trial(trial_config)
     job.setup_logging()
-    record = job.finished()
+    fresh = trial_config.get("fresh", False) and tune.get_checkpoint() is None
+    record = None if fresh else job.finished()
+    if fresh:  # the old record must never stand for the model trained now
+        job.store.delete(member_record(job.member.name))
     if record is None:
         if job.config.teachers.workers_per_member > 1:
+            if fresh:  # --force: the member's Ray Train run starts afresh
+                job.store.delete(f"{TEACHER_TRAIN_RUNS}/{train_run_name(job.member, job.lineage)}")
             _drive_workers(job, trial_config, started)
             record = job.finished()
             if record is None:
                 raise RuntimeError(f"member {job.member.name}: the workers finished without "
                                    "writing member.json")
         else:
-            record = _train_in_trial(job, started)
+            record = _train_in_trial(job, started, fresh)
     tune.report({"score": float(record.average or 0.0), "step": record.steps, "finished": 1})
 
 
-def _train_in_trial(job: MemberJob, started: float) -> MemberRecord:
+def _train_in_trial(job: MemberJob, started: float, fresh: bool = False) -> MemberRecord:
     """One process: train in the trial itself, checkpoints through Tune."""
     from ray import tune
 
@@ -266,7 +271,7 @@ def _train_in_trial(job: MemberJob, started: float) -> MemberRecord:
     device = "cuda" if on_gpu(ray_resources(resources)) and torch.cuda.is_available() else "cpu"
     loop = job.build_loop(device)
     checkpoint = tune.get_checkpoint()
-    if checkpoint is None:  # a new trial: continue what an interrupted run left, if any
+    if checkpoint is None and not fresh:  # a new trial: continue what a run left, if any
         checkpoint = _first_loadable(earlier_checkpoints(job.store, job.member, job.lineage))
     result, attempts = _train_with_checkpoints(job, loop, checkpoint, started,
                                                tune.report, tune.Checkpoint.from_directory)

@@ -97,6 +97,7 @@ def _run_trials(ctx: StageContext, todo: list[tuple[Member, str]], total: int,
         resources = tune_resources(ray_resources(teachers.resources_per_member))
     experiment = config_to_dict(config, redact=False)
     space = [{"experiment": experiment, "member": m.to_json(), "lineage": fp,
+              "fresh": ctx.rebuild,  # --force: from step 0, whatever was there
               # Absolute: Tune runs trials in their own working directories.
               "storage": Storage.from_uri(config.storage_path).uri} for m, fp in todo]
     scheduler = (ASHAScheduler(metric="score", mode="max", grace_period=1)
@@ -152,7 +153,7 @@ def run_teachers(ctx: StageContext) -> dict[str, Any]:
     init = init_member(config)
     if init is not None:
         init_fp = member_lineage(init, config, lineages)
-        if finished_member(store, init, init_fp) is None:
+        if ctx.rebuild or finished_member(store, init, init_fp) is None:
             log.info("[teachers] training the shared multi-task model the per-task members "
                      "start from")
             _preflight(config)
@@ -165,7 +166,8 @@ def run_teachers(ctx: StageContext) -> dict[str, Any]:
         lineages = {**lineages, init.name: init_fp}
     members = plan_members(config)
     planned = [(m, member_lineage(m, config, lineages)) for m in members]
-    done = {m.name: s for m, fp in planned if (s := finished_member(store, m, fp))}
+    done = {} if ctx.rebuild else {m.name: s for m, fp in planned
+                                   if (s := finished_member(store, m, fp))}
     todo = [(m, fp) for m, fp in planned if m.name not in done]
     log.info("[teachers] %d member(s) planned (%s): %d finished before, %d to train",
              len(members), config.teachers.shape, len(done), len(todo))

@@ -149,3 +149,13 @@ def test_keep_best_exports_the_best_dev_evaluation(experiment: dict, tmp_path: P
     report = store.read_text("report/report.md")
     assert "## Model selection" in report
     assert f"| baseline | best dev evaluation | {best['step']} of 12 |" in report
+
+    # --force trains the run again from step 0 (not "finished before", not a resume of the
+    # old Ray Train run), to the same result: the training is deterministic.
+    before = store.read_text("student/baseline/student.json")
+    run_pipeline(config, only="student", force=True)
+    again = store.read_json("student/baseline/train_state.json")
+    assert [a["start_step"] for a in again["attempts"]] == [0]
+    assert [h["score"] for h in again["history"]] == pytest.approx(scores, abs=1e-4)
+    assert store.read_text("student/baseline/student.json") != before  # a new record
+    assert store.read_json("student/baseline/student.json")["selected"] == record["selected"]

@@ -208,3 +208,21 @@ def test_a_stage_that_finished_with_failures_is_retried_not_skipped(
     third = run_pipeline(config, stages=chain)
     assert [o.status for o in third] == ["skipped"] * 3
     assert recorder.calls == ["a", "b", "c", "b"]
+
+
+def test_force_runs_the_selected_stages_and_asks_them_to_rebuild(tmp_path: Path,
+                                                                recorder: Recorder) -> None:
+    seen: list[tuple[str, bool]] = []
+
+    def stage(name: str) -> Stage:
+        def run(ctx: StageContext) -> dict:
+            seen.append((name, ctx.rebuild))
+            return {}
+        return Stage(name, run, lambda c: c.seed)
+
+    chain = [stage("a"), stage("b")]
+    config = make_config(tmp_path)
+    run_pipeline(config, stages=chain)
+    run_pipeline(config, stages=chain)  # both skipped
+    run_pipeline(config, only="b", force=True, stages=chain)
+    assert seen == [("a", False), ("b", False), ("b", True)]
