@@ -217,6 +217,15 @@ class TaskConfig:
             found.append(Problem(f"{path}.name", f"{self.name!r} is not a bundled task",
                                  f"{hint}bundled tasks: {', '.join(BUNDLED_TASK_NAMES)}; "
                                  "for your own data set source: files"))
+        if self.source == "bundled":  # a bundled task brings its own files, type and labels
+            own = {"type": self.type, "files": self.files, "columns": self.columns,
+                   "labels": self.labels, "glue_task": self.glue_task}
+            for key, value in own.items():
+                if value:
+                    found.append(Problem(f"{path}.{key}", f"is set but {self.name!r} is a "
+                                         "bundled task, which brings its own (it would be "
+                                         "ignored)", f"remove {key}, or use source: files "
+                                         "for your own data"))
         if self.source == "files":
             if self.type is None:
                 found.append(Problem(f"{path}.type", "is required for source 'files'",

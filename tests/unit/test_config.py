@@ -286,3 +286,16 @@ def test_bundled_task_names_match_the_registry() -> None:
     from mtkd.tasks.bundled import BUNDLED
 
     assert set(BUNDLED_TASK_NAMES) == set(BUNDLED)
+
+
+@pytest.mark.parametrize(("extra", "key"), [
+    ({"labels": ["pos", "neg"]}, "tasks.0.labels"),
+    ({"type": "regression"}, "tasks.0.type"),
+    ({"files": {"train": "x.csv"}}, "tasks.0.files"),
+    ({"glue_task": "sst2"}, "tasks.0.glue_task"),
+])
+def test_file_settings_on_a_bundled_task_are_refused_not_ignored(extra: dict, key: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        config_from_dict({"name": "x", "tasks": [{"name": "rotten_tomatoes", **extra}]})
+    assert [p.path for p in error.value.problems] == [key]
+    assert "bundled task" in str(error.value)
