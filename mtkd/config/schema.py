@@ -234,18 +234,12 @@ class TaskConfig:
             if "train" not in self.files:
                 found.append(Problem(f"{path}.files.train", "is missing",
                                      "give the path of the training file"))
-        for split in self.files:
-            if split not in SPLIT_NAMES:
-                close = difflib.get_close_matches(split, SPLIT_NAMES, n=1)
-                found.append(Problem(f"{path}.files.{split}", f"unknown split {split!r}",
-                                     (f"did you mean {close[0]!r}? " if close else "")
-                                     + f"use {', '.join(SPLIT_NAMES)}"))
-        for role in self.columns:
-            if role not in COLUMN_ROLES:
-                close = difflib.get_close_matches(role, COLUMN_ROLES, n=1)
-                found.append(Problem(f"{path}.columns.{role}", f"unknown role {role!r}",
-                                     (f"did you mean {close[0]!r}? " if close else "")
-                                     + f"use roles from {', '.join(COLUMN_ROLES)}"))
+        found += [_unknown(f"{path}.files.{split}", "split", split, SPLIT_NAMES,
+                           f"use {', '.join(SPLIT_NAMES)}")
+                  for split in self.files if split not in SPLIT_NAMES]
+        found += [_unknown(f"{path}.columns.{role}", "role", role, COLUMN_ROLES,
+                           f"use roles from {', '.join(COLUMN_ROLES)}")
+                  for role in self.columns if role not in COLUMN_ROLES]
         if self.source == "glue" and not self.glue_task:
             found.append(Problem(f"{path}.glue_task", "is required for source 'glue'",
                                  "set it to a GLUE config name such as sst2"))
@@ -746,6 +740,15 @@ class ExperimentConfig:
                         f"be made at {made_at} and the student distilled at {tau}",
                         f"set soft_targets.temperature: 1 (targets softened to {tau} in the "
                         f"loss), or student.kd.temperature: {made_at}")]
+
+
+def _unknown(path: str, what: str, value: str, valid: tuple[str, ...] | list[str],
+             use: str) -> Problem:
+    """``value`` is not one of ``valid``: the problem, with a did-you-mean when one is
+    close."""
+    close = difflib.get_close_matches(value, list(valid), n=1)
+    return Problem(path, f"unknown {what} {value!r}",
+                   (f"did you mean {close[0]!r}? " if close else "") + use)
 
 
 def _precision_problems(path: str, precision: str, on_gpu: bool,
