@@ -18,14 +18,13 @@ stages would fetch it).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 from mtkd import assets
 from mtkd.config import ExperimentConfig
 from mtkd.errors import ConfigError, MtkdError, Problem
-from mtkd.pretrained import BUNDLED_PREFIX, max_tokens
+from mtkd.pretrained import BUNDLED_PREFIX, max_tokens, s3_copy_dir
 
 PROBES = ("Hello World! It's 3:45pm in São Paulo, naïve café.",
           "the QUICK brown fox; don't-stop 12345 ünïcödé 日本語 🙂")
@@ -77,8 +76,7 @@ def _local_encoder_dir(path: str) -> Path | None:
         except MtkdError:
             return None
     if path.startswith("s3://"):
-        digest = hashlib.sha256(path.encode()).hexdigest()[:16]
-        local = assets.cache_dir() / "encoders" / digest
+        local = s3_copy_dir(path)
         return local if (local / "config.json").is_file() else None
     local = Path(path).expanduser()
     return local if (local / "config.json").is_file() else None

@@ -28,6 +28,11 @@ def bundled_encoders() -> list[str]:
             if any(f.name == "config.json" for f in spec.files)]
 
 
+def s3_copy_dir(path: str, cache: str | Path | None = None) -> Path:
+    """Where an ``s3://`` encoder is copied in the cache (it may not be there yet)."""
+    return assets.cache_dir(cache) / "encoders" / hashlib.sha256(path.encode()).hexdigest()[:16]
+
+
 def resolve_encoder_dir(path: str, cache: str | Path | None = None) -> Path:
     """A local directory holding the encoder's config, weights and tokenizer.
 
@@ -45,10 +50,9 @@ def resolve_encoder_dir(path: str, cache: str | Path | None = None) -> Path:
     if path.startswith("s3://"):
         from mtkd.storage import Storage
 
-        digest = hashlib.sha256(path.encode()).hexdigest()[:16]
-        local = assets.cache_dir(cache) / "encoders" / digest
+        local = s3_copy_dir(path, cache)
         if not (local / "config.json").exists():
-            tmp = local.with_name(f".{digest}.tmp-{os.getpid()}")
+            tmp = local.with_name(f".{local.name}.tmp-{os.getpid()}")
             Storage.from_uri(path).download_dir("", tmp)
             if local.exists():  # another process won the race
                 shutil.rmtree(tmp, ignore_errors=True)
