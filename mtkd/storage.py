@@ -10,13 +10,15 @@ Credentials for S3 come only from the environment (``AWS_ACCESS_KEY_ID``,
 instance profile, through pyarrow's default AWS chain. They are never passed
 as arguments, so neither ``repr`` nor a pickled filesystem contains them.
 ``AWS_ENDPOINT_URL`` (or ``AWS_ENDPOINT_URL_S3``) points at an S3-compatible
-server; ``AWS_REGION``/``AWS_DEFAULT_REGION`` set the region (default
-``us-east-1``).
+server; ``AWS_REGION``/``AWS_DEFAULT_REGION`` set the region. Without them, on AWS the
+bucket's own region is looked up once per process (:func:`bucket_region`); an
+S3-compatible server (an endpoint is set) gets ``us-east-1``, which such servers accept.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import uuid
@@ -44,6 +46,29 @@ def _scrub(text: str) -> str:
         if len(value) >= 4:
             text = text.replace(value, "***")
     return text
+
+
+SINGLE_PUT_BYTES = 5 * 1024 * 1024
+"""An atomic write of at most this many bytes to S3 is one PutObject request: S3 publishes
+an object whole or not at all, so no temporary is needed. (pyarrow sends a buffered stream
+of this size as one PUT when the filesystem allows a delayed open; larger writes use the
+temporary-and-copy path, which never exposes a partly completed multipart upload.)"""
+
+
+@functools.lru_cache(maxsize=64)
+def bucket_region(bucket: str) -> str:
+    """The AWS region of ``bucket``, asked of S3 once per process (one HEAD request, no
+    credentials needed; pyarrow's ``resolve_s3_region``).
+
+    Raises :class:`StorageError` naming the bucket and the fix (set ``AWS_REGION``) when
+    the lookup fails (no network, no such bucket).
+    """
+    try:
+        return pafs.resolve_s3_region(bucket)
+    except (OSError, ValueError) as exc:
+        raise StorageError(f"cannot find the region of S3 bucket {bucket!r} "
+                           f"({_scrub(str(exc))}): check the bucket name and the network, or "
+                           "set AWS_REGION to the bucket's region") from None
 
 
 def _clean(rel: str) -> str:
@@ -93,9 +118,11 @@ class Storage:
         if not root:
             raise StorageError(f"{text!r} names no bucket: use s3://bucket/prefix")
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-        kwargs: dict[str, Any] = {"region": region or "us-east-1"}
+        kwargs: dict[str, Any] = {"region": region or "us-east-1", "allow_delayed_open": True}
         var = "AWS_ENDPOINT_URL_S3" if os.environ.get("AWS_ENDPOINT_URL_S3") else "AWS_ENDPOINT_URL"
         endpoint = "AWS S3"
+        if not region and not os.environ.get(var):  # AWS itself: the bucket's own region
+            kwargs["region"] = bucket_region(root.split("/", 1)[0])
         if os.environ.get(var):
             url = os.environ[var].strip()
             parts = urlsplit(url if "://" in url else f"https://{url}")
@@ -316,13 +343,17 @@ class Storage:
     def write_atomic(self, rel: str, data: bytes) -> None:
         """Replace ``rel`` so that readers see the old or the new content, never a part.
 
-        Writes a temporary sibling ``.<name>.tmp-<uuid>`` and then commits it: a rename
-        locally (after fsync), a server-side copy plus delete of the temporary on S3.
-        On failure the temporary is removed and the old content stays.
+        On S3, up to :data:`SINGLE_PUT_BYTES` is one PutObject request (S3 never shows
+        part of an object). Otherwise writes a temporary sibling ``.<name>.tmp-<uuid>`` and
+        then commits it: a rename locally (after fsync), a server-side copy plus delete of
+        the temporary on S3. On failure the temporary is removed and the old content stays.
         """
         rel = _clean(rel)
         if not rel:
             raise StorageError(f"write_atomic needs a file path below {self.uri}")
+        if self._scheme == "s3" and len(data) <= SINGLE_PUT_BYTES:
+            self.write_bytes(rel, data)  # buffered whole, sent by one PUT on close
+            return
         head, _, name = rel.rpartition("/")
         tmp = f".{name}.tmp-{uuid.uuid4().hex}"
         tmp = f"{head}/{tmp}" if head else tmp

@@ -8,13 +8,16 @@ collide. It is stopped by its own PID, never by name.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import re
 import secrets
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -161,3 +164,57 @@ def _wait_ready(server: S3Server, timeout_s: float) -> None:
             time.sleep(0.2)
     raise RuntimeError(f"weed mini did not answer S3 at {server.endpoint_url} within "
                        f"{timeout_s:.0f} s (last error: {error}):\n{server.log_tail()}")
+
+
+class RequestRecorder:
+    """A TCP relay in front of an S3 server that records each HTTP request line it passes
+    (method, path with query), so a test can count the requests a client really sent.
+
+    Use as a context manager; ``endpoint_url`` is the relay's address. Request lines are
+    found at the start of lines of the client's bytes, which is exact for bodies that hold
+    no line starting with an HTTP method (the tests' payloads).
+    """
+
+    _LINE = re.compile(rb"(?m)^(GET|PUT|POST|HEAD|DELETE) (\S+) HTTP/1\.[01]\r$")
+
+    def __init__(self, target_url: str) -> None:
+        host, _, port = target_url.split("://", 1)[1].partition(":")
+        self._target = (host, int(port))
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.endpoint_url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self.requests: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> RequestRecorder:
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:  # closed
+                return
+            upstream = socket.create_connection(self._target)
+            threading.Thread(target=self._pipe, args=(client, upstream, True),
+                             daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False),
+                             daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, record: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if record:
+                    with self._lock:
+                        self.requests += [(m.group(1).decode(), m.group(2).decode())
+                                          for m in self._LINE.finditer(data)]
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)

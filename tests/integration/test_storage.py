@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
-from s3server import S3Server, free_port
+from s3server import RequestRecorder, S3Server, free_port
 
 from mtkd.errors import StorageError
-from mtkd.storage import Storage
+from mtkd.storage import SINGLE_PUT_BYTES, Storage
 
 
 @pytest.fixture
@@ -132,8 +132,10 @@ def test_write_atomic_failure_keeps_old_content(
         raise KeyboardInterrupt("killed before commit")
 
     monkeypatch.setattr(Storage, "_commit", crash)
+    # On S3 only a write above the single-PUT size goes through a temporary.
+    big = {"v": 2, "pad": "x" * (SINGLE_PUT_BYTES + 1)}
     with pytest.raises(KeyboardInterrupt):
-        store.write_json_atomic("manifests/m.json", {"v": 2})
+        store.write_json_atomic("manifests/m.json", big)
     assert store.read_json("manifests/m.json") == {"v": 1}
     assert _temp_leftovers(store) == []
     assert store.list("manifests") == ["m.json"]
@@ -243,6 +245,33 @@ def test_s3_wrong_secret_is_clear_fast_and_secret_free(
 
 
 @pytest.mark.s3
+def test_s3_atomic_write_is_one_put_up_to_the_single_put_size(
+        s3_env: str, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An atomic write of a manifest to S3 is exactly one PUT of the final key (S3 shows an
+    object whole or not at all); above SINGLE_PUT_BYTES it goes through a temporary."""
+    with RequestRecorder(s3_server.endpoint_url) as recorder:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", recorder.endpoint_url)
+        store = Storage.from_uri(s3_env)
+        bucket, prefix = s3_env[len("s3://"):].split("/", 1)
+        cases = [("manifests/small.json", b"{}"),
+                 ("manifests/edge.bin", b"e" * SINGLE_PUT_BYTES),
+                 ("manifests/big.bin", b"b" * (SINGLE_PUT_BYTES + 1))]
+        sent = {}
+        for rel, data in cases:
+            recorder.requests.clear()
+            store.write_atomic(rel, data)
+            sent[rel] = list(recorder.requests)
+            assert store.read_bytes(rel) == data
+    for rel, _ in cases[:2]:
+        assert sent[rel] == [("PUT", f"/{bucket}/{prefix}/{rel}")], sent[rel]
+    big = sent["manifests/big.bin"]
+    final = f"/{bucket}/{prefix}/manifests/big.bin"
+    assert big[0][0] == "PUT" and "/manifests/.big.bin.tmp-" in big[0][1], big
+    assert ("PUT", final) in big, big  # the server-side copy onto the final key
+    assert [r for r in big if r[1] == final] == [("PUT", final)], big
+    assert _temp_leftovers(store) == []
+
+
 def test_s3_missing_bucket_is_named(s3_env: str) -> None:
     store = Storage.from_uri("s3://no-such-bucket-mtkd/prefix")
     start = time.monotonic()
