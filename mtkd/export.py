@@ -457,7 +457,9 @@ def model_card(model: MTDNN, spec: TaskSpec, meta: dict[str, Any], provenance: d
         f"One task of a multi-task MT-DNN trained with mtkd {__version__}'s pipeline, exported "
         "by `mtkd export`. The folder holds the shared encoder, this task's head, the "
         "tokenizer the model was trained with, and the modeling code (`modeling_mtkd.py`, "
-        "torch + transformers only: load with `trust_remote_code=True`).", "",
+        "torch + transformers only: load the model and the tokenizer with "
+        "`trust_remote_code=True`; without it transformers asks before reading "
+        "`config.json`).", "",
         "## Task", "",
         f"- name: `{task}`; type: `{spec.type}`",
     ]
@@ -476,7 +478,7 @@ def model_card(model: MTDNN, spec: TaskSpec, meta: dict[str, Any], provenance: d
         f"- inputs: {'a pair of texts (text, text_pair)' if pair else 'one text'}; at most "
         f"{spec.max_length} tokens (the tokenizer's `model_max_length`; pass "
         "`truncation=True` to cut longer inputs as mtkd did)",
-        f"- reported metrics: {', '.join(spec.metrics) or 'unknown'}", "",
+        f"- reported metrics: {', '.join(spec.metrics or kind.metrics)}", "",
         "## Usage", "", "```python",
         "from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline",
         "",
@@ -491,7 +493,7 @@ def model_card(model: MTDNN, spec: TaskSpec, meta: dict[str, Any], provenance: d
         "",
         'model = AutoModelForSequenceClassification.from_pretrained("PATH", '
         "trust_remote_code=True)",
-        'tokenizer = AutoTokenizer.from_pretrained("PATH")',
+        'tokenizer = AutoTokenizer.from_pretrained("PATH", trust_remote_code=True)',
         ("batch = tokenizer(texts, text_pairs, truncation=True, padding=True, "
          'return_tensors="pt")' if pair else
          'batch = tokenizer(texts, truncation=True, padding=True, return_tensors="pt")'),
