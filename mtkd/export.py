@@ -121,6 +121,13 @@ def _check_out_dir(out_dir: str, overwrite: bool) -> Path:
     return out
 
 
+def _check_not_overlapping(model_dir: Path, out: Path) -> None:
+    model, target = model_dir.resolve(), out.resolve()
+    if target == model or target in model.parents or model in target.parents:
+        raise MtkdError(f"OUT_DIR {out} overlaps the model folder {model_dir} (replacing it "
+                        "would delete the model) (fix: choose a folder outside the model's)")
+
+
 def _resolve_onnx(wanted: bool | None) -> bool:
     missing = onnx_missing()
     if wanted and missing:
@@ -140,6 +147,7 @@ def run_export(args: argparse.Namespace) -> int:
     out = _check_out_dir(args.out_dir, args.overwrite)
     with contextlib.ExitStack() as stack:
         model_dir = _local_model_dir(args.model_dir, stack)
+        _check_not_overlapping(model_dir, out)
         specs = [s.name for s in _model_specs(model_dir, args.model_dir)]
         tasks = list(dict.fromkeys(args.tasks or specs))
         unknown = [t for t in tasks if t not in specs]
@@ -167,14 +175,16 @@ def export_model(model_dir: str | Path, out_dir: str | Path, tasks: list[str] | 
 
     ``source`` is the model's uri as the user gave it (for the model card and to find the
     run's record next to an ``s3://`` model); default ``model_dir``. Raises MtkdError for an
-    unknown task, an ``out_dir`` that is a file or is not empty without ``overwrite``, and a
-    model that is not an mtkd model; RuntimeError when an exported task does not reproduce
-    the mtkd model's outputs within :data:`TOLERANCE` (a bug).
+    unknown task, an ``out_dir`` that is a file, is not empty without ``overwrite`` or
+    overlaps ``model_dir``, and a model that is not an mtkd model; RuntimeError when an
+    exported task does not reproduce the mtkd model's outputs within :data:`TOLERANCE`
+    (a bug).
     """
     from mtkd.model.io import load_mtdnn, read_meta
 
     model_dir = Path(model_dir)
     out = _check_out_dir(str(out_dir), overwrite)
+    _check_not_overlapping(model_dir, out)
     meta = read_meta(model_dir)
     model, tokenizer = load_mtdnn(model_dir)
     tasks = list(dict.fromkeys(tasks or list(model.specs)))

@@ -316,6 +316,7 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
     ("out_not_empty", ["exists and is not empty", "--overwrite"]),
     ("out_is_file", ["is a file"]),
     ("onnx_missing", ["--onnx needs onnxruntime", "pip install"]),
+    ("out_is_model_parent", ["overlaps the model folder", "would delete the model"]),
 ])
 def test_cli_user_mistakes_exit_2(case: str, names: list[str], models: dict[str, Path],
                                   tmp_path: Path, capsys: pytest.CaptureFixture[str],
@@ -339,6 +340,8 @@ def test_cli_user_mistakes_exit_2(case: str, names: list[str], models: dict[str,
 
         monkeypatch.setattr(mtkd.export, "onnx_missing", lambda: ["onnxruntime"])
         argv.append("--onnx")
+    elif case == "out_is_model_parent":
+        argv = [model, str(models["cls"].parent), "--overwrite"]
     code, stdout, stderr = _run(argv, capsys)
     assert code == 2, stdout + stderr
     assert stderr.startswith("mtkd: error:")
@@ -349,6 +352,8 @@ def test_cli_user_mistakes_exit_2(case: str, names: list[str], models: dict[str,
         assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
     elif case == "out_is_file":
         assert out.read_text() == "a file"
+    elif case == "out_is_model_parent":
+        assert (models["cls"] / "mtdnn.json").is_file()
     else:
         assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
@@ -389,3 +394,21 @@ def test_a_failure_leaves_no_out_dir(models: dict[str, Path], tmp_path: Path,
         mtkd.export.export_model(models["cls"], tmp_path / "out", ["sent", "sim"], onnx=False)
     assert calls == ["sent", "sim"]
     assert list(tmp_path.iterdir()) == []  # neither OUT_DIR nor its temporary sibling
+
+
+@pytest.mark.s3
+def test_cli_exports_a_model_in_s3_with_its_record(models: dict[str, Path], s3_env: str,
+                                                   tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from mtkd.storage import Storage
+
+    store = Storage.from_uri(s3_env)
+    experiment = models["mean"].parents[2]  # <exp>/student/student/final
+    store.upload_dir(experiment, "exp")
+    out = tmp_path / "out"
+    code, _, stderr = _run([f"{s3_env}/exp/student/student/final", str(out), "--task",
+                                 "sent", "--no-onnx"], capsys)
+    assert code == 0, stderr
+    card = (out / "sent" / "README.md").read_text()
+    assert f"exported from: `{s3_env}/exp/student/student/final`" in card
+    assert "accuracy 87.25" in card and "dev 60 rows, train 480 rows" in card
