@@ -103,6 +103,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_predict_arguments(predict)
     predict.set_defaults(handler=_cmd_predict)
 
+    from mtkd.export import add_export_arguments  # imports torch only when it runs
+
+    export = sub.add_parser("export", help="write Hugging Face folders (and ONNX) per task",
+                            description="Write OUT_DIR/<task>/ for each task of a saved "
+                                        "MT-DNN: a folder that loads with transformers' "
+                                        "AutoModelForSequenceClassification / pipeline "
+                                        "(trust_remote_code=True) without mtkd, its "
+                                        "tokenizer, a model card and model.onnx.")
+    add_export_arguments(export)
+    export.set_defaults(handler=_cmd_export)
+
     # Ray jobs and cluster configs: submit, status, logs, cluster validate (mtkd/jobs.py
     # imports only the standard library here; Ray is imported when a command runs).
     from mtkd.jobs import add_job_commands
@@ -190,6 +201,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from mtkd.predict_cli import run_predict
 
     return run_predict(args)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from mtkd.export import run_export
+
+    return run_export(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
