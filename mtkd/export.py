@@ -142,13 +142,13 @@ def _resolve_onnx(wanted: bool | None) -> bool:
 
 def run_export(args: argparse.Namespace) -> int:
     """The ``mtkd export`` command; returns the exit code (user mistakes raise MtkdError)."""
-    from mtkd.predict_cli import _local_model_dir, _model_specs
+    from mtkd.predict_cli import local_model_dir, model_specs
 
     out = _check_out_dir(args.out_dir, args.overwrite)
     with contextlib.ExitStack() as stack:
-        model_dir = _local_model_dir(args.model_dir, stack)
+        model_dir = local_model_dir(args.model_dir, stack)
         _check_not_overlapping(model_dir, out)
-        specs = [s.name for s in _model_specs(model_dir, args.model_dir)]
+        specs = [s.name for s in model_specs(model_dir, args.model_dir)]
         tasks = list(dict.fromkeys(args.tasks or specs))
         unknown = [t for t in tasks if t not in specs]
         if unknown:
@@ -180,7 +180,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, tasks: list[str] | 
     exported task does not reproduce the mtkd model's outputs within :data:`TOLERANCE`
     (a bug).
     """
-    from mtkd.model.io import load_mtdnn, read_meta
+    from mtkd.model.io import load_mtdnn, read_meta, swap_into_place
 
     model_dir = Path(model_dir)
     out = _check_out_dir(str(out_dir), overwrite)
@@ -201,24 +201,10 @@ def export_model(model_dir: str | Path, out_dir: str | Path, tasks: list[str] | 
         for task in tasks:
             results.append(_export_task(model, tokenizer, meta, task, tmp / task, onnx,
                                         provenance))
-        _swap_into_place(tmp, out)
+        swap_into_place(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return [ExportedTask(r.task, out / r.task, r.onnx, r.max_diff) for r in results]
-
-
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-        out.rename(old)
-        try:
-            tmp.rename(out)
-        except OSError:
-            old.rename(out)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)
 
 
 def _hf_config(model: MTDNN, spec: TaskSpec) -> Any:

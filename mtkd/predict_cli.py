@@ -98,7 +98,7 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
 # ------------------------------------------------------------------------ model
 
 
-def _local_model_dir(uri: str, stack: contextlib.ExitStack) -> Path:
+def local_model_dir(uri: str, stack: contextlib.ExitStack) -> Path:
     """The model directory on local disk (an s3:// one is downloaded to a temporary dir)."""
     if uri.startswith("s3://"):
         from mtkd.storage import Storage
@@ -116,7 +116,7 @@ def _local_model_dir(uri: str, stack: contextlib.ExitStack) -> Path:
     return path
 
 
-def _model_specs(model_dir: Path, shown: str) -> list[TaskSpec]:
+def model_specs(model_dir: Path, shown: str) -> list[TaskSpec]:
     """The saved tasks, read from ``mtdnn.json`` without importing torch; anything unusual
     is left to :func:`mtkd.model.io.read_meta`, which names the problem."""
     from mtkd.tasks.spec import TaskSpec
@@ -303,8 +303,8 @@ def run_predict(args: argparse.Namespace) -> int:
     """The ``mtkd predict`` command; returns the exit code (user mistakes raise MtkdError)."""
     out_store, out_name = _split_uri(_output_uri(args))
     with contextlib.ExitStack() as stack:
-        model_dir = _local_model_dir(args.model_dir, stack)
-        specs = {s.name: s for s in _model_specs(model_dir, args.model_dir)}
+        model_dir = local_model_dir(args.model_dir, stack)
+        specs = {s.name: s for s in model_specs(model_dir, args.model_dir)}
         if args.task not in specs:
             raise MtkdError(f"model {args.model_dir} has no task {args.task!r} (fix: use one "
                             f"of its tasks: {', '.join(specs)})")

@@ -67,13 +67,16 @@ def save_mtdnn(model: MTDNN, tokenizer: PreTrainedTokenizerBase, out_dir: str | 
         }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n",
                                      encoding="utf-8")
-        _swap_into_place(tmp, out)
+        swap_into_place(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
-def _swap_into_place(tmp: Path, out: Path) -> None:
+def swap_into_place(tmp: Path, out: Path) -> None:
+    """Replace the folder ``out`` with the finished folder ``tmp`` (a sibling, same disk):
+    a rename, or with an old ``out`` two renames (the old one put back if the second
+    fails), so ``out`` is always the old or the new folder, never a mix."""
     if not out.exists():
         tmp.rename(out)
         return

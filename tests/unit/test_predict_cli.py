@@ -18,7 +18,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
+from mtkd.precision import resolve_here
 from mtkd.tasks.spec import TaskSpec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,7 +75,8 @@ COMMANDS: dict[str, list[str]] = {
     "sent": ["{model}", "--task", "sent", "--input", "{root}/sent.csv", "--batch-size", "4"],
     "nli": ["{model}", "--task", "nli", "--input", "{root}/nli.jsonl", "--text-column",
             "premise", "--pair-column", "hypothesis", "--output", "{root}/out/nli.jsonl"],
-    "sim": ["{model}", "--task", "sim", "--input", "{root}/sim.parquet", "--batch-size", "5"],
+    "sim": ["{model}", "--task", "sim", "--input", "{root}/sim.parquet", "--batch-size", "5",
+            "--precision", "fp32"],
     "unknown_task": ["{model}", "--task", "sst9", "--input", "{root}/sent.csv"],
     "missing_column": ["{model}", "--task", "nli", "--input", "{root}/sent.csv"],
     "missing_model": ["{root}/no-such-model", "--task", "sent", "--input", "{root}/sent.csv"],
@@ -105,14 +108,28 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def direct(model_dir: Path, task: str, texts: list[str], pairs: list[str] | None = None
-           ) -> np.ndarray:
+def auto_here() -> tuple[torch.dtype | None, float]:
+    """What ``--precision auto`` (the CLI default) resolves to on this CPU, and the
+    tolerance for comparing its outputs: fp32 (no autocast) where bf16 is emulated, bf16
+    autocast where it is native, whose outputs move with batch shapes in the 3rd digit."""
+    resolved = resolve_here("auto", "cpu")
+    if resolved.precision == "fp32":
+        return None, 1e-5
+    return resolved.dtype, 2e-2
+
+
+def direct(model_dir: Path, task: str, texts: list[str], pairs: list[str] | None = None,
+           *, precision_of_cli: bool = True) -> np.ndarray:
+    """The library's outputs for these texts, at the precision the CLI's default chooses
+    on this CPU (``precision_of_cli``) or at fp32."""
     from mtkd.model.io import load_mtdnn
     from mtkd.model.predict import predict_texts
 
     model, tokenizer = load_mtdnn(model_dir)
     probs = model.specs[task].kind.head != "ranking"
-    return predict_texts(model, tokenizer, task, texts, pairs, probs=probs)
+    dtype = auto_here()[0] if precision_of_cli else None
+    return predict_texts(model, tokenizer, task, texts, pairs, probs=probs,
+                         autocast_dtype=dtype)
 
 
 def succeeded(result: subprocess.CompletedProcess[str], n: int, out: Path) -> None:
@@ -134,7 +151,7 @@ def test_classification_csv(runs: dict, data: dict, model_dir: Path) -> None:
         assert list(row["probabilities"]) == ["neg", "pos"]
         got = np.array(list(row["probabilities"].values()))
         assert got.sum() == pytest.approx(1.0, abs=1e-5)
-        np.testing.assert_allclose(got, probs, atol=1e-5)
+        np.testing.assert_allclose(got, probs, atol=auto_here()[1])
         assert row["label"] == ["neg", "pos"][int(np.argmax(got))]
 
 
@@ -151,7 +168,7 @@ def test_pair_classification_jsonl_with_column_flags(runs: dict, data: dict,
         assert row["label"] in labels and list(row["probabilities"]) == labels
         got = np.array(list(row["probabilities"].values()))
         assert got.sum() == pytest.approx(1.0, abs=1e-5)
-        np.testing.assert_allclose(got, probs, atol=1e-5)
+        np.testing.assert_allclose(got, probs, atol=auto_here()[1])
         assert row["label"] == labels[int(np.argmax(got))]
 
 
@@ -162,9 +179,9 @@ def test_regression_parquet_uses_the_pair_column(runs: dict, data: dict,
     rows = read_jsonl(out)
     assert [r["row"] for r in rows] == list(range(12))
     assert all(set(r) == {"row", "score"} for r in rows)
-    expected = direct(model_dir, "sim", *data["sim"])
+    expected = direct(model_dir, "sim", *data["sim"], precision_of_cli=False)  # --precision fp32
     np.testing.assert_allclose([r["score"] for r in rows], expected, atol=1e-5)
-    single = direct(model_dir, "sim", data["sim"][0])  # without pairs: other scores
+    single = direct(model_dir, "sim", data["sim"][0], precision_of_cli=False)  # other scores
     assert not np.allclose(single, expected, atol=1e-5)
 
 
@@ -200,7 +217,7 @@ def test_ranking_and_more_errors_in_process(model_dir: Path, tmp_path: Path,
     expected = direct(model_dir, "qa", queries, candidates)
     for row, cands, scores in zip(rows, candidates, expected, strict=True):
         assert len(row["scores"]) == len(cands)
-        np.testing.assert_allclose(row["scores"], scores[: len(cands)], atol=1e-5)
+        np.testing.assert_allclose(row["scores"], scores[: len(cands)], atol=auto_here()[1])
         assert row["best_candidate"] == int(np.argmax(row["scores"]))
 
     capsys.readouterr()
