@@ -285,3 +285,24 @@ def test_mtkd_report_takes_the_bootstrap_settings(tmp_path: Path,
                  "--bootstrap-seed", "5"]) == 0
     gains = json.loads(store.read_text("report/report.json"))["kd_vs_baseline"]
     assert (gains["samples"], gains["bootstrap_seed"]) == (200, 5)
+
+
+def test_predictions_file_round_trip_and_run_content() -> None:
+    from mtkd.records import files_fingerprint
+    from mtkd.student.predictions import read_predictions, run_content
+
+    per_task = {"stsb": (["b", "a"], np.array([np.nan, 2.5]), np.array([1.25, -0.5])),
+                "sst2": (["x", "y", "z"], np.array([1, -1, 0]),
+                         np.array([[0.1, 0.9], [2.0, -1.0], [0.0, 0.5]]))}
+    data = predictions_bytes(per_task)
+    assert predictions_bytes(per_task) == data  # the same outputs give the same bytes
+    back = read_predictions(data)
+    assert list(back["stsb"]["uids"]) == ["b", "a"]
+    np.testing.assert_array_equal(back["stsb"]["labels"], [np.nan, 2.5])
+    np.testing.assert_array_equal(back["stsb"]["outputs"], [[1.25], [-0.5]])
+    np.testing.assert_array_equal(back["sst2"]["labels"], [1, -1, 0])
+    np.testing.assert_allclose(back["sst2"]["outputs"], per_task["sst2"][2], rtol=1e-7)
+    content = run_content("model", {"dev": digest(data)})
+    assert content == files_fingerprint({"final/": "model",
+                                         "predictions/dev.parquet": digest(data)})
+    assert content != run_content("model", {})
