@@ -146,9 +146,13 @@ def _weighted_correlation(x: np.ndarray, y: np.ndarray, weights: np.ndarray,
 def _resampled_ranks(x: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Each row's average rank (1-based, ties averaged, as scipy's rankdata) among the values
     drawn in each resample ``[B, n]`` (a row not drawn gets the rank it would have)."""
-    values, inverse = np.unique(x, return_inverse=True)
-    per_value = np.zeros((weights.shape[0], len(values)))
-    np.add.at(per_value.T, inverse, weights.T)  # drawn copies of each distinct value
+    order = np.argsort(x, kind="stable")
+    ordered = x[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    inverse = np.empty(len(x), dtype=np.int64)
+    inverse[order] = np.cumsum(np.r_[True, ordered[1:] != ordered[:-1]]) - 1
+    # drawn copies of each distinct value, in increasing order of value
+    per_value = np.add.reduceat(weights[:, order], starts, axis=1)
     below = np.cumsum(per_value, axis=1) - per_value
     return (below + (per_value + 1.0) / 2.0)[:, inverse]
 
