@@ -60,6 +60,11 @@ def main() -> int:
     print(f"student runs: {json.dumps(report['student_runs'])}")
     print(f"kd gain per seed: {[round(g, 2) for g in result['kd_gain_per_seed']]}")
     print(f"RESULT kd_gain {result['kd_gain']:.2f} (target >= 1.0)")
+    dev = (report.get("kd_vs_baseline") or {}).get("dev")
+    if dev:  # reports of mtkd with stored per-example outputs
+        row = dev["average"]
+        print(f"kd_gain 95% interval [{row['low']:+.2f}, {row['high']:+.2f}] (paired bootstrap "
+              f"over dev examples and {dev['seeds']} seed(s)): {row['verdict']}")
     print(f"RESULT ensemble_gain {result['ensemble_gain']:.2f} (target > 0)")
     print(f"RESULT student_speedup {result['student_speedup']:.2f} (target >= 3)")
     return 0

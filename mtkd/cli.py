@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from mtkd import __version__
-from mtkd.errors import MtkdError
+from mtkd.errors import ConfigError, MtkdError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -73,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                         help="precision of the speed measurement on this CPU (default: auto, "
                              "bf16 where the CPU has native bf16, else fp32)")
+    report.add_argument("--bootstrap-samples", type=int, default=1000,
+                        help="replicates of the paired bootstrap behind the KD-minus-baseline "
+                             "intervals (0: no intervals; default 1000)")
+    report.add_argument("--bootstrap-seed", type=int, default=0,
+                        help="seed of the bootstrap's resampling (default 0)")
     report.set_defaults(handler=_cmd_report)
 
     assets = sub.add_parser("assets", help="fetch or list the pinned model and data assets",
@@ -148,8 +153,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if not store.exists("manifests/prepare.json"):
         raise MtkdError(f"{store.uri} is not an mtkd experiment (no manifests/prepare.json; "
                         "fix: give <storage_path>/<name> of a run)")
-    write_report(store, ReportConfig(speed_examples=args.speed_examples,
-                                     precision=args.precision), measure=not args.no_speed)
+    settings = ReportConfig(speed_examples=args.speed_examples, precision=args.precision,
+                            bootstrap_samples=args.bootstrap_samples,
+                            bootstrap_seed=args.bootstrap_seed)
+    problems = settings.problems("report")
+    if problems:
+        raise ConfigError(problems, source="mtkd report options (report.* = --flag)")
+    write_report(store, settings, measure=not args.no_speed)
     print(f"report: {store.uri_of('report/report.md')}")
     return 0
 

@@ -93,7 +93,8 @@ def soft_targets_record(task: str) -> str:
 
 
 def student_dir(run: str) -> str:
-    """One student run: ``final/`` (the exported model), ``train_state.json``,
+    """One student run: ``final/`` (the exported model), ``predictions/<split>.parquet``
+    (per-example outputs), ``train_state.json``,
     ``student.json`` (its record)."""
     return f"student/{run}"
 

@@ -164,6 +164,10 @@ class StudentRecord(Record):
     seconds: float = 0.0
     selected: dict[str, Any] | None = None
     """Which weights were exported: {"keep": "best"|"final", "step", "steps"}."""
+    predictions: dict[str, str] = field(default_factory=dict)
+    """{split: sha256} of the per-example outputs stored next to the record
+    (``predictions/<split>.parquet``, see :mod:`mtkd.student.predictions`); empty in
+    records of mtkd before they were stored. ``content`` covers them too."""
 
     @classmethod
     def _convert(cls, values: dict[str, Any]) -> StudentRecord:

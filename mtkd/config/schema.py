@@ -662,10 +662,25 @@ class ReportConfig:
     exported student's dev scores and the report's speed measurement. auto: bf16 where
     that CPU has native bf16, else fp32; bf16 where it is emulated is warned about; fp16
     is refused (a CPU)."""
+    bootstrap_samples: int = 1000
+    """Replicates of the paired bootstrap that puts a 95% interval on "student (KD) minus
+    baseline" per task and on the average, resampling the dev (and labelled test) examples
+    and the paired seeds (see mtkd/report/intervals.py); 0 leaves the intervals out. At
+    least 100: the interval's ends are the 2.5th and 97.5th percentiles of the replicates."""
+    bootstrap_seed: int = 0
+    """Random seed of the bootstrap's resampling: the same seed and predictions give the same
+    intervals, so a report is reproducible."""
 
     def problems(self, path: str) -> list[Problem]:
         found: list[Problem] = []
         _at_least(found, f"{path}.speed_examples", self.speed_examples, 1)
+        if self.bootstrap_samples != 0 and self.bootstrap_samples < 100:
+            found.append(Problem(f"{path}.bootstrap_samples",
+                                 f"must be 0 (no intervals) or >= 100, got "
+                                 f"{self.bootstrap_samples}",
+                                 f"set {path}.bootstrap_samples to 1000 (the default), or 0 "
+                                 "to leave the intervals out"))
+        _at_least(found, f"{path}.bootstrap_seed", self.bootstrap_seed, 0)
         found += _precision_problems(f"{path}.precision", self.precision, False, None)
         return found
 

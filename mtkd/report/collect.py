@@ -32,6 +32,7 @@ from mtkd.model.mtdnn import num_parameters
 from mtkd.model.remote import load_model_from
 from mtkd.precision import Resolved, probe_device, stage_precision
 from mtkd.records import StudentRecord
+from mtkd.report.gains import kd_gains, seed_spread
 from mtkd.storage import Storage
 from mtkd.training.evaluate import predict_outputs
 
@@ -53,6 +54,7 @@ def _mean_run(runs: list[StudentRecord]) -> dict[str, Any] | None:
     return {"metrics": metrics, "average": average_score(metrics),
             "test": {"metrics": test, "average": average_score(test) if test else None},
             "seeds": [r.seed for r in runs], "seed_averages": [r.average for r in runs],
+            "spread": seed_spread(runs),
             "params": runs[0].params, "models": [r.model for r in runs]}
 
 
@@ -161,9 +163,11 @@ def _lineage(manifests: dict[str, Any], runs: dict[str, StudentRecord]) -> dict[
 
 
 def collect(store: Storage, speed_examples: int = 256, measure: bool = True,
-            precision: str = "auto") -> dict[str, Any]:
+            precision: str = "auto", bootstrap_samples: int = 1000,
+            bootstrap_seed: int = 0) -> dict[str, Any]:
     """The report's data (see docs/ARCHITECTURE.md for the keys). ``precision``: that of
-    the speed measurement (report.precision), resolved on this process's CPU."""
+    the speed measurement (report.precision), resolved on this process's CPU;
+    ``bootstrap_samples``/``bootstrap_seed``: the KD-minus-baseline intervals (0: none)."""
     resolved = stage_precision("report", "report.precision", precision, probe_device("cpu"))
     assert resolved is not None  # probed here
     manifests = {s: read_manifest(store, s) for s in STAGES}
@@ -199,6 +203,7 @@ def collect(store: Storage, speed_examples: int = 256, measure: bool = True,
     report["lineage"] = _lineage(manifests, runs)
     report["student"] = _mean_run([r for r in runs.values() if r.distill])
     report["baseline"] = _mean_run([r for r in runs.values() if not r.distill])
+    report["kd_vs_baseline"] = kd_gains(store, runs, bootstrap_samples, bootstrap_seed)
     report["student_runs"] = {n: {"average": r.average, "seed": r.seed,
                                   "distill": r.distill} for n, r in runs.items()}
     report["hardware"] = _hardware(store, manifests, runs, resolved)

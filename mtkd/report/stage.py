@@ -24,7 +24,9 @@ def write_report(store: Storage, settings: ReportConfig | None = None,
     (:class:`mtkd.records.ReportRecord`) last."""
     settings = settings or ReportConfig()
     report = collect(store, settings.speed_examples, measure=measure,
-                     precision=settings.precision)
+                     precision=settings.precision,
+                     bootstrap_samples=settings.bootstrap_samples,
+                     bootstrap_seed=settings.bootstrap_seed)
     files: dict[str, bytes] = {}
     if settings.plot:
         files["scores.png"] = render_plot(report)

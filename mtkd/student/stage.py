@@ -43,9 +43,10 @@ from mtkd.model.mtdnn import num_parameters
 from mtkd.model.remote import save_model_to
 from mtkd.precision import Resolved, probe_device, stage_precision
 from mtkd.raycluster import ensure_ray, on_gpu, probe_work_device, ray_resources
-from mtkd.records import EnsembleRef, StudentRecord
+from mtkd.records import EnsembleRef, StudentRecord, digest
 from mtkd.storage import Storage
 from mtkd.student.deepspeed_backend import CHECKPOINT_TAG
+from mtkd.student.predictions import predictions_bytes, predictions_file, run_content
 from mtkd.student.worker import best_weights_file, load_safetensors, student_worker
 from mtkd.training.evaluate import evaluate
 from mtkd.training.recipe import build_model, load_prepared_tasks
@@ -167,12 +168,20 @@ def _export(ctx: StageContext, run: StudentRun, result: Any, scoring: Resolved
     saved = save_model_to(store.child(student_dir(run.name)), "final", model, tokenizer,
                           extra={"run": dataclasses.asdict(run)})
     metrics = evaluate(model, data.specs, data.dev, precision=scoring.precision,
-                       progress=f"{run.name} dev")
+                       progress=f"{run.name} dev", keep_outputs=True)
     test = {task: read_prepared(store, task, "test") for task in data.specs
             if "test" in prepared_splits(store, task)}
     tested = evaluate(model, data.specs, test, precision=scoring.precision,
-                      progress=f"{run.name} test")
-    return {"selected": selected, "model": saved.uri, "content": saved.content,
+                      progress=f"{run.name} test", keep_outputs=True)
+    # per-example outputs, for the report's paired bootstrap (written before the record)
+    predictions = {}
+    for split, scored in (("dev", metrics), ("test", tested)):
+        if scored["outputs"]:
+            payload = predictions_bytes(scored["outputs"])
+            store.write_atomic(f"{student_dir(run.name)}/{predictions_file(split)}", payload)
+            predictions[split] = digest(payload)
+    return {"selected": selected, "model": saved.uri,
+            "content": run_content(saved.content, predictions), "predictions": predictions,
             "metrics": metrics["tasks"], "average": metrics["average"],
             "test_metrics": tested["tasks"], "test_average": tested["average"],
             "params": num_parameters(model), "precision": trained.get("precision"),

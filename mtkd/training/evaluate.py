@@ -73,16 +73,23 @@ def predict_outputs(model: torch.nn.Module, spec: TaskSpec, split: datasets.Data
 
 
 def evaluate(model: torch.nn.Module, specs: Mapping[str, TaskSpec],
-             splits: Mapping[str, datasets.Dataset], **kwargs: Any) -> dict[str, Any]:
+             splits: Mapping[str, datasets.Dataset], *, keep_outputs: bool = False,
+             **kwargs: Any) -> dict[str, Any]:
     """Metrics per task plus their average: {"tasks": {task: {metric: value}},
     "average": float | None}. Rows without a label are left out; a task without any
     labelled row is left out (test splits may be unlabelled); the average is None when no
-    task is left. ``kwargs`` go to :func:`predict_outputs`."""
-    per_task = {}
+    task is left. ``keep_outputs``: add "outputs": {task: (uids, labels, outputs)} of every
+    scored task, all rows in the split's order. ``kwargs`` go to :func:`predict_outputs`."""
+    per_task, kept = {}, {}
     for task, split in splits.items():
         labels = np.asarray(split["label"])
         if not labelled(specs[task], labels).any():
             continue
         outputs = predict_outputs(model, specs[task], split, **kwargs)
         per_task[task] = compute_task_metrics(specs[task], outputs, labels)
-    return {"tasks": per_task, "average": average_score(per_task) if per_task else None}
+        if keep_outputs:
+            kept[task] = (list(split["uid"]), labels, outputs)
+    result = {"tasks": per_task, "average": average_score(per_task) if per_task else None}
+    if keep_outputs:
+        result["outputs"] = kept
+    return result

@@ -152,6 +152,23 @@ def test_keep_best_exports_the_best_dev_evaluation(experiment: dict, tmp_path: P
     report = store.read_text("report/report.md")
     assert "## Model selection" in report
     assert f"| baseline | best dev evaluation | {best['step']} of 12 |" in report
+    assert "| baseline (no KD) | dev | 1 seed, no spread |" in report
+
+    # The exported run's per-example dev outputs are stored, in its record and content,
+    # and give the metrics the record holds.
+    from mtkd.metrics import compute_task_metrics
+    from mtkd.records import digest
+    from mtkd.student.predictions import read_predictions
+
+    payload = store.read_bytes("student/baseline/predictions/dev.parquet")
+    assert record["predictions"]["dev"] == digest(payload)
+    for task, stored in read_predictions(payload).items():
+        split = read_prepared(store, task, "dev")
+        assert sorted(stored["uids"]) == sorted(split["uid"])
+        spec = read_task_spec(store, task)
+        got = compute_task_metrics(spec, stored["outputs"], stored["labels"].astype(
+            np.float64 if spec.kind.is_regression else np.int64))
+        assert got == pytest.approx(record["metrics"][task], abs=1e-6)
 
     # --force trains the run again from step 0 (not "finished before", not a resume of the
     # old Ray Train run), to the same result: the training is deterministic.
