@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import time
 
 from mtkd.config import RayConfig, Resources
 from mtkd.errors import MtkdError
@@ -34,6 +36,52 @@ def worker_env(config: RayConfig) -> dict[str, str]:
     if "MTKD_CACHE_DIR" in os.environ and "MTKD_CACHE_DIR" not in env:
         env["MTKD_CACHE_DIR"] = os.environ["MTKD_CACHE_DIR"]
     return env
+
+
+REACH_TIMEOUT_S = 15.0
+"""How long :func:`unreachable` keeps trying to open a TCP connection to a cluster's
+address before mtkd says it cannot be reached (Ray itself retries for minutes)."""
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """host and port that ``ray.init(address)`` will connect to ("auto": the address Ray
+    recorded for the last ``ray start``), or None when Ray decides (an http(s) job
+    address; "auto" with nothing recorded is left to Ray's own error)."""
+    if address.startswith(("http://", "https://")):
+        return None
+    text = address[len("ray://"):].split("/", 1)[0] if address.startswith("ray://") else address
+    if text == "auto":
+        from ray._private.services import get_ray_address_from_environment
+
+        try:
+            text = get_ray_address_from_environment("auto", None) or ""
+        except (ValueError, ConnectionError, OSError):
+            return None
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+def unreachable(address: str, timeout_s: float | None = None) -> str | None:
+    """None when a TCP connection to the Ray cluster at ``address`` (host:port, "auto"
+    resolved as Ray resolves it, or ray://host:port) opens within ``timeout_s`` seconds;
+    otherwise what failed, e.g. "10.0.0.5:6379: Connection refused". Retries once a
+    second, so a head that is still starting counts; Ctrl-C interrupts it at any moment."""
+    target = _host_port(address)
+    if target is None:
+        return None
+    timeout_s = REACH_TIMEOUT_S if timeout_s is None else timeout_s
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection(target, timeout=min(2.0, timeout_s)):
+                return None
+        except OSError as err:
+            reason = err.strerror or type(err).__name__
+            if time.monotonic() + 1.0 >= deadline:
+                return f"{target[0]}:{target[1]}: {reason}"
+        time.sleep(1.0)
 
 
 def joins_cluster(config: RayConfig) -> bool:
@@ -127,6 +175,15 @@ def ensure_ray(config: RayConfig) -> None:
         if config.address is not None:
             kwargs["address"] = config.address
         kwargs.pop("include_dashboard")
+        address = config.address or os.environ.get("RAY_ADDRESS", "")
+        problem = unreachable(address)
+        if problem:
+            source = ("ray.address" if config.address is not None
+                      else "RAY_ADDRESS in the environment")
+            raise MtkdError(f"cannot reach the Ray cluster at {source}={address!r} ({problem}, "
+                            f"tried for {REACH_TIMEOUT_S:.0f} s) (fix: start the cluster, e.g. "
+                            "`ray start --head`; check the address; or set ray.address: null "
+                            "for a local Ray on this machine)")
     try:
         context = ray.init(**kwargs)
     except ConnectionError as err:

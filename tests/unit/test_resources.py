@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import time
+
 import pytest
 
 from mtkd.config import Resources, config_from_dict
@@ -51,10 +54,12 @@ def test_local_ray_never_joins_a_recorded_cluster(monkeypatch: pytest.MonkeyPatc
                                                    expected: str | None) -> None:
     import ray
 
+    from mtkd import raycluster
     from mtkd.config import RayConfig
     from mtkd.raycluster import ensure_ray
 
     seen: dict = {}
+    monkeypatch.setattr(raycluster, "unreachable", lambda address: None)  # no real head
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kwargs: seen.update(kwargs))
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
@@ -64,3 +69,54 @@ def test_local_ray_never_joins_a_recorded_cluster(monkeypatch: pytest.MonkeyPatc
         monkeypatch.delenv("RAY_ADDRESS", raising=False)
     ensure_ray(RayConfig(address=address))
     assert seen.get("address") == expected
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize(("address", "env", "named"), [
+    ("127.0.0.1:{port}", None, "ray.address='127.0.0.1:{port}'"),
+    ("ray://127.0.0.1:{port}", None, "ray.address='ray://127.0.0.1:{port}'"),
+    ("auto", "127.0.0.1:{port}", "ray.address='auto'"),  # auto: the address Ray records
+    (None, "127.0.0.1:{port}", "RAY_ADDRESS in the environment='127.0.0.1:{port}'"),
+])
+def test_an_unreachable_cluster_fails_fast_naming_address_and_fix(
+        monkeypatch: pytest.MonkeyPatch, address: str | None, env: str | None,
+        named: str) -> None:
+    """A dead head (killed, not stopped) at an explicit or recorded address: a clear
+    MtkdError within REACH_TIMEOUT_S (here 2 s), and ray.init is never called (it would
+    retry for minutes with Ray's low-level warnings)."""
+    import ray
+
+    from mtkd import raycluster
+    from mtkd.config import RayConfig
+    from mtkd.errors import MtkdError
+
+    port = _closed_port()
+    monkeypatch.setattr(raycluster, "REACH_TIMEOUT_S", 2.0)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: pytest.fail("ray.init was called"))
+    if env:
+        monkeypatch.setenv("RAY_ADDRESS", env.format(port=port))
+    else:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    started = time.monotonic()
+    with pytest.raises(MtkdError) as info:
+        raycluster.ensure_ray(RayConfig(address=address.format(port=port) if address else None))
+    assert time.monotonic() - started < 6.0
+    text = str(info.value)
+    assert named.format(port=port) in text, text
+    assert f"127.0.0.1:{port}: Connection refused" in text and "ray start --head" in text
+
+
+def test_a_listening_address_is_reachable() -> None:
+    from mtkd.raycluster import unreachable
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        assert unreachable(f"127.0.0.1:{port}", timeout_s=2.0) is None
+        assert unreachable(f"ray://127.0.0.1:{port}", timeout_s=2.0) is None
+    assert unreachable("http://127.0.0.1:8265") is None  # a job address: Ray's business
