@@ -68,8 +68,10 @@ class RayConfig:
     """Where the pipeline runs."""
 
     address: str | None = None
-    """Ray cluster to join: null starts a local Ray; "auto" joins the cluster this machine
-    belongs to; "ray://host:10001" uses Ray Client."""
+    """Ray cluster to join: null starts a local Ray (never joins one `ray start` left
+    running); "auto" joins the cluster this machine belongs to; "host:6379" a head's GCS;
+    "ray://host:10001" uses Ray Client. A cluster that does not answer within 15 s is an
+    error naming the address."""
     num_cpus: int | None = None
     """CPUs a local Ray may use (null: all cores). Ignored when joining a cluster."""
     num_gpus: int | None = None
