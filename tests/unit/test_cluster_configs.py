@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from mtkd.cli import main
-from mtkd.clusterconfig import validate_cluster_yaml
+from mtkd.clusterconfig import cluster_problems, validate_cluster_yaml
 
 CLUSTER = Path(__file__).resolve().parents[2] / "cluster"
 AWS = CLUSTER / "aws-v100.yaml"
@@ -94,7 +94,7 @@ def test_broken_kuberay_manifest_lists_every_problem(tmp_path: Path) -> None:
     path = tmp_path / "kuberay.yaml"
     path.write_text(yaml.safe_dump_all(docs))
 
-    problems = validate_cluster_yaml(path)
+    problems = [f"{p.path}: {p.message}" for p in cluster_problems(path)]
     text = "\n".join(problems)
     assert "spec.enableInTreeAutoscaling: is not true" in text
     assert "spec.workerGroupSpecs.0.minReplicas: is 3, above maxReplicas 1" in text
@@ -133,8 +133,8 @@ def test_files_that_are_not_cluster_configs(tmp_path: Path,
     experiment = Path(__file__).resolve().parents[2] / "jobs" / "configs" / "quickstart.yaml"
     assert validate_cluster_yaml(experiment) == [
         "file: is neither a Ray cluster-launcher config (no `provider`) nor a KubeRay "
-        "manifest (no `kind: RayCluster`) (fix: see cluster/aws-v100.yaml or "
-        "cluster/kuberay.yaml)"]
+        "manifest (no `kind: RayCluster` or `kind: RayJob`) (fix: see cluster/aws-v100.yaml, "
+        "cluster/kuberay.yaml or cluster/kuberay-rayjob.yaml)"]
     assert main(["cluster", "validate", str(tmp_path / "missing.yaml")]) == 2
     assert "cluster config not found" in capsys.readouterr().err
     bad = tmp_path / "bad.yaml"
