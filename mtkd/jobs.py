@@ -93,9 +93,11 @@ def add_job_commands(sub: Any) -> None:
                                          required=True)
     validate = cluster_sub.add_parser(
         "validate", help="check a cluster YAML and report every problem",
-        description="Check a Ray cluster-launcher YAML (ray up) or a KubeRay RayCluster "
-                    "manifest offline: Ray's schema, per-type worker limits, GPU resources, "
-                    "credentials in the file. Exit 2 listing every problem, or print OK.")
+        description="Check a Ray cluster-launcher YAML (ray up) or a KubeRay RayCluster/"
+                    "RayJob manifest offline: Ray's schema or the KubeRay CRD schema (unknown "
+                    "keys, with did-you-mean), per-type worker limits, GPU resources, Volta "
+                    "driver and image, credentials in the file. Exit 2 listing every "
+                    "problem, or print OK.")
     validate.add_argument("files", nargs="+", metavar="FILE")
     validate.set_defaults(handler=_cmd_cluster_validate)
 

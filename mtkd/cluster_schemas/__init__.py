@@ -1,0 +1,1 @@
+"""Vendored schemas for ``mtkd cluster validate`` (see README.md in this folder)."""
