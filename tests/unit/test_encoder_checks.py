@@ -102,8 +102,9 @@ def test_every_encoder_key_is_listed_and_mixed_tokenizers_are_grouped(
         ["encoder.path", "teachers.variation.encoder.2"], ["teachers.variation.encoder.1"],
         ["student.encoder"]]
     assert "vocabularies differ" in groups[1][1] and "casing" in groups[2][1]
-    listed = config_from_dict({**data, "student": {"num_layers": 1}, "teachers": {"size": 1, "variation": {
-        "strategy": "list", "members": [{"encoder": str(encoders["other_vocabulary"])}]}}})
+    listed = config_from_dict({**data, "student": {"num_layers": 1}, "teachers": {
+        "size": 1, "variation": {"strategy": "list", "members": [
+            {"encoder": str(encoders["other_vocabulary"])}]}}})
     assert check_encoders(listed, "exp.yaml") == []
     assert [k for _, _, k in tokenizer_groups(listed)[0]] == [
         ["encoder.path"], ["teachers.variation.members.0.encoder"]]
