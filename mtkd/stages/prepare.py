@@ -130,7 +130,8 @@ def check_prepare(ctx: StageContext) -> list[LoadedTask]:
     label, column) refuses the run with nothing written under the experiment."""
     for path in encoders_in_use(ctx.config):  # fetched to the cache, not the experiment
         resolve_encoder_dir(path)
-    # (every encoder's tokenizer and positions were checked by the pipeline before this)
+    # (every encoder's positions and depth were checked by the pipeline before this;
+    # run_prepare tokenizes once per distinct tokenizer among them)
     loaded = [load_task(task_config, index) for index, task_config in
               enumerate(ctx.config.tasks)]
     for task in loaded:
