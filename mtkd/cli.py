@@ -131,9 +131,15 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from mtkd.config import config_to_yaml, load_config
 
     config = load_config(args.config, args.overrides)
-    from mtkd.encoder_checks import check_encoders
+    from mtkd.encoder_checks import check_encoders, tokenizer_groups
 
     unchecked = check_encoders(config, args.config, local_only=True)
+    groups, _ = tokenizer_groups(config, local_only=True)
+    if len(groups) > 1 or (groups and len(groups[0][2]) > 1):
+        print(f"tokenizers: {len(groups)} distinct (prepare tokenizes every task once per "
+              "tokenizer; each model reads its own encoder's):")
+        for fp, described, keys in groups:
+            print(f"  {fp[:10]}  {described}: {', '.join(keys)}")
     if unchecked:
         print(f"note: not checked here (not on this machine yet): the encoders of "
               f"{', '.join(unchecked)}; `mtkd run` checks them before it starts")

@@ -1,10 +1,9 @@
 """Checks of a config against the encoders it names, before anything runs.
 
-* **Tokenizers.** The prepare stage tokenizes every task once, with ``encoder.path``'s
-  tokenizer; every member and the student read those token ids. An encoder with another
-  tokenizer would train on ids that mean different words to its embeddings, and its saved
-  model would tokenize differently at ``mtkd predict`` than in training. Until mixed
-  tokenizers are supported, such configs are refused, naming the key and both tokenizers.
+* **Tokenizers.** Encoders may use different tokenizers: the prepare stage tokenizes
+  every task once per distinct tokenizer and every model reads its own encoder's
+  tokenization (:mod:`mtkd.tokenizations`). :func:`tokenizer_groups` lists the distinct
+  tokenizers and which keys use each (``mtkd validate`` prints them); nothing is refused.
 * **Positions.** A task's ``max_length`` must fit every encoder's positions
   (:func:`mtkd.pretrained.max_tokens`): longer inputs would fail or be silently wrong.
 * **Depth.** ``encoder.num_layers`` / ``student.num_layers`` may not exceed the layers of
@@ -25,6 +24,9 @@ from mtkd import assets
 from mtkd.config import ExperimentConfig
 from mtkd.errors import ConfigError, MtkdError, Problem
 from mtkd.pretrained import BUNDLED_PREFIX, max_tokens, s3_copy_dir
+
+TokenizerGroup = tuple[str, str, list[str]]
+"""(tokenizer fingerprint, description, config keys of the encoders using it)."""
 
 PROBES = ("Hello World! It's 3:45pm in São Paulo, naïve café.",
           "the QUICK brown fox; don't-stop 12345 ünïcödé 日本語 🙂")
@@ -113,41 +115,51 @@ def length_problems(config: ExperimentConfig) -> list[Problem]:
     return problems
 
 
-def tokenizer_problems(config: ExperimentConfig, local_only: bool = False
-                       ) -> tuple[list[Problem], list[str]]:
-    """Problems with encoders whose tokenizer differs from ``encoder.path``'s, and the keys
-    left unchecked (with ``local_only``: encoders that would need a download)."""
-    from mtkd.pretrained import resolve_encoder_dir
+def describe_tokenizer(encoder_dir: Path) -> str:
+    """One phrase for a tokenizer: its class and vocabulary size."""
+    from mtkd.data.tokenize import load_tokenizer
 
-    others = encoder_keys(config)
-    if not others:
-        return [], []
-    if local_only and _local_encoder_dir(config.encoder.path) is None:
-        return [], sorted(others)
-    try:
-        reference = resolve_encoder_dir(config.encoder.path)
-    except MtkdError as exc:
-        return [Problem("encoder.path", str(exc), "see the fix above")], []
-    problems, unchecked = [], []
-    for key, path in others.items():
+    tokenizer = load_tokenizer(encoder_dir)
+    backend = getattr(getattr(tokenizer, "backend_tokenizer", None), "model", None)
+    kind = f" ({type(backend).__name__})" if backend is not None else ""
+    return f"{type(tokenizer).__name__}{kind}, {len(tokenizer.get_vocab())} tokens"
+
+
+def tokenizer_groups(config: ExperimentConfig, local_only: bool = False
+                     ) -> tuple[list[TokenizerGroup], list[str]]:
+    """The distinct tokenizers of the encoders the config names, ``encoder.path``'s
+    first, each with its description and the keys using it; and the keys left unchecked
+    (with ``local_only``: encoders that would need a download). Every distinct tokenizer
+    gets its own tokenization of every task (:mod:`mtkd.tokenizations`)."""
+    from mtkd.pretrained import resolve_encoder_dir, tokenizer_fingerprint
+
+    keys = {"encoder.path": config.encoder.path, **encoder_keys(config)}
+    groups: dict[str, TokenizerGroup] = {}
+    first: Path | None = None
+    unchecked = []
+    for key, path in keys.items():
         if local_only and _local_encoder_dir(path) is None:
             unchecked.append(key)
             continue
         try:
             folder = resolve_encoder_dir(path)
-        except MtkdError as exc:
-            problems.append(Problem(key, str(exc), "point it at an encoder folder"))
-            continue
-        difference = tokenizer_difference(reference, folder)
-        if difference:
-            problems.append(Problem(
-                key, f"{path!r} has another tokenizer than encoder.path "
-                f"{config.encoder.path!r} ({difference}); every task is tokenized once with "
-                "encoder.path's tokenizer, so this encoder would read ids of another "
-                "vocabulary",
-                "use an encoder with the same tokenizer as encoder.path (e.g. the same "
-                "model family), or remove the key (mixed tokenizers are not supported yet)"))
-    return problems, unchecked
+        except MtkdError:
+            continue  # named by check_encoders (not local_only) or length_problems
+        fp = tokenizer_fingerprint(folder)
+        if fp not in groups:
+            try:
+                described = describe_tokenizer(folder)
+                if first is not None and key != "encoder.path":
+                    difference = tokenizer_difference(first, folder)
+                    described += (f"; vs encoder.path's: {difference}" if difference else
+                                  "; the same token ids as encoder.path's (other files)")
+            except (OSError, ValueError) as exc:
+                described = f"unreadable tokenizer ({exc})"
+            groups[fp] = (fp, described, [])
+        if key == "encoder.path":
+            first = folder
+        groups[fp][2].append(key)
+    return list(groups.values()), unchecked
 
 
 def depth_problems(config: ExperimentConfig) -> list[Problem]:
@@ -177,8 +189,8 @@ def depth_problems(config: ExperimentConfig) -> list[Problem]:
 
 def check_encoders(config: ExperimentConfig, source: str, local_only: bool = False
                    ) -> list[str]:
-    """Raise ConfigError (exit 2) listing every tokenizer and position problem; returns
-    the keys left unchecked (``local_only``: encoders not on this machine yet). Without
+    """Raise ConfigError (exit 2) listing every position and depth problem; returns the
+    keys left unchecked (``local_only``: encoders not on this machine yet). Without
     ``local_only`` every encoder is fetched first, as the stages would."""
     from mtkd.pretrained import resolve_encoder_dir
 
@@ -191,8 +203,10 @@ def check_encoders(config: ExperimentConfig, source: str, local_only: bool = Fal
                 problems.append(Problem(key, str(exc), "point it at an encoder folder"))
         if problems:
             raise ConfigError(problems, source)
-    problems, unchecked = tokenizer_problems(config, local_only)
-    problems += length_problems(config) + depth_problems(config)
+    unchecked = [key for key, path in {"encoder.path": config.encoder.path,
+                                       **encoder_keys(config)}.items()
+                 if local_only and _local_encoder_dir(path) is None]
+    problems = length_problems(config) + depth_problems(config)
     if problems:
         raise ConfigError(problems, source)
     return unchecked

@@ -50,9 +50,15 @@ def manifest_path(stage: str) -> str:
     return f"manifests/{stage}.json"
 
 
-def task_data_dir(task: str) -> str:
-    """A tokenized task: ``<split>.parquet`` and ``meta.json`` (its record)."""
-    return f"data/{task}"
+def task_data_dir(task: str, tokenization: str | None = None) -> str:
+    """A tokenized task: ``<split>.parquet`` and ``meta.json`` (its record). ``tokenization``
+    None is ``encoder.path``'s tokenizer; another tokenizer's (its fingerprint) lives in
+    ``data/<task>/tok-<fingerprint[:10]>/`` (see :mod:`mtkd.tokenizations`)."""
+    if tokenization is None:
+        return f"data/{task}"
+    from mtkd.tokenizations import tokenization_dir
+
+    return f"data/{task}/{tokenization_dir(tokenization)}"
 
 
 TASK_RECORD = "meta.json"

@@ -28,6 +28,7 @@ from mtkd.experiment import (
     StageContext,
     manifest_path,
     read_manifest,
+    stage_values,
 )
 from mtkd.storage import Storage
 
@@ -64,12 +65,21 @@ def _distills(config: ExperimentConfig) -> bool:
     return config.student.distill
 
 
+def _prepare_slice(config: ExperimentConfig) -> dict[str, Any]:
+    """prepare's declared values, plus the encoders other than encoder.path whose
+    tokenizations it writes (mtkd.tokenizations; nothing more with one encoder)."""
+    from mtkd.tokenizations import prepare_slice_extra
+
+    return {**stage_values("prepare", config), **prepare_slice_extra(config)}
+
+
 def registered_stages() -> list[Stage]:
-    """The pipeline's stages in order (their config slices: mtkd.experiment.ARTIFACTS)."""
+    """The pipeline's stages in order (their config slices: mtkd.experiment.ARTIFACTS;
+    prepare's also names the other encoders it tokenizes for)."""
     return [
-        Stage.declared("prepare", _lazy("mtkd.stages.prepare:run_prepare"),
-                       "load, check and tokenize every task's splits", always_run=True,
-                       check=_lazy("mtkd.stages.prepare:check_prepare")),
+        Stage("prepare", _lazy("mtkd.stages.prepare:run_prepare"), _prepare_slice,
+              "load, check and tokenize every task's splits (once per tokenizer)",
+              always_run=True, check=_lazy("mtkd.stages.prepare:check_prepare")),
         Stage.declared("teachers", _lazy("mtkd.teachers.stage:run_teachers"),
                        "train the teacher ensemble with Ray Tune", enabled=_distills),
         Stage.declared("soft", _lazy("mtkd.soft.stage:run_soft"),

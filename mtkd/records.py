@@ -102,6 +102,12 @@ class MemberRecord(Record):
     train_examples_per_s: float = 0.0
     train_tokens_per_s: float = 0.0
     workers: int = 1
+    encoder: str = ""
+    """The encoder the member read its inputs with and whose tokenizer its model ships
+    (empty in records of mtkd before mixed tokenizers: ``variant["encoder"]``)."""
+    tokenization: str | None = None
+    """The tokenizer fingerprint of the tokenization it trained on; None: encoder.path's
+    (``data/<task>/``), see :mod:`mtkd.tokenizations`."""
     attempts: list[dict[str, Any]] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
     precision: dict[str, Any] | None = None
@@ -158,6 +164,10 @@ class StudentRecord(Record):
     """The same on each task's labelled test rows (tasks without them are absent)."""
     test_average: float | None = None
     params: int = 0
+    encoder: str = ""
+    """The student's encoder (empty in records of mtkd before mixed tokenizers)."""
+    tokenization: str | None = None
+    """The tokenization it trained on (None: encoder.path's), see :mod:`mtkd.tokenizations`."""
     precision: dict[str, Any] | None = None
     loss_scale: float | None = None
     scored_in: dict[str, Any] | None = None

@@ -111,3 +111,37 @@ def toy_experiment(root: Path, name: str) -> dict:
                     "training": {"epochs": 2, "batch_size": 8, "learning_rate": 0.001,
                                  "precision": "auto", "eval_every": 20}},
     }
+
+
+def make_tiny_bpe_bert(path: Path, hidden: int = 32, layers: int = 2, seed: int = 0,
+                       vocab_size: int = 90) -> Path:
+    """Save a random BERT with a *BPE* tokenizer (trained here with the ``tokenizers``
+    library on the tiny vocabulary and digits), so the same text gets other token ids than
+    :func:`make_tiny_bert`'s word-level WordPiece vocabulary: a second tokenizer kind for
+    mixed ensembles. Special tokens are first ([PAD] = 0), as in the WordPiece one."""
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    torch.manual_seed(seed)
+    path.mkdir(parents=True, exist_ok=True)
+    backend = Tokenizer(models.BPE(unk_token="[UNK]"))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    corpus = [" ".join(WORDS)] * 3 + [" ".join(str(i) for i in range(500))]
+    backend.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL, min_frequency=1, show_progress=False))
+    cls, sep = backend.token_to_id("[CLS]"), backend.token_to_id("[SEP]")
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+        sep_token="[SEP]", mask_token="[MASK]", model_max_length=64,
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"])
+    config = BertConfig(vocab_size=backend.get_vocab_size(), hidden_size=hidden,
+                        num_hidden_layers=layers, num_attention_heads=2,
+                        intermediate_size=2 * hidden, max_position_embeddings=64)
+    BertModel(config).save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path

@@ -382,8 +382,9 @@ class MemberVariant:
     learning_rate: float | None = None
     """Peak learning rate of the member."""
     encoder: str | None = None
-    """Encoder path of the member (see encoder.path); it must use encoder.path's tokenizer
-    (checked by validate and before a run)."""
+    """Encoder path of the member (see encoder.path). Its tokenizer may differ from
+    encoder.path's: prepare tokenizes every task once per distinct tokenizer, and the
+    member reads (and its saved model ships) its own encoder's."""
     epochs: float | None = None
     """Epochs of the member."""
 
@@ -402,8 +403,8 @@ class VariationConfig:
     learning_rate: list[float] = field(default_factory=list)
     """Learning rates to vary over (empty: teachers.training.learning_rate)."""
     encoder: list[str] = field(default_factory=list)
-    """Encoder paths to vary over (empty: encoder.path); each must use encoder.path's
-    tokenizer (checked by validate and before a run)."""
+    """Encoder paths to vary over (empty: encoder.path); their tokenizers may differ
+    (each member reads its own encoder's tokenization; soft targets join by uid)."""
     epochs: list[float] = field(default_factory=list)
     """Epoch counts to vary over (empty: teachers.training.epochs)."""
     members: list[MemberVariant] = field(default_factory=list)
@@ -580,8 +581,9 @@ class StudentConfig:
     """Stage 3: one multi-task student distilled with Ray Train and DeepSpeed."""
 
     encoder: str | None = None
-    """Encoder of the student (null: encoder.path); it must use encoder.path's tokenizer
-    (checked by validate and before a run): every task is tokenized once, with it."""
+    """Encoder of the student (null: encoder.path). Its tokenizer may differ from the
+    teachers': prepare tokenizes every task once per distinct tokenizer, the student reads
+    its own encoder's, and soft targets join it by uid."""
     num_layers: int | None = 3
     """Keep the first k layers of the student's encoder (null: all), as XtremeDistil does."""
     distill: bool = True

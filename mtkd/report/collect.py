@@ -55,7 +55,19 @@ def _mean_run(runs: list[StudentRecord]) -> dict[str, Any] | None:
             "test": {"metrics": test, "average": average_score(test) if test else None},
             "seeds": [r.seed for r in runs], "seed_averages": [r.average for r in runs],
             "spread": seed_spread(runs),
-            "params": runs[0].params, "models": [r.model for r in runs]}
+            "params": runs[0].params, "models": [r.model for r in runs],
+            "encoder": runs[0].encoder or None, "tokenization": runs[0].tokenization}
+
+
+def _encoders(store: Storage) -> dict[str, dict[str, Any]]:
+    """Each member's encoder and tokenization, from teachers.json ({name: {encoder,
+    tokenization}}; records before mixed tokenizers name the variant's encoder and read
+    encoder.path's tokenization)."""
+    if not store.exists(TEACHERS_SUMMARY):
+        return {}
+    return {m["name"]: {"encoder": m.get("encoder") or m.get("variant", {}).get("encoder"),
+                        "tokenization": m.get("tokenization")}
+            for m in store.read_json(TEACHERS_SUMMARY)["members"]}
 
 
 def _scored(metrics: dict[str, dict[str, float]]) -> dict[str, Any]:
@@ -63,9 +75,11 @@ def _scored(metrics: dict[str, dict[str, float]]) -> dict[str, Any]:
 
 
 def measure_speed(store: Storage, model_rels: list[str], examples: int,
-                  precision: str = "fp32") -> dict[str, Any]:
+                  precision: str = "fp32",
+                  tokenizations: dict[str, str | None] | None = None) -> dict[str, Any]:
     """Examples per second of predicting ``examples`` dev rows of every task with each model
-    in turn (length-sorted batches, this process, CPU, a resolved ``precision``); returns
+    in turn (length-sorted batches, this process, CPU, a resolved ``precision``; each model
+    reads its own tokenization, ``tokenizations``: {model rel: fingerprint or None}); returns
     per-model rates, the rate of all of them together (an ensemble predicts with every
     member) and parameters."""
     rates, params, total_seconds, examples_per_task = {}, {}, 0.0, {}
@@ -75,7 +89,7 @@ def measure_speed(store: Storage, model_rels: list[str], examples: int,
             params[rel] = num_parameters(model)
             count, seconds = 0, 0.0
             for task in model.specs:
-                split = read_prepared(store, task, "dev")
+                split = read_prepared(store, task, "dev", (tokenizations or {}).get(rel))
                 split = split.select(range(min(examples, len(split))))
                 spec = read_task_spec(store, task)
                 predict_outputs(model, spec, split.select(range(min(8, len(split)))),
@@ -179,6 +193,7 @@ def collect(store: Storage, speed_examples: int = 256, measure: bool = True,
         if manifest:
             report["stages"][stage] = manifest["seconds"]
             report["artifacts"][f"manifest:{stage}"] = store.uri_of(manifest_path(stage))
+    encoders = _encoders(store)
     if store.exists(ENSEMBLE_SUMMARY):
         ensemble = store.read_json(ENSEMBLE_SUMMARY)
         names = sorted({m for t in ensemble["tasks"].values() for m in t["members"]})
@@ -189,7 +204,9 @@ def collect(store: Storage, speed_examples: int = 256, measure: bool = True,
                     if name in v.get("test", {}).get("members", {})}
             report["members"].append({"name": name, "metrics": metrics,
                                       "average": average_score(metrics),
-                                      "test": _scored(test)})
+                                      "test": _scored(test),
+                                      **encoders.get(name, {"encoder": None,
+                                                            "tokenization": None})})
         metrics = {t: v["ensemble"] for t, v in ensemble["tasks"].items()}
         test = {t: v["test"]["ensemble"] for t, v in ensemble["tasks"].items() if "test" in v}
         # "mean member", defined once (soft stage): per task the mean score of the members
@@ -218,12 +235,15 @@ def collect(store: Storage, speed_examples: int = 256, measure: bool = True,
         member_rels = [f"{member_dir(m['name'])}/model" for m in report["members"]]
         log.info("[report] timing inference: the student and %d member(s) on up to %d dev "
                  "examples per task", len(member_rels), speed_examples)
-        student_speed = measure_speed(store, [student_rel], speed_examples, resolved.precision)
+        student_speed = measure_speed(store, [student_rel], speed_examples, resolved.precision,
+                                      {student_rel: runs[student_run].tokenization})
         row = report["student"] or report["baseline"]
         row["examples_per_s"] = student_speed["together"]
         if member_rels:
-            ensemble_speed = measure_speed(store, member_rels, speed_examples,
-                                           resolved.precision)
+            ensemble_speed = measure_speed(
+                store, member_rels, speed_examples, resolved.precision,
+                {f"{member_dir(m['name'])}/model": m.get("tokenization")
+                 for m in report["members"]})
             report["ensemble"]["examples_per_s"] = ensemble_speed["together"]
             report["ensemble"]["params"] = int(sum(ensemble_speed["params"].values()))
             report["speedup"] = student_speed["together"] / max(ensemble_speed["together"],

@@ -46,6 +46,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         mean_member = report["ensemble"]["member_mean"]
         lines += ["", f"Ensemble {report['ensemble']['average']:.2f} vs mean member "
                       f"{mean_member:.2f} ({report['ensemble']['average'] - mean_member:+.2f})."]
+    lines += _encoder_lines(report)
     if report.get("student") and report.get("baseline"):
         gain = report["student"]["average"] - report["baseline"]["average"]
         lines.append(f"Distillation: student {report['student']['average']:.2f} vs baseline "
@@ -106,6 +107,27 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += ["", "## Artifacts", ""]
     lines += [f"- {k}: `{v}`" for k, v in sorted(report["artifacts"].items())]
     return "\n".join(lines) + "\n"
+
+
+def _encoder_lines(report: dict[str, Any]) -> list[str]:
+    """Which encoder (and tokenization) each member and the student read their inputs with
+    (mixed ensembles: members may differ; soft targets join by uid)."""
+    rows = [(f"member {m['name']}", m) for m in report["members"]]
+    rows += [(label, report[key]) for key, label in (("student", "student (KD)"),
+                                                     ("baseline", "baseline (no KD)"))
+             if report.get(key)]
+    if not any(row.get("encoder") for _, row in rows):
+        return []  # an experiment reported before encoders were recorded
+    lines = ["", "## Encoders", "",
+             "The encoder each model was trained from, and the tokenization it read "
+             "(encoder.path's in data/<task>/, another tokenizer's in "
+             "data/<task>/tok-<fingerprint>/); its saved model ships that tokenizer.", "",
+             "| model | encoder | tokenization |", "|---|---|---|"]
+    for label, row in rows:
+        tokenization = row.get("tokenization")
+        where = f"tok-{tokenization[:10]}" if tokenization else "encoder.path's"
+        lines.append(f"| {label} | `{row.get('encoder') or '—'}` | {where} |")
+    return lines
 
 
 def _seeds(count: int) -> str:

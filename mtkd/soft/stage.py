@@ -85,9 +85,11 @@ def _sequences(row: Any, ranking: bool) -> list:
 
 
 def _member_rows(store: Storage, tasks: list[str],
-                 splits: tuple[str, ...] | None = None) -> pa.Table:
-    """Rows of ``tasks`` (``splits``, default every prepared split: train, dev, test), one
-    task after another, longest rows first.
+                 splits: tuple[str, ...] | None = None,
+                 tokenization: str | None = None) -> pa.Table:
+    """Rows of ``tasks`` (``splits``, default every prepared split: train, dev, test) in the
+    member's ``tokenization`` (None: encoder.path's), one task after another, longest rows
+    first.
 
     Rows of a task are sorted by length so batches are bucketed. The order is longest
     first, and the task with the longest rows comes first: the actors then take the
@@ -102,7 +104,7 @@ def _member_rows(store: Storage, tasks: list[str],
         ranking = read_task_spec(store, task).kind.head == "ranking"
         tables, lengths = [], []
         for split in splits or prepared_splits(store, task):
-            data = read_prepared(store, task, split)
+            data = read_prepared(store, task, split, tokenization)
             columns = random_access_columns(data, ("uid", "input_ids", "token_type_ids",
                                                    "length"))
             ids, types = columns["input_ids"], columns["token_type_ids"]
@@ -132,7 +134,9 @@ def _infer_member(config: ExperimentConfig, store: Storage, member: MemberRecord
     import ray
 
     soft = config.soft_targets
-    rows = _member_rows(store, tasks, splits)
+    # the member reads its own encoder's tokenization (None in records before mixed
+    # tokenizers, when every member read encoder.path's); outputs join by uid after this
+    rows = _member_rows(store, tasks, splits, member.tokenization)
     actors = actor_pool_size(soft, ray.cluster_resources())
     # Several blocks per actor so that the last ones (the shortest rows) balance the pool.
     blocks = max(1, min(actors * 8, len(rows) // max(soft.batch_size, 1)))

@@ -7,14 +7,19 @@ Writes per task, under ``data/<task>/``:
   padding fractions, what loading dropped, its lineage and its content fingerprint
   (:class:`mtkd.records.TaskRecord`).
 
+Every task is tokenized once per distinct tokenizer of the encoders the experiment uses
+(:mod:`mtkd.tokenizations`): ``encoder.path``'s in ``data/<task>/``, any other in
+``data/<task>/tok-<fingerprint[:10]>/`` (same files), all from the same canonical rows.
+
 The stage runs on every ``mtkd run`` (its inputs can be user files that change outside
-the config), but a task whose lineage (its declared config values, the raw content and
-the tokenizer; see :mod:`mtkd.experiment`) matches its ``meta.json`` is reused, not
-re-tokenized. Later stages re-run only if some task's lineage changed.
+the config), but a tokenization of a task whose lineage (its declared config values, the
+raw content and the tokenizer; see :mod:`mtkd.experiment`) matches its ``meta.json`` is
+reused, not re-tokenized. Later stages re-run only if some task's lineage changed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -42,6 +47,7 @@ from mtkd.pretrained import resolve_encoder_dir, tokenizer_fingerprint
 from mtkd.records import TaskRecord, digest, files_fingerprint
 from mtkd.storage import Storage
 from mtkd.tasks.resolve import LoadedTask, load_task
+from mtkd.tokenizations import encoders_in_use, tokenization_dir
 
 __all__ = ["read_prepared", "read_task_spec", "task_lineages", "tokenized_lineage"]
 log = logging.getLogger("mtkd")
@@ -105,9 +111,16 @@ def _prepare_task(loaded: LoadedTask, tokenizer: Any, store: Storage, task_linea
 
 
 def tokenized_lineage(config: ExperimentConfig, index: int, tokenizer: str,
-                      content: dict[str, str]) -> str:
+                      content: dict[str, str], default: bool = True) -> str:
     """Task ``index``'s tokenized data: its ``tasks[]`` entry, the tokenizer's content
-    fingerprint and each raw split's content fingerprint ({split: fingerprint})."""
+    fingerprint and each raw split's content fingerprint ({split: fingerprint}).
+
+    ``default`` False: a tokenization other than ``encoder.path``'s. It depends on its
+    tokenizer's files, not on the path of the encoder it came from (nor on
+    ``encoder.path``), so it is keyed by the fingerprint in place of the path."""
+    if not default:
+        config = dataclasses.replace(config, encoder=dataclasses.replace(
+            config.encoder, path=f"tokenizer:{tokenizer}"))
     return lineage("tokenized_task", config, task_index=index,
                    inputs={"tokenizer": tokenizer, "content": content})
 
@@ -115,8 +128,10 @@ def tokenized_lineage(config: ExperimentConfig, index: int, tokenizer: str,
 def check_prepare(ctx: StageContext) -> list[LoadedTask]:
     """Load and check every task before anything is written: a DataError (bad file, row,
     label, column) refuses the run with nothing written under the experiment."""
-    resolve_encoder_dir(ctx.config.encoder.path)  # fetched to the cache, not the experiment
-    # (every encoder's tokenizer and positions were checked by the pipeline before this)
+    for path in encoders_in_use(ctx.config):  # fetched to the cache, not the experiment
+        resolve_encoder_dir(path)
+    # (every encoder's positions and depth were checked by the pipeline before this;
+    # run_prepare tokenizes once per distinct tokenizer among them)
     loaded = [load_task(task_config, index) for index, task_config in
               enumerate(ctx.config.tasks)]
     for task in loaded:
@@ -125,35 +140,72 @@ def check_prepare(ctx: StageContext) -> list[LoadedTask]:
     return loaded
 
 
+def tokenizers_in_use(config: ExperimentConfig) -> tuple[str, dict[str, list[str]],
+                                                        dict[str, Any]]:
+    """(``encoder.path``'s fingerprint, {fingerprint: [encoder paths]}, {fingerprint:
+    encoder directory}) for every encoder the experiment uses; the default first."""
+    by_fp: dict[str, list[str]] = {}
+    dirs: dict[str, Any] = {}
+    for path in encoders_in_use(config):
+        folder = resolve_encoder_dir(path)
+        fp = tokenizer_fingerprint(folder)
+        by_fp.setdefault(fp, []).append(path)
+        dirs.setdefault(fp, folder)
+    return next(iter(by_fp)), by_fp, dirs
+
+
 def run_prepare(ctx: StageContext) -> dict[str, Any]:
-    """Load, check and tokenize every task; reuse tasks whose inputs did not change."""
+    """Load, check and tokenize every task once per distinct tokenizer; reuse the
+    tokenizations whose inputs did not change."""
     config = ctx.config
     all_loaded = ctx.checked if ctx.checked is not None else check_prepare(ctx)
-    encoder_dir = resolve_encoder_dir(config.encoder.path)
-    tokenizer = load_tokenizer(encoder_dir)
-    tok_fp = tokenizer_fingerprint(encoder_dir)
+    default_fp, by_fp, dirs = tokenizers_in_use(config)
     summary: dict[str, Any] = {}
-    for index, task_config in enumerate(config.tasks):
-        task_store = ctx.store.child(task_data_dir(task_config.name))
-        loaded = all_loaded[index]
-        task_lineage = tokenized_lineage(config, index, tok_fp, {
-            n: rows_fingerprint(s) for n, s in sorted(loaded.splits.items())})
-        old = None if ctx.rebuild else reusable(task_store, TASK_RECORD, task_lineage,
-                                                TaskRecord)
-        if old is not None:
-            log.info("[prepare] %-16s unchanged, reusing %s", task_config.name, task_store.uri)
-            meta = old
+    others: dict[str, Any] = {}
+    contents = {index: {n: rows_fingerprint(s) for n, s in sorted(loaded.splits.items())}
+                for index, loaded in enumerate(all_loaded)}
+    for fp, paths in by_fp.items():
+        default = fp == default_fp
+        tokenizer = load_tokenizer(dirs[fp])
+        tasks: dict[str, Any] = {}
+        if not default:
+            log.info("[prepare] tokenizer %s (%s) of %s", fp[:10], type(tokenizer).__name__,
+                     ", ".join(paths))
+        for index, task_config in enumerate(config.tasks):
+            tasks[task_config.name] = _prepare_one(
+                ctx, all_loaded[index], tokenizer, index,
+                tokenized_lineage(config, index, fp, contents[index], default=default),
+                None if default else fp)
+        if default:
+            summary = tasks
         else:
-            meta = _prepare_task(loaded, tokenizer, task_store, task_lineage, config.seed)
-        for note in meta.notes:
-            log.info("[prepare] %s", note)
-        train = meta.splits["train"]
-        log.info("[prepare] %-16s padding at batch %d: %.1f%% bucketed vs %.1f%% unbucketed",
-                 task_config.name, PADDING_BATCH_SIZE, 100 * train["padding_bucketed"],
-                 100 * train["padding_unbucketed"])
-        summary[task_config.name] = {"lineage": meta.lineage, "content": meta.content,
-                                     "splits": meta.splits, "dropped": meta.dropped,
-                                     "path": task_store.uri}
-    return {"tasks": summary,
-            "output_fingerprint": outputs_fingerprint({k: v["lineage"]
-                                                       for k, v in summary.items()})}
+            others[fp] = {"encoders": paths, "dir": tokenization_dir(fp),
+                          "tasks": tasks}
+    lineages = {k: v["lineage"] for k, v in summary.items()}
+    for fp, info in others.items():  # absent with one tokenizer: the fingerprint as before
+        lineages.update({f"{task}@{fp}": v["lineage"] for task, v in info["tasks"].items()})
+    return {"tasks": summary, "tokenizer": default_fp, "tokenizations": others,
+            "encoders": {path: fp for fp, paths in by_fp.items() for path in paths},
+            "output_fingerprint": outputs_fingerprint(lineages)}
+
+
+def _prepare_one(ctx: StageContext, loaded: LoadedTask, tokenizer: Any, index: int,
+                 task_lineage: str, tokenization: str | None) -> dict[str, Any]:
+    """One task in one tokenization: reused when its lineage matches, else tokenized."""
+    task_config = ctx.config.tasks[index]
+    task_store = ctx.store.child(task_data_dir(task_config.name, tokenization))
+    what = task_config.name + (f" [{tokenization[:10]}]" if tokenization else "")
+    old = None if ctx.rebuild else reusable(task_store, TASK_RECORD, task_lineage, TaskRecord)
+    if old is not None:
+        log.info("[prepare] %-16s unchanged, reusing %s", what, task_store.uri)
+        meta = old
+    else:
+        meta = _prepare_task(loaded, tokenizer, task_store, task_lineage, ctx.config.seed)
+    for note in meta.notes if tokenization is None else ():
+        log.info("[prepare] %s", note)
+    train = meta.splits["train"]
+    log.info("[prepare] %-16s padding at batch %d: %.1f%% bucketed vs %.1f%% unbucketed",
+             what, PADDING_BATCH_SIZE, 100 * train["padding_bucketed"],
+             100 * train["padding_unbucketed"])
+    return {"lineage": meta.lineage, "content": meta.content, "splits": meta.splits,
+            "dropped": meta.dropped, "path": task_store.uri}

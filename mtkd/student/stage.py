@@ -27,7 +27,12 @@ from typing import Any
 import torch
 
 from mtkd.config import ExperimentConfig, KDConfig, config_to_dict
-from mtkd.data.prepared import prepared_splits, read_prepared, task_lineages
+from mtkd.data.prepared import (
+    encoder_tokenization,
+    prepared_splits,
+    read_prepared,
+    task_lineages,
+)
 from mtkd.errors import MtkdError
 from mtkd.experiment import (
     STUDENT_TRAIN_RUNS,
@@ -142,9 +147,10 @@ def _export(ctx: StageContext, run: StudentRun, result: Any, scoring: Resolved
     config, store = ctx.config, ctx.store
     if result.checkpoint is None:
         raise MtkdError(f"student run {run.name} finished without a checkpoint")
-    data = load_prepared_tasks(store, [t.name for t in config.tasks])
-    model = build_model(config, list(data.specs.values()),
-                        encoder=config.student.encoder or config.encoder.path,
+    encoder = config.student.encoder or config.encoder.path
+    tokenization = encoder_tokenization(store, encoder)
+    data = load_prepared_tasks(store, [t.name for t in config.tasks], tokenization)
+    model = build_model(config, list(data.specs.values()), encoder=encoder,
                         num_layers=config.student.num_layers,
                         dropout=config.student.training.dropout, seed=run.seed)
     state_path = f"{student_dir(run.name)}/train_state.json"
@@ -163,13 +169,13 @@ def _export(ctx: StageContext, run: StudentRun, result: Any, scoring: Resolved
     from mtkd.data.tokenize import load_tokenizer
     from mtkd.pretrained import resolve_encoder_dir
 
-    # the tokenizer the student's inputs were made with (prepare's), whatever its encoder
-    tokenizer = load_tokenizer(resolve_encoder_dir(config.encoder.path))
+    # the tokenizer the student's inputs were made with: its own encoder's
+    tokenizer = load_tokenizer(resolve_encoder_dir(encoder))
     saved = save_model_to(store.child(student_dir(run.name)), "final", model, tokenizer,
                           extra={"run": dataclasses.asdict(run)})
     metrics = evaluate(model, data.specs, data.dev, precision=scoring.precision,
                        progress=f"{run.name} dev", keep_outputs=True)
-    test = {task: read_prepared(store, task, "test") for task in data.specs
+    test = {task: read_prepared(store, task, "test", tokenization) for task in data.specs
             if "test" in prepared_splits(store, task)}
     tested = evaluate(model, data.specs, test, precision=scoring.precision,
                       progress=f"{run.name} test", keep_outputs=True)
@@ -184,7 +190,8 @@ def _export(ctx: StageContext, run: StudentRun, result: Any, scoring: Resolved
             "content": run_content(saved.content, predictions), "predictions": predictions,
             "metrics": metrics["tasks"], "average": metrics["average"],
             "test_metrics": tested["tasks"], "test_average": tested["average"],
-            "params": num_parameters(model), "precision": trained.get("precision"),
+            "params": num_parameters(model), "encoder": encoder,
+            "tokenization": tokenization, "precision": trained.get("precision"),
             "loss_scale": trained.get("loss_scale"), "scored_in": scoring.to_json()}
 
 
@@ -198,7 +205,9 @@ def run_student(ctx: StageContext) -> dict[str, Any]:
     soft = soft_manifest.get("lineages") if soft_manifest else None
     ensemble = (EnsembleRef(soft_manifest["output_fingerprint"],
                             list(soft_manifest.get("members", []))) if soft_manifest else None)
-    data = task_lineages(store)
+    # the lineages of the tokenization the student reads (its encoder's)
+    data = task_lineages(store, encoder_tokenization(
+        store, config.student.encoder or config.encoder.path))
     summaries: dict[str, StudentRecord] = {}
     scoring: Resolved | None = None
     for run in plan_runs(config):

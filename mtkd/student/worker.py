@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 import torch
 
 from mtkd.config import ExperimentConfig, config_from_dict
+from mtkd.data.prepared import encoder_tokenization
 from mtkd.storage import Storage
 from mtkd.student.deepspeed_backend import DeepSpeedBackend, mixed_precision
 from mtkd.training.data import TeacherArrays, align_by_uid
@@ -121,11 +122,13 @@ def student_worker(loop_config: dict[str, Any]) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     store = Storage.from_uri(loop_config["storage"]).child(config.name)
     run_store = store.child("student", run["name"])
-    data = load_prepared_tasks(store, [t.name for t in config.tasks])
+    encoder = student.encoder or config.encoder.path
+    # the student's own encoder's tokenization; soft targets join it by uid
+    data = load_prepared_tasks(store, [t.name for t in config.tasks],
+                               encoder_tokenization(store, encoder))
     teachers = teacher_arrays(store, data, config) if run["distill"] else {}
 
-    model = build_model(config, list(data.specs.values()),
-                        encoder=student.encoder or config.encoder.path,
+    model = build_model(config, list(data.specs.values()), encoder=encoder,
                         num_layers=student.num_layers, dropout=training.dropout,
                         seed=run["seed"])
     sampler = make_sampler(data.train, config, training, run["seed"], num_shards=world,

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from mtkd.config import ExperimentConfig, config_from_dict
+from mtkd.data.prepared import encoder_tokenization
 from mtkd.errors import MtkdError
 from mtkd.experiment import (
     TEACHER_TRAIN_RUNS,
@@ -45,6 +46,7 @@ from mtkd.raycluster import on_gpu, ray_resources
 from mtkd.records import MemberRecord
 from mtkd.storage import Storage
 from mtkd.teachers.plan import Member
+from mtkd.tokenizations import member_reads_encoder
 from mtkd.training.backend import sum_over_ranks
 from mtkd.training.loop import LoopHooks, LoopState, TrainingLoop, capture_rng
 from mtkd.training.recipe import (
@@ -148,10 +150,21 @@ class MemberJob:
         logging.getLogger("mtkd.progress").setLevel(logging.WARNING if rank else logging.INFO)
         logging.getLogger("ray").setLevel(logging.WARNING)
 
+    @property
+    def reads_encoder(self) -> str:
+        """The encoder whose tokenization the member trains on and whose tokenizer its
+        saved model ships (:func:`mtkd.tokenizations.member_reads_encoder`)."""
+        return member_reads_encoder(self.config, self.member.encoder, self.member.init_model)
+
+    @property
+    def tokenization(self) -> str | None:
+        """That encoder's tokenization (None: encoder.path's), as prepare recorded it."""
+        return encoder_tokenization(self.store, self.reads_encoder)
+
     def build_loop(self, device: torch.device | str, data_parallel: bool = False
                    ) -> TrainingLoop:
         member, config = self.member, self.config
-        data = load_prepared_tasks(self.store, member.tasks)
+        data = load_prepared_tasks(self.store, member.tasks, self.tokenization)
         start_from = None
         if member.init_model:  # per_task member fine-tuned from the shared multi-task model
             local = Path(tempfile.mkdtemp(prefix="mtkd-init-"))
@@ -188,6 +201,7 @@ class MemberJob:
             train_examples_per_s=round(examples / max(state.train_seconds, 1e-9), 2),
             train_tokens_per_s=round(tokens / max(state.train_seconds, 1e-9), 1),
             workers=workers, attempts=attempts, history=state.history,
+            encoder=self.reads_encoder, tokenization=self.tokenization,
             precision=result.loop.backend.resolved.to_json(),
             loss_scale=result.loop.backend.loss_scale())
         self.store.write_json_atomic(member_record(member.name), record.to_json())
@@ -307,7 +321,7 @@ def _train_with_checkpoints(job: MemberJob, loop: TrainingLoop, checkpoint: Any,
 
     loop.hooks = LoopHooks(on_eval=on_eval)
     # Each rank its own dropout stream; rank 0's is the single-process one.
-    result = run_training(loop, job.config.encoder.path, job.member.seed + rank, resume, best)
+    result = run_training(loop, job.reads_encoder, job.member.seed + rank, resume, best)
     return result, attempts
 
 

@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from mtkd.config import ExperimentConfig, config_to_dict, stable_hash
-from mtkd.data.prepared import task_lineages
+from mtkd.data.prepared import encoder_tokenization, task_lineages
 from mtkd.errors import MtkdError
 from mtkd.experiment import (
     TEACHER_TUNE_RUNS,
@@ -33,6 +33,7 @@ from mtkd.records import MemberRecord
 from mtkd.storage import Storage
 from mtkd.teachers.member import DRIVER_MEMORY, train_member_trial, train_run_name
 from mtkd.teachers.plan import Member, init_member, member_lineage, plan_members
+from mtkd.tokenizations import member_reads_encoder
 
 log = logging.getLogger("mtkd")
 
@@ -149,7 +150,7 @@ def run_teachers(ctx: StageContext) -> dict[str, Any]:
     config, store = ctx.config, ctx.store
     started = time.time()
     checked = False
-    lineages = task_lineages(store)
+    lineages = task_lineages(store)  # encoder.path's tokenization
     init = init_member(config)
     if init is not None:
         init_fp = member_lineage(init, config, lineages)
@@ -165,7 +166,17 @@ def run_teachers(ctx: StageContext) -> dict[str, Any]:
                                 "the error above, or set teachers.init_from_multitask: false)")
         lineages = {**lineages, init.name: init_fp}
     members = plan_members(config)
-    planned = [(m, member_lineage(m, config, lineages)) for m in members]
+    by_encoder: dict[str, dict[str, str]] = {}
+
+    def data_of(member: Member) -> dict[str, str]:
+        """The lineages of the tokenization the member reads (its encoder's), and of the
+        shared model it may start from."""
+        encoder = member_reads_encoder(config, member.encoder, member.init_model)
+        if encoder not in by_encoder:
+            by_encoder[encoder] = task_lineages(store, encoder_tokenization(store, encoder))
+        return {**lineages, **by_encoder[encoder]}
+
+    planned = [(m, member_lineage(m, config, data_of(m))) for m in members]
     done = {} if ctx.rebuild else {m.name: s for m, fp in planned
                                    if (s := finished_member(store, m, fp))}
     todo = [(m, fp) for m, fp in planned if m.name not in done]

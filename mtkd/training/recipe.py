@@ -45,12 +45,15 @@ class PreparedTasks:
     dev: dict[str, datasets.Dataset]
 
 
-def load_prepared_tasks(store: Storage, names: Sequence[str]) -> PreparedTasks:
-    """Read what the prepare stage wrote for ``names`` (``store`` = experiment root)."""
+def load_prepared_tasks(store: Storage, names: Sequence[str],
+                        tokenization: str | None = None) -> PreparedTasks:
+    """Read what the prepare stage wrote for ``names`` (``store`` = experiment root), in
+    ``tokenization`` (None: encoder.path's; see
+    :func:`mtkd.data.prepared.encoder_tokenization` for a model's own)."""
     return PreparedTasks(
         specs={n: read_task_spec(store, n) for n in names},
-        train={n: read_prepared(store, n, "train") for n in names},
-        dev={n: read_prepared(store, n, "dev") for n in names},
+        train={n: read_prepared(store, n, "train", tokenization) for n in names},
+        dev={n: read_prepared(store, n, "dev", tokenization) for n in names},
     )
 
 
@@ -140,7 +143,7 @@ def run_training(loop: TrainingLoop, tokenized_with: str, seed: int,
     continues at its exact batch, ``best_weights`` are the checkpoint's best weights when
     they differ from its current ones. The returned model holds the best dev weights and
     comes with the tokenizer of ``tokenized_with`` (the encoder path whose tokenizer made
-    the training inputs: ``encoder.path``), which a saved model must ship."""
+    the training inputs: the model's own encoder), which a saved model must ship."""
     state, rng = None, None
     if resume is not None:
         backend_state, state, rng = resume
@@ -158,4 +161,4 @@ def train_mtdnn(config: ExperimentConfig, data: PreparedTasks, *, encoder: str,
     """Build and run one plain-PyTorch training (see :func:`build_training_loop`)."""
     loop = build_training_loop(config, data, encoder=encoder, num_layers=num_layers,
                                training=training, seed=seed, **loop_kwargs)
-    return run_training(loop, config.encoder.path, seed, resume)
+    return run_training(loop, encoder, seed, resume)

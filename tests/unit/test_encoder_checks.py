@@ -1,4 +1,5 @@
-"""Encoders with another tokenizer than encoder.path are refused before anything runs."""
+"""Checks of the encoders a config names: tokenizers are grouped (mixed tokenizers are
+allowed, each gets its own tokenization), too many layers are refused."""
 
 from __future__ import annotations
 
@@ -14,8 +15,14 @@ from tiny import SPECIAL, WORDS, make_tiny_bert
 from transformers import BertTokenizer
 
 from mtkd.config import config_from_dict
-from mtkd.encoder_checks import check_encoders, encoder_keys, tokenizer_difference
+from mtkd.encoder_checks import (
+    check_encoders,
+    encoder_keys,
+    tokenizer_difference,
+    tokenizer_groups,
+)
 from mtkd.errors import ConfigError
+from mtkd.tokenizations import encoders_in_use, prepare_slice_extra
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -73,8 +80,10 @@ def config_with(encoders: dict[str, Path], tmp_path: Path, **keys: object) -> di
     return data
 
 
-def test_every_encoder_key_is_listed_and_mismatches_named(encoders: dict[str, Path],
-                                                          tmp_path: Path) -> None:
+def test_every_encoder_key_is_listed_and_mixed_tokenizers_are_grouped(
+        encoders: dict[str, Path], tmp_path: Path) -> None:
+    """Encoders with other tokenizers are accepted (each gets its own tokenization) and
+    grouped by tokenizer, encoder.path's first, for `mtkd validate` to show."""
     data = config_with(
         encoders, tmp_path, student__encoder=str(encoders["cased"]),
         teachers__variation={"strategy": "grid",
@@ -86,35 +95,58 @@ def test_every_encoder_key_is_listed_and_mismatches_named(encoders: dict[str, Pa
         "teachers.variation.encoder.1": str(encoders["other_vocabulary"]),
         "teachers.variation.encoder.2": str(encoders["same_tokenizer_other_model"]),
         "student.encoder": str(encoders["cased"])}
-    with pytest.raises(ConfigError) as error:
-        check_encoders(config, "exp.yaml")
-    assert {p.path for p in error.value.problems} == {"teachers.variation.encoder.1",
-                                                       "student.encoder"}
-    assert str(encoders["ref"]) in str(error.value)
-    listed = config_from_dict({**data, "student": {}, "teachers": {"size": 1, "variation": {
-        "strategy": "list", "members": [{"encoder": str(encoders["other_vocabulary"])}]}}})
-    with pytest.raises(ConfigError, match=r"teachers\.variation\.members\.0\.encoder"):
-        check_encoders(listed, "exp.yaml")
+    assert check_encoders(config, "exp.yaml") == []
+    groups, unchecked = tokenizer_groups(config)
+    assert unchecked == []
+    assert [keys for _, _, keys in groups] == [
+        ["encoder.path", "teachers.variation.encoder.2"], ["teachers.variation.encoder.1"],
+        ["student.encoder"]]
+    assert "vocabularies differ" in groups[1][1] and "casing" in groups[2][1]
+    listed = config_from_dict({**data, "student": {"num_layers": 1}, "teachers": {
+        "size": 1, "variation": {"strategy": "list", "members": [
+            {"encoder": str(encoders["other_vocabulary"])}]}}})
+    assert check_encoders(listed, "exp.yaml") == []
+    assert [k for _, _, k in tokenizer_groups(listed)[0]] == [
+        ["encoder.path"], ["teachers.variation.members.0.encoder"]]
 
 
-def test_validate_and_run_refuse_with_exit_2_and_write_nothing(encoders: dict[str, Path],
-                                                               tmp_path: Path) -> None:
+def test_encoders_in_use_follow_the_plan(encoders: dict[str, Path], tmp_path: Path) -> None:
+    """Prepare tokenizes for the encoders models really use: planned members (not grid
+    entries no member draws), the student; per_task members that start from the shared
+    multi-task model read encoder.path's. prepare's manifest lineage names the others."""
+    ref, other = str(encoders["ref"]), str(encoders["other_vocabulary"])
+    grid = config_from_dict(config_with(encoders, tmp_path, teachers__size=1,
+                                        teachers__variation={"strategy": "grid",
+                                                             "encoder": [ref, other]}))
+    assert list(encoders_in_use(grid)) == [ref] and prepare_slice_extra(grid) == {}
+    two = config_from_dict(config_with(encoders, tmp_path, teachers__size=2,
+                                       student__encoder=str(encoders["cased"]),
+                                       teachers__variation={"strategy": "grid",
+                                                            "encoder": [ref, other]}))
+    assert encoders_in_use(two) == {ref: ["encoder.path", "member m000"],
+                                    other: ["member m001"],
+                                    str(encoders["cased"]): ["student"]}
+    assert prepare_slice_extra(two) == {"tokenizer_encoders": sorted(
+        [other, str(encoders["cased"])])}
+    data = config_with(encoders, tmp_path, teachers__size=2, teachers__shape="per_task",
+                       teachers__init_from_multitask=True,
+                       teachers__variation={"strategy": "grid", "encoder": [ref, other]})
+    assert list(encoders_in_use(config_from_dict(data))) == [ref]
+
+
+def test_validate_shows_the_distinct_tokenizers(encoders: dict[str, Path],
+                                                tmp_path: Path) -> None:
     data = config_with(encoders, tmp_path, student__encoder=str(encoders["other_vocabulary"]))
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(data))
-    for command in ("validate", "run"):
-        result = subprocess.run([sys.executable, "-m", "mtkd", command, str(path)], cwd=REPO,
-                                text=True, capture_output=True, timeout=300)
-        assert result.returncode == 2, result.stderr[-2000:]
-        assert "student.encoder" in result.stderr and "Traceback" not in result.stderr
-        assert "another tokenizer" in result.stderr
-    assert not (tmp_path / "runs" / "exp" / "config.yaml").exists()
-    same = config_with(encoders, tmp_path,
-                       student__encoder=str(encoders["same_tokenizer_other_model"]))
-    path.write_text(yaml.safe_dump(same))
     result = subprocess.run([sys.executable, "-m", "mtkd", "validate", str(path)], cwd=REPO,
                             text=True, capture_output=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
+    assert "tokenizers: 2 distinct" in result.stdout, result.stdout
+    lines = [line for line in result.stdout.splitlines() if line.startswith("  ")]
+    assert lines[0].endswith(": encoder.path") and "WordPiece" in lines[0]
+    assert lines[1].endswith(": student.encoder") and "vocabularies differ" in lines[1]
+    assert not (tmp_path / "runs" / "exp" / "config.yaml").exists()
 
 
 @pytest.mark.parametrize(("keys", "refused"), [
