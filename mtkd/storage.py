@@ -169,6 +169,11 @@ class Storage:
         path = self.full_path(rel)
         return f"s3://{path}" if self._scheme == "s3" else path
 
+    def local_path(self, rel: str = "") -> str | None:
+        """The local folder or file of ``rel`` for local storage; None for ``s3://`` (where a
+        writer that needs a real file writes locally and uploads)."""
+        return self.full_path(rel) if self._scheme == "file" else None
+
     def child(self, *parts: str) -> Storage:
         """A view rooted at ``parts`` below this root (same filesystem and settings)."""
         return Storage(self._fs, self.full_path("/".join(parts)), scheme=self._scheme,

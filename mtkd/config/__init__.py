@@ -23,6 +23,7 @@ from mtkd.config.schema import (
     StudentConfig,
     TaskConfig,
     TeachersConfig,
+    TrackingConfig,
     TrainingConfig,
     VariationConfig,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "StudentConfig",
     "TaskConfig",
     "TeachersConfig",
+    "TrackingConfig",
     "TrainingConfig",
     "VariationConfig",
     "apply_overrides",

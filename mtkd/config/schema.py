@@ -460,10 +460,16 @@ class TeachersConfig:
     """Stop weak members early with ASHA."""
     verbose: int = 0
     """Ray Tune verbosity (0: one line per finished member; 1-3: Tune's own tables)."""
+    checkpoint_minutes: float = 10.0
+    """Besides at every dev evaluation, a member saves a checkpoint when this many minutes
+    of wall time have passed since its last one (checked after every optimizer step), so a
+    lost worker or a reclaimed spot node costs at most that much training, not an epoch.
+    The checkpoint is the same as an evaluation's (resume is exact); 0: off."""
 
     def problems(self, path: str) -> list[Problem]:
         found: list[Problem] = []
         _at_least(found, f"{path}.size", self.size, 1)
+        _at_least(found, f"{path}.checkpoint_minutes", self.checkpoint_minutes, 0.0)
         _at_least(found, f"{path}.min_members", self.min_members, 1)
         if self.min_members > self.size:
             found.append(Problem(f"{path}.min_members", f"({self.min_members}) exceeds "
@@ -614,6 +620,11 @@ class StudentConfig:
     (~200 MiB for the 3-layer MiniLM student); writing one to S3 took ~1.5 s on 2 CPU cores,
     about 10 training steps' worth (docs/BENCHMARKS.md), so checkpointing every 100 steps
     cost 13% there and every 500 about 3%; a crash loses at most N steps."""
+    checkpoint_minutes: float = 10.0
+    """Also save a checkpoint when this many minutes of wall time have passed since the
+    last one (checked after every optimizer step; any checkpoint restarts the count), so
+    a lost worker costs at most that much training however slow the steps are. Same
+    checkpoint as checkpoint_every's (resume is exact); 0: off."""
     keep_checkpoints: int = 2
     """Checkpoints kept in storage; older ones are deleted."""
     max_failures: int = 2
@@ -644,6 +655,7 @@ class StudentConfig:
         _at_least(found, f"{path}.num_layers", self.num_layers, 1)
         _at_least(found, f"{path}.num_workers", self.num_workers, 1)
         _at_least(found, f"{path}.checkpoint_every", self.checkpoint_every, 1)
+        _at_least(found, f"{path}.checkpoint_minutes", self.checkpoint_minutes, 0.0)
         _at_least(found, f"{path}.keep_checkpoints", self.keep_checkpoints, 1)
         _at_least(found, f"{path}.max_failures", self.max_failures, 0)
         if not self.seeds:
@@ -690,6 +702,29 @@ class ReportConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Training curves of every teacher member and student run: loss and learning rate at
+    every optimizer step, throughput at every progress line, dev metrics at every
+    evaluation. Tracking changes no model: changing it resumes, never retrains."""
+
+    tensorboard: bool = True
+    """Write TensorBoard event files to <storage_path>/<name>/tensorboard/<member or
+    run>-<lineage>/ (one folder per member or student run and lineage, so a changed config
+    starts new curves; with s3:// storage they are written locally and uploaded at every
+    checkpoint and at the end). Look at them with tensorboard --logdir
+    runs/<name>/tensorboard (a local copy of the folder for s3://). A resumed run hides
+    what the interrupted attempt logged after its checkpoint (TensorBoard's purge_step),
+    so curves neither repeat nor fork."""
+    mlflow: bool = False
+    """Also log the same metrics, and the run's hyper-parameters, to MLflow at
+    MLFLOW_TRACKING_URI (MLflow's own variable: set it where the training runs, and pass it
+    to the workers with ray.env_vars). Needs the mlflow (or mlflow-skinny) package there;
+    without it or without the variable: one warning, and training goes on. The experiment
+    is <name>, one MLflow run per member or student run and lineage; a resumed run
+    continues its MLflow run and skips steps it had already logged."""
+
+
+@dataclass
 class ExperimentConfig:
     """A whole MT-DNN-KD experiment: tasks, teachers, soft targets, student, report."""
 
@@ -719,6 +754,8 @@ class ExperimentConfig:
     """Stage 3: the distilled student."""
     report: ReportConfig = field(default_factory=ReportConfig)
     """Stage 4: the report."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """Training curves (TensorBoard, MLflow) of members and students."""
 
     def problems(self, path: str = "") -> list[Problem]:
         found: list[Problem] = []

@@ -2,7 +2,8 @@
 
 Reads only its ``loop_config`` (experiment config as plain data, run, storage uri).
 Each rank trains on its own shard of the multi-task sampler. Every
-``checkpoint_every`` steps each rank saves its DeepSpeed shard, its RNG state and (rank
+``checkpoint_every`` steps, and every ``checkpoint_minutes`` of wall time (rank 0's clock
+decides for all ranks), each rank saves its DeepSpeed shard, its RNG state and (rank
 0) the loop state into a local folder and calls ``ray.train.report`` with it; Ray merges
 the ranks' files into one checkpoint in storage. A restarted or re-run worker group
 resumes from the latest checkpoint at the same step and batch.
@@ -10,6 +11,7 @@ resumes from the latest checkpoint at the same step and batch.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -26,6 +28,7 @@ from mtkd.config import ExperimentConfig, config_from_dict
 from mtkd.data.prepared import encoder_tokenization
 from mtkd.storage import Storage
 from mtkd.student.deepspeed_backend import DeepSpeedBackend, mixed_precision
+from mtkd.tracking import Tracker
 from mtkd.training.data import TeacherArrays, align_by_uid
 from mtkd.training.evaluate import predict_outputs
 from mtkd.training.loop import (
@@ -34,6 +37,7 @@ from mtkd.training.loop import (
     LoopState,
     TrainingLoop,
     capture_rng,
+    chain_hooks,
     total_optimizer_steps,
 )
 from mtkd.training.recipe import (
@@ -41,6 +45,7 @@ from mtkd.training.recipe import (
     build_model,
     load_prepared_tasks,
     make_sampler,
+    rank0_decision,
     rank0_score,
 )
 
@@ -145,8 +150,10 @@ def student_worker(loop_config: dict[str, Any]) -> None:
                         training, sampler=sampler, kd=student.kd, name=run["name"],
                         keep_best_in_memory=False, record_steps=True,
                         log_every=loop_config.get("log_every", 50),
-                        # Several ranks: rank 0's dev score decides early stopping for all.
-                        score=rank0_score(backend.device) if world > 1 else None)
+                        # Several ranks: rank 0's dev score decides early stopping for all,
+                        # rank 0's clock when a time checkpoint is due.
+                        score=rank0_score(backend.device) if world > 1 else None,
+                        decide=rank0_decision(backend.device) if world > 1 else None)
 
     state, rng, attempts = None, None, []
     checkpoint = ray.train.get_checkpoint()
@@ -189,9 +196,24 @@ def student_worker(loop_config: dict[str, Any]) -> None:
         if rank == 0:
             run_store.write_atomic(best_weights_file(state.step), save_safetensors(weights))
 
-    loop.hooks = LoopHooks(on_checkpoint=save, checkpoint_every=student.checkpoint_every,
-                           on_best=keep_best if student.keep == "best" else None)
-    final = loop.run(state, rng=rng, seed=run["seed"])
+    tracker = None
+    if rank == 0:  # curves under tensorboard/<Ray Train run name> (<run>-<lineage>)
+        tracker = Tracker.open(
+            config.tracking, store, context.get_experiment_name(), experiment=config.name,
+            start_step=state.step if state else 0,
+            params={"run": run, "training": dataclasses.asdict(training),
+                    "kd": dataclasses.asdict(student.kd), "num_layers": student.num_layers,
+                    "encoder": student.encoder or config.encoder.path, "workers": world})
+    loop.hooks = chain_hooks(
+        LoopHooks(on_checkpoint=save, checkpoint_every=student.checkpoint_every,
+                  checkpoint_minutes=student.checkpoint_minutes,
+                  on_best=keep_best if student.keep == "best" else None),
+        tracker.hooks() if tracker else None)
+    try:
+        final = loop.run(state, rng=rng, seed=run["seed"])
+    finally:
+        if tracker:
+            tracker.close()
     best_differs = (student.keep == "best" and final.best_step is not None
                     and final.best_step != final.step)
     if rank == 0 and best_differs and backend.engine.zero_optimization_partition_weights():

@@ -2,10 +2,12 @@
 
 The trial function reads only its ``trial_config`` (the experiment config as plain
 data, the member, the storage uri): no globals. Every dev evaluation is reported to
-Tune together with a checkpoint (model, optimizer, schedule, loop state, RNG), so a
-retried trial continues from its last evaluation instead of step 0. When training ends,
-the best model goes to ``teachers/<member>/model/`` and ``teachers/<member>/member.json``
-is written last, atomically: only then does the member count as finished.
+Tune together with a checkpoint (model, optimizer, schedule, loop state, RNG), and so is
+the same checkpoint every ``teachers.checkpoint_minutes`` of wall time in between, so a
+retried trial continues from minutes ago instead of step 0 or the last evaluation. When
+training ends, the best model goes to ``teachers/<member>/model/`` and
+``teachers/<member>/member.json`` is written last, atomically: only then does the member
+count as finished. Rank 0 writes the member's training curves (:mod:`mtkd.tracking`).
 
 A member with ``teachers.workers_per_member`` N > 1 is data-parallel: the trial only
 drives a Ray Train ``TorchTrainer`` (Train v2 inside Tune) whose N workers each ask for
@@ -18,8 +20,10 @@ writes the model and ``member.json`` exactly as a single-process member does.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import math
 import os
 import tempfile
 import time
@@ -47,8 +51,9 @@ from mtkd.records import MemberRecord
 from mtkd.storage import Storage
 from mtkd.teachers.plan import Member
 from mtkd.tokenizations import member_reads_encoder
+from mtkd.tracking import Tracker
 from mtkd.training.backend import sum_over_ranks
-from mtkd.training.loop import LoopHooks, LoopState, TrainingLoop, capture_rng
+from mtkd.training.loop import LoopHooks, LoopState, TrainingLoop, capture_rng, chain_hooks
 from mtkd.training.recipe import (
     TrainResult,
     build_training_loop,
@@ -176,6 +181,15 @@ class MemberJob:
                                    seed=member.seed, device=device, name=member.name,
                                    model=start_from, data_parallel=data_parallel)
 
+    def open_tracker(self, run: str, start_step: int) -> Tracker | None:
+        """TensorBoard/MLflow tracking of this member (``tracking``), as ``run``."""
+        training = self.member.training(self.config.teachers.training)
+        return Tracker.open(self.config.tracking, self.store, run, experiment=self.config.name,
+                            start_step=start_step,
+                            params={"member": self.member.variant(),
+                                    "tasks": ",".join(self.member.tasks),
+                                    "training": dataclasses.asdict(training)})
+
     def write_progress(self, state: LoopState, record: dict[str, Any], attempt: int) -> None:
         """For people and tests watching: the last step whose checkpoint was persisted."""
         self.here.write_json_atomic("progress.json", {"pid": os.getpid(), "step": state.step,
@@ -208,8 +222,11 @@ class MemberJob:
         return record
 
 
-def _flat_metrics(record: dict[str, Any]) -> dict[str, float]:
-    flat = {"score": float(record["score"]), "step": int(record["step"])}
+def _flat_metrics(record: dict[str, Any], evaluations: int) -> dict[str, float]:
+    """What an evaluation reports to Tune. ``evaluations`` (so far, this one included) is
+    ASHA's time axis: a time checkpoint's report does not advance it."""
+    flat = {"score": float(record["score"]), "step": int(record["step"]),
+            "evaluations": evaluations}
     for task, metrics in record["metrics"].items():
         for name, value in metrics.items():
             flat[f"{task}/{name}"] = float(value)
@@ -273,7 +290,8 @@ def train_member_trial(tune_config: dict[str, Any]) -> None:
                                    "writing member.json")
         else:
             record = _train_in_trial(job, started, fresh)
-    tune.report({"score": float(record.average or 0.0), "step": record.steps, "finished": 1})
+    tune.report({"score": float(record.average or 0.0), "step": record.steps,
+                 "evaluations": len(record.history), "finished": 1})
 
 
 def _train_in_trial(job: MemberJob, started: float, fresh: bool = False) -> MemberRecord:
@@ -288,16 +306,18 @@ def _train_in_trial(job: MemberJob, started: float, fresh: bool = False) -> Memb
     if checkpoint is None and not fresh:  # a new trial: continue what a run left, if any
         checkpoint = _first_loadable(earlier_checkpoints(job.store, job.member, job.lineage))
     result, attempts = _train_with_checkpoints(job, loop, checkpoint, started,
-                                               tune.report, tune.Checkpoint.from_directory)
+                                               tune.report, tune.Checkpoint.from_directory,
+                                               run=train_run_name(job.member, job.lineage))
     return job.write_member(result, started, attempts)
 
 
 def _train_with_checkpoints(job: MemberJob, loop: TrainingLoop, checkpoint: Any,
                             started_at: float, report: Callable[..., Any],
-                            as_checkpoint: Callable[[str], Any], rank: int = 0
-                            ) -> tuple[TrainResult, list[dict]]:
+                            as_checkpoint: Callable[[str], Any], rank: int = 0, *,
+                            run: str) -> tuple[TrainResult, list[dict]]:
     """Run ``loop`` from ``checkpoint`` (or the start), reporting a checkpoint at every
-    evaluation through ``report`` (Tune's or Ray Train's); the result and the attempts."""
+    evaluation and every ``teachers.checkpoint_minutes`` through ``report`` (Tune's or Ray
+    Train's); the result and the attempts. ``run``: the tracking name (rank 0 tracks)."""
     resume, attempts, best = None, [], None
     if checkpoint is not None:
         resume, attempts, best = _restore(checkpoint, rank)
@@ -312,16 +332,42 @@ def _train_with_checkpoints(job: MemberJob, loop: TrainingLoop, checkpoint: Any,
                                                 loop.backend.resolved.describe(),
                                                 loop.total_steps)
 
-    def on_eval(state: LoopState, record: dict[str, Any]) -> None:
+    saved_at = {"step": -1}
+
+    def save_and_report(state: LoopState, metrics: dict[str, float],
+                        record: dict[str, Any]) -> None:
+        saved_at["step"] = state.step
         with tempfile.TemporaryDirectory(prefix="mtkd-ckpt-") as folder:
             _save(Path(folder), loop, state, attempts, rank)
-            report(_flat_metrics(record), checkpoint=as_checkpoint(folder))
+            report(metrics, checkpoint=as_checkpoint(folder))
         if rank == 0:
             job.write_progress(state, record, len(attempts))
 
-    loop.hooks = LoopHooks(on_eval=on_eval)
-    # Each rank its own dropout stream; rank 0's is the single-process one.
-    result = run_training(loop, job.reads_encoder, job.member.seed + rank, resume, best)
+    def on_eval(state: LoopState, record: dict[str, Any]) -> None:
+        save_and_report(state, _flat_metrics(record, len(state.history)), record)
+
+    def on_checkpoint(state: LoopState) -> None:
+        """A time checkpoint (and the end, normally saved by its evaluation already)."""
+        if state.step == saved_at["step"]:
+            return
+        # Tune (and ASHA) expect a score in every result: the last evaluation's, at the
+        # same ``evaluations`` count, so ASHA's rungs see nothing new (NaN before any).
+        score = state.history[-1]["score"] if state.history else math.nan
+        save_and_report(state, {"score": score, "step": state.step,
+                                "evaluations": len(state.history), "time_checkpoint": 1},
+                        {"score": None if math.isnan(score) else score})
+
+    tracker = job.open_tracker(run, resume[1].step if resume else 0) if rank == 0 else None
+    loop.hooks = chain_hooks(
+        LoopHooks(on_eval=on_eval, on_checkpoint=on_checkpoint, eval_checkpoints=True,
+                  checkpoint_minutes=job.config.teachers.checkpoint_minutes),
+        tracker.hooks() if tracker else None)
+    try:
+        # Each rank its own dropout stream; rank 0's is the single-process one.
+        result = run_training(loop, job.reads_encoder, job.member.seed + rank, resume, best)
+    finally:
+        if tracker:
+            tracker.close()
     return result, attempts
 
 
@@ -374,7 +420,8 @@ def member_worker(loop_config: dict[str, Any]) -> None:
     loop = job.build_loop(device, data_parallel=True)
     result, attempts = _train_with_checkpoints(
         job, loop, ray.train.get_checkpoint(), loop_config["started_at"], ray.train.report,
-        ray.train.Checkpoint.from_directory, rank)
+        ray.train.Checkpoint.from_directory, rank,
+        run=train_run_name(job.member, job.lineage))
     examples, tokens = sum_over_ranks([result.state.examples, result.state.tokens],
                                       loop.backend.device)
     if rank == 0:

@@ -61,7 +61,7 @@ def _progress_callback(store: Storage, total: int, already: int) -> Any:
 
         def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                             **info: Any) -> None:
-            if not result.get("finished"):
+            if not result.get("finished") and not result.get("time_checkpoint"):
                 name = trial.config["trial"]["member"]["name"]
                 log.info("[teachers] %s step %s: dev score %.2f", name, result.get("step"),
                          result.get("score", float("nan")))
@@ -101,7 +101,11 @@ def _run_trials(ctx: StageContext, todo: list[tuple[Member, str]], total: int,
               "fresh": ctx.rebuild,  # --force: from step 0, whatever was there
               # Absolute: Tune runs trials in their own working directories.
               "storage": Storage.from_uri(config.storage_path).uri} for m, fp in todo]
-    scheduler = (ASHAScheduler(metric="score", mode="max", grace_period=1)
+    # ASHA's time axis is the member's evaluations, not Tune's report count: time
+    # checkpoints (teachers.checkpoint_minutes) report too, and a member continued by a new
+    # trial starts Tune's count again.
+    scheduler = (ASHAScheduler(metric="score", mode="max", grace_period=1,
+                               time_attr="evaluations")
                  if teachers.early_stopping == "asha" else None)
     run_name = "run-" + stable_hash(sorted(fp for _, fp in todo))[:10]
     tuner = tune.Tuner(

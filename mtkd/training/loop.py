@@ -6,6 +6,9 @@ progress (steps, epochs, position in the epoch, RNG), dev evaluation, keep-best 
 stopping; a :class:`~mtkd.training.backend.Backend` owns the optimizer step. Everything
 needed to resume (the JSON-able :class:`LoopState` plus :func:`capture_rng`) is handed to
 the ``on_checkpoint`` hook, so a resumed run continues at the same batch of the same epoch.
+Checkpoints come every ``checkpoint_every`` optimizer steps, every ``checkpoint_minutes`` of
+wall time (at the next step boundary, so that a lost worker costs minutes, not an epoch),
+and at the end; both triggers call the same hook.
 """
 
 from __future__ import annotations
@@ -67,15 +70,58 @@ class LoopState:
 
 @dataclass
 class LoopHooks:
-    """Callbacks: Ray Tune/Train reporting and checkpointing plug in here."""
+    """Callbacks: Ray Tune/Train reporting, checkpointing and tracking plug in here.
+
+    Several sets compose with :func:`chain_hooks` (the first one's schedule counts)."""
 
     on_eval: Callable[[LoopState, dict[str, Any]], None] | None = None
     """After every evaluation, with its record."""
     on_best: Callable[[LoopState, dict[str, Any]], None] | None = None
     """When an evaluation beats the best score so far."""
     on_checkpoint: Callable[[LoopState], None] | None = None
-    """Every ``checkpoint_every`` optimizer steps and at the end."""
+    """Every ``checkpoint_every`` optimizer steps, when ``checkpoint_minutes`` have passed
+    since the last checkpoint, and at the end (a hook skips a step it already saved)."""
+    on_step: Callable[[LoopState, dict[str, float]], None] | None = None
+    """After every optimizer step, with ``train/loss`` (the step's last micro-batch, as in
+    ``LoopState.step_log``) and ``train/lr``; at the steps where a progress line is logged
+    also ``train/examples_per_s`` and ``train/tokens_per_s`` (over the steps since the
+    last line, this process's)."""
     checkpoint_every: int = 0
+    """Optimizer steps between checkpoints (0: no step trigger)."""
+    checkpoint_minutes: float = 0.0
+    """Wall-clock minutes between checkpoints (0: no time trigger), checked at every step
+    boundary; any checkpoint (step, time, or an evaluation with ``eval_checkpoints``)
+    restarts the count."""
+    eval_checkpoints: bool = False
+    """``on_eval`` saves a checkpoint (teacher members): an evaluation restarts the
+    ``checkpoint_minutes`` count."""
+    clock: Callable[[], float] = time.monotonic
+    """Seconds, for ``checkpoint_minutes`` (tests inject a fake one)."""
+
+
+def chain_hooks(first: LoopHooks, *more: LoopHooks | None) -> LoopHooks:
+    """One :class:`LoopHooks` calling every set's callbacks in order; the schedule
+    (``checkpoint_every``, ``checkpoint_minutes``, ``eval_checkpoints``, ``clock``) is
+    ``first``'s. Composition, so that checkpointing and tracking stay separate pieces."""
+    sets = [first, *(h for h in more if h is not None)]
+
+    def chained(name: str) -> Callable[..., None] | None:
+        found = [getattr(h, name) for h in sets if getattr(h, name) is not None]
+        if not found:
+            return None
+        if len(found) == 1:
+            return found[0]
+
+        def call(*args: Any) -> None:
+            for callback in found:
+                callback(*args)
+        return call
+
+    return LoopHooks(on_eval=chained("on_eval"), on_best=chained("on_best"),
+                     on_checkpoint=chained("on_checkpoint"), on_step=chained("on_step"),
+                     checkpoint_every=first.checkpoint_every,
+                     checkpoint_minutes=first.checkpoint_minutes,
+                     eval_checkpoints=first.eval_checkpoints, clock=first.clock)
 
 
 @dataclass
@@ -139,7 +185,8 @@ class TrainingLoop:
                  hooks: LoopHooks | None = None, name: str = "train", log_every: int = 50,
                  eval_batch_size: int = 64, score: Callable[[dict[str, Any]], float] | None = None,
                  keep_best_in_memory: bool = True, pad_id: int = 0,
-                 record_steps: bool = False) -> None:
+                 record_steps: bool = False,
+                 decide: Callable[[bool], bool] | None = None) -> None:
         self.backend, self.data, self.config = backend, data, config
         self.sampler, self.kd = sampler, kd or KDConfig()
         self.hooks = hooks or LoopHooks()
@@ -147,6 +194,9 @@ class TrainingLoop:
         self.score = score or (lambda result: float(result["average"]))
         self.keep_best_in_memory = keep_best_in_memory
         self.record_steps = record_steps
+        # Data-parallel: rank 0's answer to "is a time checkpoint due?" on every rank (the
+        # ranks' clocks differ, and a checkpoint is a collective).
+        self.decide = decide
         self.rows = MultiTaskRows(data.train)
         self.collate = CollateFn(data.specs, pad_id)
         self.total_steps = total_optimizer_steps(config, len(sampler))
@@ -226,14 +276,28 @@ class TrainingLoop:
         # Worker log lines already carry the run's name: "[mtkd m000] [train] 15/114 steps".
         progress = Progress("train", self.total_steps, "step", start_done=state.step)
 
+        hooks = self.hooks
+        last_checkpoint = hooks.clock()
+
         def timed_eval(loss: float) -> bool:
             # Evaluation time is not training time: shift the throughput window past it.
-            nonlocal window_start
+            nonlocal window_start, last_checkpoint
             started = time.time()
             stop = self._after_eval(state, loss)
             window_start += time.time() - started
             progress.pause(time.time() - started)
+            if hooks.eval_checkpoints:
+                last_checkpoint = hooks.clock()
             return stop
+
+        def checkpoint_due() -> bool:
+            every = hooks.checkpoint_every
+            if every and state.step % every == 0:
+                return True
+            if hooks.checkpoint_minutes <= 0:
+                return False
+            due = hooks.clock() - last_checkpoint >= hooks.checkpoint_minutes * 60.0
+            return self.decide(due) if self.decide else due
 
         while state.step < self.total_steps and not state.stopped_early:
             loader = epoch_loader(self.rows, self.sampler, self.collate, state.epoch,
@@ -261,21 +325,27 @@ class TrainingLoop:
                 if self.record_steps:
                     state.step_log.append([state.step, state.epoch, state.position,
                                            last_loss])
+                scalars = ({"train/loss": last_loss, "train/lr": backend.learning_rate()}
+                           if hooks.on_step else {})
                 # Every log_every steps (unless a line went out just now), at least every
                 # 30 s, and at the end.
                 if ((state.step % self.log_every == 0 and not progress.recent(10.0))
                         or state.step == self.total_steps or progress.due()):
                     progress.done = state.step
-                    progress.emit(self._progress_fields(state, running / window["n"], window,
-                                                        window_start))
+                    rates = self._account(state, window, window_start)
+                    scalars.update(rates)
+                    progress.emit(self._progress_fields(state.epoch, running / window["n"],
+                                                        rates))
                     running, window_start = 0.0, time.time()
                     window = {"ex": 0, "tok": 0, "n": 0}
+                if hooks.on_step:
+                    hooks.on_step(state, scalars)
                 if eval_every and state.step % eval_every == 0 and self.data.dev:
                     last_eval_step = state.step
                     state.stopped_early = timed_eval(last_loss)
-                every = self.hooks.checkpoint_every
-                if self.hooks.on_checkpoint and every and state.step % every == 0:
-                    self.hooks.on_checkpoint(state)
+                if hooks.on_checkpoint and checkpoint_due():
+                    hooks.on_checkpoint(state)
+                    last_checkpoint = hooks.clock()
                 if state.step >= self.total_steps or state.stopped_early:
                     break
             else:  # the epoch ran out: next epoch from its first batch
@@ -286,24 +356,28 @@ class TrainingLoop:
         self._account(state, window, window_start)
         if self.data.dev and state.step != last_eval_step:
             self._after_eval(state, last_loss)
-        if self.hooks.on_checkpoint:
-            self.hooks.on_checkpoint(state)
+        if hooks.on_checkpoint:
+            hooks.on_checkpoint(state)
         if self.keep_best_in_memory and self._best_weights is not None:
             backend.model.load_state_dict(self._best_weights)
         return state
 
-    def _account(self, state: LoopState, window: dict[str, int], started: float) -> None:
+    def _account(self, state: LoopState, window: dict[str, int], started: float
+                 ) -> dict[str, float]:
+        """Adds the window to ``state``; its throughput."""
+        seconds = time.time() - started
         state.examples += window["ex"]
         state.tokens += window["tok"]
-        state.train_seconds += time.time() - started
+        state.train_seconds += seconds
+        seconds = max(seconds, 1e-9)
+        return {"train/examples_per_s": window["ex"] / seconds,
+                "train/tokens_per_s": window["tok"] / seconds}
 
-    def _progress_fields(self, state: LoopState, loss: float, window: dict[str, int],
-                         started: float) -> str:
-        """Accounts the window into ``state``; the loop's fields of a progress line."""
-        self._account(state, window, started)
-        seconds = max(time.time() - started, 1e-9)
-        return (f"epoch {state.epoch} loss {loss:.4f} lr {self.backend.learning_rate():.2e} | "
-                f"{window['ex'] / seconds:.1f} ex/s {window['tok'] / seconds:.0f} tok/s")
+    def _progress_fields(self, epoch: int, loss: float, rates: dict[str, float]) -> str:
+        """The loop's fields of a progress line."""
+        return (f"epoch {epoch} loss {loss:.4f} lr {self.backend.learning_rate():.2e} | "
+                f"{rates['train/examples_per_s']:.1f} ex/s "
+                f"{rates['train/tokens_per_s']:.0f} tok/s")
 
 
 def _format_metrics(per_task: Mapping[str, Mapping[str, float]]) -> str:

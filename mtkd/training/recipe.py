@@ -116,13 +116,14 @@ def build_training_loop(config: ExperimentConfig, data: PreparedTasks, *, encode
     backend: TorchBackend | DataParallelBackend = TorchBackend(
         model, training, total_optimizer_steps(training, len(sampler)), device,
         precision_key=precision_key)
-    score = None
+    score, decide = None, None
     if data_parallel:
         backend = DataParallelBackend(backend, several_tasks=len(data.specs) > 1)
-        score = rank0_score(backend.device)
+        score, decide = rank0_score(backend.device), rank0_decision(backend.device)
     return TrainingLoop(backend, LoopData(data.specs, data.train, data.dev, teachers or {}),
                         training, sampler=sampler, kd=kd, hooks=hooks, name=name,
-                        log_every=log_every, score=score, keep_best_in_memory=rank == 0)
+                        log_every=log_every, score=score, keep_best_in_memory=rank == 0,
+                        decide=decide)
 
 
 def rank0_score(device: torch.device) -> Callable[[dict[str, Any]], float]:
@@ -134,6 +135,16 @@ def rank0_score(device: torch.device) -> Callable[[dict[str, Any]], float]:
 
 def _rank0_average(result: dict[str, Any], device: torch.device) -> float:
     return from_rank0(float(result["average"]), device)
+
+
+def rank0_decision(device: torch.device) -> Callable[[bool], bool]:
+    """The loop's ``decide`` for a data-parallel rank: rank 0's answer on every rank (a
+    time-triggered checkpoint is a collective; the ranks' clocks differ)."""
+    return functools.partial(_rank0_flag, device=device)
+
+
+def _rank0_flag(flag: bool, device: torch.device) -> bool:
+    return bool(from_rank0(float(flag), device))
 
 
 def run_training(loop: TrainingLoop, tokenized_with: str, seed: int,

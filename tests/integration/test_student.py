@@ -79,6 +79,21 @@ def test_two_workers_zero2_on_s3_survive_a_killed_worker(experiment: dict, s3_en
     batches = [(int(s[1]), int(s[2])) for s in state["step_log"]]
     for (epoch_a, pos_a), (epoch_b, pos_b) in itertools.pairwise(batches):
         assert (epoch_b, pos_b) in {(epoch_a, pos_a + 1), (epoch_a + 1, 1)}
+    # Rank 0's curves were uploaded to S3; the resumed attempt's file purges what the killed
+    # one logged after its checkpoint: one train/loss per step, the surviving lineage's.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    # (the teacher members' curves are there too, one folder each)
+    (run_dir,) = [name for name in (p.rsplit("/", 1)[-1] for p in store.list("tensorboard"))
+                  if name.startswith("student-")]
+    store.download_dir(f"tensorboard/{run_dir}", tmp_path / "tb")
+    assert len(list((tmp_path / "tb").glob("events.out.tfevents.*"))) == 2  # two attempts
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0})
+    events.Reload()
+    losses = events.Scalars("train/loss")
+    assert [e.step for e in losses] == steps
+    assert [e.value for e in losses] == pytest.approx([s[3] for s in state["step_log"]],
+                                                      rel=1e-6)
 
     summary = store.read_json("student/student/student.json")
     assert summary["distill"] is True and set(summary["metrics"]) == {"toy", "score"}

@@ -294,3 +294,38 @@ def test_interrupted_driver_resumes_members_from_their_checkpoints(experiment: d
     uninterrupted = experiment_store(whole).read_json("teachers/m000/member.json")
     assert uninterrupted["lineage"] == record["lineage"]
     assert uninterrupted["content"] == record["content"]
+
+
+def test_time_checkpoints_reach_tune_with_asha_and_curves_reach_tensorboard(
+        experiment: dict) -> None:
+    """checkpoint_minutes small enough to checkpoint between evaluations: Tune (with ASHA,
+    which wants a score in every result) takes the time checkpoints; the member's curves
+    are in tensorboard/<member>-<lineage>/."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = config_from_dict(small(experiment, "timeckpt", early_stopping="asha",
+                                    checkpoint_minutes=0.002,
+                                    training={"epochs": 1, "batch_size": 16,
+                                              "dropout": 0.0, "eval_every": 10}))
+    [_, teachers] = run_pipeline(config, to_stage="teachers")
+    assert teachers.status == "ran"
+    store = experiment_store(config)
+    record = store.read_json("teachers/m000/member.json")
+    results = []
+    for path in store.list("teachers/_tune", recursive=True):
+        if path.endswith("result.json"):
+            results += [json.loads(line) for line in store.read_text(
+                f"teachers/_tune/{path}").splitlines() if line.strip()]
+    timed = [r for r in results if r.get("time_checkpoint")]
+    evals = [r for r in results if "evaluations" in r and not r.get("time_checkpoint")
+             and not r.get("finished")]
+    assert timed and len(evals) == len(record["history"])
+    assert all(r["evaluations"] <= len(record["history"]) for r in timed)
+    (folder,) = store.list("tensorboard")
+    assert folder.rsplit("/", 1)[-1].startswith("m000-")
+    events = EventAccumulator(store.full_path(f"tensorboard/{folder.rsplit('/', 1)[-1]}"),
+                              size_guidance={"scalars": 0})
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(1, record["steps"] + 1))
+    assert [e.value for e in events.Scalars("dev/score")] == pytest.approx(
+        [h["score"] for h in record["history"]])

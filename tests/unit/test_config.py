@@ -183,6 +183,9 @@ def test_list_and_mapping_types_checked_per_item() -> None:
     (minimal(teachers={"workers_per_member": 0}), "teachers.workers_per_member", ">= 1"),
     (minimal(teachers={"workers_per_member": 2, "resources_per_member": {"gpu": 0.5}}),
      "teachers.resources_per_member.gpu", "whole number of GPUs"),
+    (minimal(teachers={"checkpoint_minutes": -1}), "teachers.checkpoint_minutes", ">= 0"),
+    (minimal(student={"checkpoint_minutes": -0.5}), "student.checkpoint_minutes", ">= 0"),
+    (minimal(tracking={"tensorboard": "yes please"}), "tracking.tensorboard", "true or false"),
 ])
 def test_value_rules(data: dict, path: str, needle: str) -> None:
     with pytest.raises(ConfigError) as info:

@@ -314,3 +314,88 @@ def test_short_shard_batches_weigh_what_they_hold(tiny_encoder_dir: Path, tmp_pa
                 torch.testing.assert_close(ranks[0]["grads"][key], grad, rtol=1e-4, atol=1e-6)
     else:
         assert not torch.allclose(ranks[0]["grads"][name], grads[name], rtol=1e-3, atol=1e-5)
+
+
+class StepClock:
+    """A fake clock that advances ``per_step`` seconds at every optimizer step."""
+
+    def __init__(self, loop: TrainingLoop, per_step: float) -> None:
+        self.now = 0.0
+        step = loop.backend.step
+
+        def timed_step() -> bool:
+            stepped = step()
+            if stepped:
+                self.now += per_step
+            return stepped
+
+        loop.backend.step = timed_step
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_time_checkpoints_at_the_expected_steps(tiny_encoder_dir: Path) -> None:
+    """25 s per step, a checkpoint every minute: steps 3, 6, ...; a step-triggered one
+    (every 4) restarts the count; the end always checkpoints."""
+    config = TrainingConfig(epochs=1, batch_size=16, learning_rate=1e-3, eval_every=0)
+    steps: list[int] = []
+    hooks = LoopHooks(on_checkpoint=lambda state: steps.append(state.step),
+                      checkpoint_minutes=1.0)
+    loop = make_loop(tiny_encoder_dir, config, hooks=hooks)
+    hooks.clock = StepClock(loop, 25.0)
+    state = loop.run(seed=0)
+    assert state.step == loop.total_steps == 10
+    assert steps == [3, 6, 9, 10]
+
+    steps.clear()
+    hooks = LoopHooks(on_checkpoint=lambda state: steps.append(state.step),
+                      checkpoint_minutes=1.0, checkpoint_every=4)
+    loop = make_loop(tiny_encoder_dir, config, hooks=hooks)
+    hooks.clock = StepClock(loop, 25.0)
+    loop.run(seed=0)
+    # 3 (time), 4 (every), 7 (75 s after step 4), 8 (every), 10 (end)
+    assert steps == [3, 4, 7, 8, 10]
+
+    # Off (0), or an evaluation that saves a checkpoint restarts the count.
+    steps.clear()
+    config = TrainingConfig(epochs=1, batch_size=16, learning_rate=1e-3, eval_every=2)
+    hooks = LoopHooks(on_checkpoint=lambda state: steps.append(state.step),
+                      checkpoint_minutes=1.0, eval_checkpoints=True)
+    loop = make_loop(tiny_encoder_dir, config, hooks=hooks)
+    hooks.clock = StepClock(loop, 25.0)
+    loop.run(seed=0)
+    assert steps == [10]
+    steps.clear()
+    hooks = LoopHooks(on_checkpoint=lambda state: steps.append(state.step))
+    loop = make_loop(tiny_encoder_dir, config, hooks=hooks)
+    loop.run(seed=0)
+    assert steps == [10]
+
+
+def test_resume_from_a_time_checkpoint_matches_uninterrupted_run(tiny_encoder_dir: Path
+                                                                 ) -> None:
+    """A checkpoint taken by the clock (step 3 of 10, mid-epoch) resumes exactly."""
+    config = TrainingConfig(epochs=2, batch_size=16, learning_rate=1e-3, dropout=0.1,
+                            eval_every=4)
+    full = make_loop(tiny_encoder_dir, config)
+    full.run(seed=1)
+
+    saved: dict = {}
+
+    def checkpoint(state: LoopState) -> None:
+        if not saved:
+            saved.update(state=copy.deepcopy(state.to_json()), rng=capture_rng(),
+                         backend=copy.deepcopy(first.backend.state_dict()))
+
+    hooks = LoopHooks(on_checkpoint=checkpoint, checkpoint_minutes=0.5)
+    first = make_loop(tiny_encoder_dir, config, hooks=hooks)
+    hooks.clock = StepClock(first, 11.0)
+    first.run(seed=1)
+    assert saved["state"]["step"] == 3 and saved["state"]["position"] == 3
+    resumed = make_loop(tiny_encoder_dir, config)
+    resumed.backend.load_state_dict(saved["backend"])
+    state = resumed.run(LoopState.from_json(saved["state"]), rng=saved["rng"])
+    assert state.step == full.total_steps
+    for key, value in weights(full).items():
+        assert torch.allclose(value, weights(resumed)[key], atol=1e-6), key
