@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import gc
 import itertools
 from pathlib import Path
 
@@ -252,10 +253,7 @@ def _data_parallel_rank(rank: int, encoder_dir: str, init_file: str, out: str,
 
     from mtkd.training.backend import DataParallelBackend, from_rank0
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                            world_size=2, timeout=datetime.timedelta(seconds=60))
-    try:
+    def train_and_save() -> None:
         model = build_mtdnn(Path(encoder_dir), list(SPECS.values()), dropout=0.0, seed=0)
         backend = DataParallelBackend(TorchBackend(model, DP_CONFIG, total_steps=4))
         start = 0 if rank == 0 else split[0]
@@ -266,6 +264,17 @@ def _data_parallel_rank(rank: int, encoder_dir: str, init_file: str, out: str,
         agreed = from_rank0(float(rank + 1), backend.device)
         torch.save({"grads": grads, "weights": weights, "agreed": agreed},
                    Path(out) / f"rank{rank}.pt")
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=2, timeout=datetime.timedelta(seconds=60))
+    try:
+        # The DDP reducer must be freed while its process group is still registered: freed
+        # after destroy_process_group(), it destroys the group itself, joining gloo's
+        # threads with the GIL held while one of them waits for the GIL (a deadlock seen
+        # at process exit under load).
+        train_and_save()
+        gc.collect()
     finally:
         dist.destroy_process_group()
 
