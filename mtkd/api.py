@@ -238,7 +238,9 @@ class Student:
         kind = spec.kind
         ranking = kind.head == "ranking"
         if text_pairs is not None:
-            if isinstance(text_pairs, str) or len(text_pairs) != len(texts):
+            if not isinstance(text_pairs, str | bytes) and isinstance(text_pairs, Iterable):
+                text_pairs = list(text_pairs)
+            if isinstance(text_pairs, str | bytes) or len(text_pairs) != len(texts):
                 raise DataError(f"text_pairs must hold one entry per text ({len(texts)}), "
                                 f"got {_describe(text_pairs)}")
             if kind.pair is False and not ranking:
@@ -261,15 +263,15 @@ class Student:
                                    batch_size=batch_size, device=self.device, probs=probs,
                                    autocast_dtype=dtype)
         label = best = None
+        names: tuple[str, ...] = ()
         if ranking:
             best = (values.argmax(axis=1).astype(np.int64) if values.size
                     else np.zeros(len(values), dtype=np.int64))
         elif not kind.is_regression:
-            names = np.array(list(spec.labels) or [str(i) for i in range(values.shape[1])],
-                             dtype=object)
-            label = names[values.argmax(axis=1)] if len(values) else names[:0]
-        return Prediction(task, spec.type, values,
-                          tuple(spec.labels) if label is not None else (), probs, label, best)
+            names = tuple(spec.labels) or tuple(str(i) for i in range(values.shape[1]))
+            column = np.array(names, dtype=object)
+            label = column[values.argmax(axis=1)] if len(values) else column[:0]
+        return Prediction(task, spec.type, values, names, probs, label, best)
 
 
 def _describe(value: Any) -> str:
