@@ -10,7 +10,8 @@
   their encoder (it would fail in every worker, retried until the run gives up).
 
 Used by ``mtkd validate`` (``local_only``: encoders already on this machine — a local
-folder, a cached bundled asset or s3:// copy — are checked; the others are named as not
+folder, a cached bundled asset, s3:// copy or Hugging Face Hub snapshot — are checked;
+a Hub id that is not cached while HF_HUB_OFFLINE=1 is an error; the others are named as not
 checked) and by the pipeline before a run writes anything (every encoder, fetched as the
 stages would fetch it).
 """
@@ -23,7 +24,13 @@ from pathlib import Path
 from mtkd import assets
 from mtkd.config import ExperimentConfig
 from mtkd.errors import ConfigError, MtkdError, Problem
-from mtkd.pretrained import BUNDLED_PREFIX, max_tokens, s3_copy_dir
+from mtkd.pretrained import (
+    BUNDLED_PREFIX,
+    cached_hub_dir,
+    max_tokens,
+    parse_hub_id,
+    s3_copy_dir,
+)
 
 TokenizerGroup = tuple[str, str, list[str]]
 """(tokenizer fingerprint, description, config keys of the encoders using it)."""
@@ -80,8 +87,19 @@ def _local_encoder_dir(path: str) -> Path | None:
     if path.startswith("s3://"):
         local = s3_copy_dir(path)
         return local if (local / "config.json").is_file() else None
+    hub = parse_hub_id(path)
+    if hub is not None:
+        return cached_hub_dir(*hub)
     local = Path(path).expanduser()
     return local if (local / "config.json").is_file() else None
+
+
+def _hub_offline() -> bool:
+    """Whether Hugging Face's offline mode is on (HF_HUB_OFFLINE=1): then an uncached Hub
+    encoder can never be fetched, and ``mtkd validate`` says so instead of deferring."""
+    from huggingface_hub import constants
+
+    return constants.is_offline_mode()
 
 
 def length_problems(config: ExperimentConfig) -> list[Problem]:
@@ -203,9 +221,19 @@ def check_encoders(config: ExperimentConfig, source: str, local_only: bool = Fal
                 problems.append(Problem(key, str(exc), "point it at an encoder folder"))
         if problems:
             raise ConfigError(problems, source)
-    unchecked = [key for key, path in {"encoder.path": config.encoder.path,
-                                       **encoder_keys(config)}.items()
-                 if local_only and _local_encoder_dir(path) is None]
+    unchecked = []
+    for key, path in {"encoder.path": config.encoder.path, **encoder_keys(config)}.items():
+        if not local_only or _local_encoder_dir(path) is not None:
+            continue
+        if parse_hub_id(path) is not None and _hub_offline():
+            try:  # offline and not cached: it cannot be fetched later either
+                resolve_encoder_dir(path)
+            except MtkdError as exc:
+                problems.append(Problem(key, str(exc)))
+                continue
+        unchecked.append(key)
+    if problems:
+        raise ConfigError(problems, source)
     problems = length_problems(config) + depth_problems(config)
     if problems:
         raise ConfigError(problems, source)

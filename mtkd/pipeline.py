@@ -30,6 +30,7 @@ from mtkd.experiment import (
     read_manifest,
     stage_values,
 )
+from mtkd.pretrained import pin_encoders
 from mtkd.storage import Storage
 
 __all__ = ["Stage", "StageContext", "StageOutcome", "experiment_store", "read_manifest",
@@ -139,11 +140,16 @@ def run_pipeline(
     rebuild all its artifacts from scratch (``StageContext.rebuild``). An unselected stage that
     later selected stages read must be current: if its recorded lineage differs from the
     one the config gives now, this raises MtkdError (exit 2) naming it and the fix.
+
+    Hugging Face Hub encoders are first pinned to the commit they resolve to
+    (:func:`mtkd.pretrained.pin_encoders`): every lineage, and the saved config.yaml,
+    records ``org/name@<sha>``, so a moved branch rebuilds what read the old commit.
     """
     all_stages = [s for s in (registered_stages() if stages is None else stages)
                   if s.enabled(config)]
     selected = {s.name for s in select_stages(all_stages, only, from_stage, to_stage)}
     store = experiment_store(config)
+    config = pin_encoders(config)  # Hub ids -> org/name@<commit>: lineages see the commit
     log.info("experiment %s at %s", config.name, store.uri)
     _check_selection(config, store, all_stages, selected)
     if stages is None:  # the real stages read the encoders: tokenizers and positions
@@ -222,6 +228,7 @@ def stale_stages(config: ExperimentConfig, store: Storage,
     """Each enabled stage that would not be skipped now: {name: why} ("not run yet", or
     "stale"). A stage that always runs (prepare) is judged by its config and tokenizer
     only: its data files are re-read whenever it runs."""
+    config = pin_encoders(config)
     status: dict[str, str] = {}
     upstream: list[str] = []
     for stage in [s for s in (registered_stages() if stages is None else stages)

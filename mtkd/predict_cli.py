@@ -282,16 +282,28 @@ def _record(spec: TaskSpec, row: int, uids: list[str | None] | None, value: Any,
 # ------------------------------------------------------------------------ command
 
 
-def _device_and_dtype(args: argparse.Namespace) -> tuple[str, Any]:
+def device_and_precision(device: str | None, precision: str, device_key: str = "--device",
+                         precision_key: str = "--precision") -> tuple[str, Any]:
+    """The device to predict on (None: cuda if torch sees a GPU, else cpu) and the
+    precision resolved there (:func:`mtkd.precision.resolve_here`: ``auto`` is bf16 on
+    CUDA >= 8.0 and CPUs with native bf16, fp16 on CUDA 7.x, else fp32; an impossible one
+    raises PrecisionError). MtkdError for cuda without a GPU. ``*_key`` name the setting
+    in messages (``mtkd predict``'s flags, or the Python API's arguments)."""
     import torch
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda"):
+        raise MtkdError(f"{device_key} {device}: unknown device (fix: use cpu or cuda)")
     if device == "cuda" and not torch.cuda.is_available():
-        raise MtkdError("--device cuda: no CUDA GPU is available to torch (fix: use --device "
-                        "cpu, or install the CUDA build of torch)")
+        raise MtkdError(f"{device_key} cuda: no CUDA GPU is available to torch (fix: use "
+                        f"{device_key} cpu, or install the CUDA build of torch)")
     from mtkd.precision import resolve_here
 
-    resolved = resolve_here(args.precision, device, "--precision")
+    return device, resolve_here(precision, device, precision_key)
+
+
+def _device_and_dtype(args: argparse.Namespace) -> tuple[str, Any]:
+    device, resolved = device_and_precision(args.device, args.precision)
     if resolved.warning:
         print(f"warning: {resolved.warning}", file=sys.stderr)
     elif not getattr(args, "quiet", False):

