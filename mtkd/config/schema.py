@@ -208,6 +208,13 @@ class TaskConfig:
     bad_rows: Literal["error", "skip"] = "error"
     """On a malformed row: stop with an error naming file, row and column, or skip it and
     count it in the summary."""
+    pairwise_origin: bool = False
+    """Ranking tasks only: the task was regrouped from a pairwise one, as MT-DNN ranks
+    QNLI's candidate sentences per question while GLUE labels each (question, sentence)
+    pair. Then pair_accuracy, the published task's accuracy over pairs, is reported beside
+    p@1 and mrr: per query the top-scored candidate counts as the right one and every other
+    candidate as wrong (MT-DNN's ranking evaluation), each pair checked against the data's
+    right candidate. It is not counted in the task's score (the mean of `metrics`)."""
 
     def problems(self, path: str) -> list[Problem]:
         found: list[Problem] = []
@@ -250,6 +257,10 @@ class TaskConfig:
             if metric not in known:
                 found.append(Problem(f"{path}.metrics.{i}", f"unknown metric {metric!r}",
                                      f"use one of {', '.join(known)}"))
+        if self.pairwise_origin and not (self.source == "files" and self.type == "ranking"):
+            found.append(Problem(f"{path}.pairwise_origin", "is for ranking tasks of source "
+                                 "'files' (bundled and GLUE tasks are not ranking tasks)",
+                                 "remove it, or set type: ranking on regrouped files"))
         _at_least(found, f"{path}.max_length", self.max_length, 8)
         _at_least(found, f"{path}.max_train_examples", self.max_train_examples, 1)
         _at_least(found, f"{path}.max_dev_examples", self.max_dev_examples, 1)

@@ -31,8 +31,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     """report.md: metrics table, speed and size, stage times, artifact paths."""
     tasks = report["tasks"]
     lines = [f"# mtkd report: {report['experiment']}", "",
-             "Dev metrics (GLUE scale, 0-100); a task's score is the mean of its metrics, "
-             "the average is the mean over tasks.", "",
+             "Dev metrics (GLUE scale, 0-100); a task's score is the mean of its metrics "
+             "(pair_accuracy, shown for ranking tasks pairwise in origin, is reported beside "
+             "them, not in it), the average is the mean over tasks.", "",
              "| model | " + " | ".join(tasks) + " | average |",
              "|---|" + "---|" * (len(tasks) + 1)]
     for label, row in _rows(report):

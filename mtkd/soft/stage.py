@@ -281,8 +281,8 @@ def _task_targets(config: ExperimentConfig, store: Storage, task: str,
             for name, member_out in zip(outputs, stacked, strict=True):
                 scored["members"][name] = compute_task_metrics(spec, _outputs(member_out,
                                                                               spec), labels)
-            ensemble = targets.score if targets.probs is None else targets.probs
-            scored["ensemble"] = compute_task_metrics(spec, ensemble, labels)
+            scored["ensemble"] = compute_task_metrics(spec, _ensemble_outputs(targets, spec),
+                                                      labels)
     member_scores = [task_score(m) for m in metrics["members"].values()]
     metrics["member_mean"] = float(np.mean(member_scores))
     metrics["ensemble_score"] = task_score(metrics["ensemble"])
@@ -293,6 +293,19 @@ def _outputs(member_out: np.ndarray, spec: Any) -> np.ndarray:
     """One member's [N, K] output block as the metrics expect it ([N] for regression)."""
     return member_out[:, 0] if spec.kind.is_regression else np.where(
         np.isneginf(member_out), np.finfo(np.float32).min / 2, member_out)
+
+
+def _ensemble_outputs(targets: Any, spec: Any) -> np.ndarray:
+    """The ensemble's outputs as the metrics take them: the mean score (regression), the
+    probabilities (classification), or the log-probabilities of the candidates (ranking:
+    the same order as the probabilities, and padded candidates, probability 0, become -inf,
+    which the metrics read as padding, see :data:`mtkd.metrics.PADDING_BELOW`)."""
+    if targets.probs is None:
+        return targets.score
+    if spec.kind.head != "ranking":
+        return targets.probs
+    with np.errstate(divide="ignore"):
+        return np.log(targets.probs)
 
 
 def _write_targets(store: Storage, task: str, split: str, targets: Any,
