@@ -170,6 +170,9 @@ ARTIFACTS: tuple[ArtifactKind, ...] = (
                        "teachers.min_members")),
     ArtifactKind("predictions", "soft", content=("soft_targets.precision",),
                  inputs=("member",)),
+    # the members' and the ensemble's dev/test scores (ensemble.json, targets.json's
+    # metrics): the precision every model is scored at, and the outputs scored
+    ArtifactKind("scores", "soft", content=("report.precision",), inputs=("predictions",)),
     ArtifactKind("soft_targets", "soft",
                  content=("soft_targets.aggregation", "soft_targets.temperature"),
                  inputs=("predictions", "tokenized_task")),

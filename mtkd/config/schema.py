@@ -685,10 +685,13 @@ class ReportConfig:
     speed_examples: int = 256
     """Dev examples timed to compare inference speed of the ensemble and the student."""
     precision: Precision = "auto"
-    """Precision of what the pipeline's driver process evaluates itself, on its CPU: the
-    exported student's dev scores and the report's speed measurement. auto: bf16 where
-    that CPU has native bf16, else fp32; bf16 where it is emulated is warned about; fp16
-    is refused (a CPU)."""
+    """The precision every model is scored at, one per device by the precision rule: the
+    members' and the ensemble's dev/test scores (on the soft-target actors' device; a
+    second pass over dev and test only when soft_targets.precision resolves differently
+    there), the exported students' and baseline's dev/test scores and the report's speed
+    measurement (on the driver's CPU). auto: bf16 where the device has native bf16, else
+    fp32 (fp16 on a CUDA 7.x GPU); bf16 where it is emulated is warned about; an explicit
+    fp16 is refused (the driver's scoring runs on its CPU)."""
     bootstrap_samples: int = 1000
     """Replicates of the paired bootstrap that puts a 95% interval on "student (KD) minus
     baseline" per task and on the average, resampling the dev (and labelled test) examples
