@@ -102,7 +102,8 @@ def _member_rows(store: Storage, tasks: list[str],
     for task in tasks:
         ranking = read_task_spec(store, task).kind.head == "ranking"
         tables, lengths = [], []
-        for split in splits or prepared_splits(store, task):
+        have = prepared_splits(store, task)
+        for split in [s for s in splits if s in have] if splits else have:
             data = read_prepared(store, task, split, tokenization)
             columns = random_access_columns(data, ("uid", "input_ids", "token_type_ids",
                                                    "length"))
