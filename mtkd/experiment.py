@@ -170,6 +170,9 @@ ARTIFACTS: tuple[ArtifactKind, ...] = (
                        "teachers.min_members")),
     ArtifactKind("predictions", "soft", content=("soft_targets.precision",),
                  inputs=("member",)),
+    # the members' and the ensemble's dev/test scores (ensemble.json, targets.json's
+    # metrics): the precision every model is scored at, and the outputs scored
+    ArtifactKind("scores", "soft", content=("report.precision",), inputs=("predictions",)),
     ArtifactKind("soft_targets", "soft",
                  content=("soft_targets.aggregation", "soft_targets.temperature"),
                  inputs=("predictions", "tokenized_task")),
@@ -181,6 +184,19 @@ ARTIFACTS: tuple[ArtifactKind, ...] = (
                  inputs=("member", "soft_targets", "student_run")),
 )
 KINDS = {kind.name: kind for kind in ARTIFACTS}
+
+LATER_KEYS: dict[str, Any] = {"tasks.pairwise_origin": False}
+"""Keys added after lineages were first recorded, with the value every earlier config
+implicitly had: such a key enters a lineage only when set to something else, so artifacts
+built before it existed keep their lineages (and stay reusable). A per-task key counts as
+unset when every task's value is the old one."""
+
+
+def _later_unset(key: str, value: Any) -> bool:
+    if key not in LATER_KEYS:
+        return False
+    old = LATER_KEYS[key]
+    return value == old or (isinstance(value, list) and all(v == old for v in value))
 
 
 def _matches(key: str, prefixes: tuple[str, ...]) -> bool:
@@ -236,7 +252,8 @@ def content_values(kind: str, config: ExperimentConfig, task_index: int | None =
     declared = KINDS[kind]
     index = task_index if declared.per_task else None
     return {key: value for key, value in config_leaves(config, index)
-            if declared.covers(key) and (declared.per_task or not key.startswith("tasks."))}
+            if declared.covers(key) and (declared.per_task or not key.startswith("tasks."))
+            and not _later_unset(key, value)}
 
 
 def lineage(kind: str, config: ExperimentConfig, inputs: Mapping[str, Any] | None = None,
@@ -260,7 +277,8 @@ def stage_values(stage: str, config: ExperimentConfig) -> dict[str, Any]:
     manifest lineage hashes besides the outputs of earlier stages."""
     kinds = [k for k in ARTIFACTS if k.stage == stage]
     return {key: value for key, value in config_leaves(config)
-            if any(k.covers(key) or _matches(key, k.plan) for k in kinds)}
+            if any(k.covers(key) or _matches(key, k.plan) for k in kinds)
+            and not _later_unset(key, value)}
 
 
 # ---------------------------------------------------------------------------------------

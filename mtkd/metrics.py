@@ -14,6 +14,9 @@ scikit-learn and scipy:
 
 A task's score is the mean of its metrics (GLUE style: STS-B counts
 ``(pearson + spearman) / 2``), and an experiment's one number is the mean over tasks.
+A ranking task that is pairwise in origin (``TaskSpec.pairwise_origin``) also reports
+``pair_accuracy`` (:func:`pair_accuracy`), which is left out of the score
+(:data:`UNSCORED`), so the score, model selection and lineages are those of p@1 and mrr.
 """
 
 from __future__ import annotations
@@ -100,6 +103,52 @@ def mean_reciprocal_rank(scores: np.ndarray, labels: np.ndarray) -> float:
     return 100.0 * float(np.mean(1.0 / ranks))
 
 
+PADDING_BELOW = -1e4
+"""A candidate score at or below this (or not finite) is a padded slot, not a candidate.
+Every padding mtkd writes is below it: -inf (members' stacked outputs), float32 min / 2
+(:func:`mtkd.training.evaluate.predict_outputs`), and the ranking head's masked value,
+``finfo(dtype).min / 2`` (-32752 in fp16); a real candidate's score (a logit) is not."""
+
+
+def real_candidates(scores: np.ndarray) -> np.ndarray:
+    """Which slots of candidate ``scores`` ``[N, K]`` hold a real candidate ``[N, K]`` bool
+    (see :data:`PADDING_BELOW`)."""
+    s = np.asarray(scores, dtype=np.float64)
+    return np.isfinite(s) & (s > PADDING_BELOW)
+
+
+def pair_accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Pair accuracy ×100 of a ranking task that is pairwise in origin (QNLI as MT-DNN
+    ranks it): the accuracy over every (query, candidate) pair, the published task's metric.
+
+    ``scores`` ``[N, K]``: candidate scores, padded slots as :data:`PADDING_BELOW` says
+    (queries may have different candidate counts); ``labels`` ``[N]``: the right
+    candidate's index. A pair's gold label is positive iff its candidate is the query's
+    right one (the data gives one right candidate per query). A pair is predicted positive
+    iff its candidate is the query's top-scored real candidate (the first on a tie, as
+    ``np.argmax``), every other pair negative: MT-DNN's ranking evaluation (Liu et al. 2019,
+    "Multi-Task Deep Neural Networks for Natural Language Understanding", sec. 3, the
+    relevance ranking output, and sec. 4, QNLI cast as pairwise ranking; namisan/mt-dnn
+    ``mt_dnn/model.py`` ``predict`` for ``TaskType.Ranking``: softmax over the query's
+    candidates, then ``predict[idx, argmax] = 1`` and 0 for the rest, scored by
+    ``eval_model`` with accuracy against the per-pair ``true_label``s). There is no 0.5
+    threshold: the argmax decides. So a query with K real candidates adds K pairs, all
+    right when its top candidate is right and K - 2 right otherwise."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels).reshape(-1).astype(np.int64)
+    if s.ndim != 2 or s.shape[0] != y.shape[0] or y.size == 0:
+        raise ValueError(f"pair accuracy needs scores [N, K] for N labels, got {s.shape} "
+                         f"and {y.shape}")
+    real = real_candidates(s)
+    rows = np.arange(len(y))
+    if ((y < 0) | (y >= s.shape[1])).any() or not real[rows, y].all():
+        raise ValueError("a label does not index a real candidate of its query")
+    top = np.argmax(np.where(real, s, -np.inf), axis=1)
+    pairs = int(real.sum())
+    wrong = int((top != y).sum())
+    return 100.0 * (pairs - 2 * wrong) / pairs
+
+
 METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "accuracy": accuracy,
     "f1": f1,
@@ -112,6 +161,8 @@ SCORE_METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "mrr": mean_reciprocal_rank,
 }
 """Metrics of the model's scores ``[N, K]`` rather than of its predictions."""
+UNSCORED: tuple[str, ...] = ("pair_accuracy",)
+"""Metrics reported beside a task's own but left out of its score (:func:`task_score`)."""
 
 
 def predictions_from_outputs(spec: TaskSpec, outputs: np.ndarray) -> np.ndarray:
@@ -147,7 +198,8 @@ def labelled(spec: TaskSpec, labels: np.ndarray) -> np.ndarray:
 
 def compute_task_metrics(spec: TaskSpec, outputs: np.ndarray,
                          labels: np.ndarray) -> dict[str, float]:
-    """The task's metrics (``spec.metrics``, else its type's) of ``outputs`` against labels.
+    """The task's metrics (``spec.metrics``, else its type's) of ``outputs`` against labels,
+    plus ``pair_accuracy`` for a ranking task that is pairwise in origin (not scored).
 
     ``outputs`` as for :func:`predictions_from_outputs`; ``labels`` ``[N]``. Unlabelled rows
     (label -1, or NaN for regression) are left out; ValueError if none is labelled.
@@ -173,14 +225,18 @@ def compute_task_metrics(spec: TaskSpec, outputs: np.ndarray,
             result[name] = f1(preds, gold, num_classes=len(spec.labels))
         else:
             result[name] = METRICS[name](preds, gold)
+    if spec.pairwise_origin and spec.kind.head == "ranking":
+        result["pair_accuracy"] = pair_accuracy(np.asarray(outputs)[keep], gold)
     return result
 
 
 def task_score(metrics: Mapping[str, float]) -> float:
-    """A task's score: the mean of its metrics (GLUE style)."""
-    if not metrics:
+    """A task's score: the mean of its metrics (GLUE style), leaving out the
+    :data:`UNSCORED` ones reported beside them (pair_accuracy)."""
+    scored = [v for k, v in metrics.items() if k not in UNSCORED]
+    if not scored:
         raise ValueError("no metrics to average")
-    return float(np.mean(list(metrics.values())))
+    return float(np.mean(scored))
 
 
 def average_score(per_task: Mapping[str, Mapping[str, float]]) -> float:

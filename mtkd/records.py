@@ -136,6 +136,12 @@ class SoftTargetsRecord(Record):
 
     members: list[str] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
+    """Dev (and labelled test) metrics of the members and the ensemble, at the scoring
+    precision; not part of the targets' lineage, which is the training data's."""
+    scoring: dict[str, Any] | None = None
+    """What ``metrics`` were computed from: ``lineage`` (the scores' lineage: the resolved
+    scoring precision, report.precision, and the member outputs scored) and ``precision``
+    (as resolved); None in records written before scores had their own lineage."""
 
 
 @dataclass

@@ -213,6 +213,13 @@ class TaskConfig:
     bad_rows: Literal["error", "skip"] = "error"
     """On a malformed row: stop with an error naming file, row and column, or skip it and
     count it in the summary."""
+    pairwise_origin: bool = False
+    """Ranking tasks only: the task was regrouped from a pairwise one, as MT-DNN ranks
+    QNLI's candidate sentences per question while GLUE labels each (question, sentence)
+    pair. Then pair_accuracy, the published task's accuracy over pairs, is reported beside
+    p@1 and mrr: per query the top-scored candidate counts as the right one and every other
+    candidate as wrong (MT-DNN's ranking evaluation), each pair checked against the data's
+    right candidate. It is not counted in the task's score (the mean of `metrics`)."""
 
     def problems(self, path: str) -> list[Problem]:
         found: list[Problem] = []
@@ -255,6 +262,10 @@ class TaskConfig:
             if metric not in known:
                 found.append(Problem(f"{path}.metrics.{i}", f"unknown metric {metric!r}",
                                      f"use one of {', '.join(known)}"))
+        if self.pairwise_origin and not (self.source == "files" and self.type == "ranking"):
+            found.append(Problem(f"{path}.pairwise_origin", "is for ranking tasks of source "
+                                 "'files' (bundled and GLUE tasks are not ranking tasks)",
+                                 "remove it, or set type: ranking on regrouped files"))
         _at_least(found, f"{path}.max_length", self.max_length, 8)
         _at_least(found, f"{path}.max_train_examples", self.max_train_examples, 1)
         _at_least(found, f"{path}.max_dev_examples", self.max_dev_examples, 1)
@@ -679,10 +690,13 @@ class ReportConfig:
     speed_examples: int = 256
     """Dev examples timed to compare inference speed of the ensemble and the student."""
     precision: Precision = "auto"
-    """Precision of what the pipeline's driver process evaluates itself, on its CPU: the
-    exported student's dev scores and the report's speed measurement. auto: bf16 where
-    that CPU has native bf16, else fp32; bf16 where it is emulated is warned about; fp16
-    is refused (a CPU)."""
+    """The precision every model is scored at, one per device by the precision rule: the
+    members' and the ensemble's dev/test scores (on the soft-target actors' device; a
+    second pass over dev and test only when soft_targets.precision resolves differently
+    there), the exported students' and baseline's dev/test scores and the report's speed
+    measurement (on the driver's CPU). auto: bf16 where the device has native bf16, else
+    fp32 (fp16 on a CUDA 7.x GPU); bf16 where it is emulated is warned about; an explicit
+    fp16 is refused (the driver's scoring runs on its CPU)."""
     bootstrap_samples: int = 1000
     """Replicates of the paired bootstrap that puts a 95% interval on "student (KD) minus
     baseline" per task and on the average, resampling the dev (and labelled test) examples

@@ -127,6 +127,19 @@ def _hardware(store: Storage, manifests: dict[str, Any], runs: dict[str, Student
     return rows
 
 
+def _scoring(store: Storage, runs: dict[str, StudentRecord],
+             resolved: Resolved) -> dict[str, Any]:
+    """The precision every model is scored at (report.precision, resolved per device):
+    members and ensemble where the soft stage's actors ran, students and baseline where
+    they were exported; {"ensemble": resolved or None, "runs": {run: resolved or None},
+    "report": this process's}."""
+    ensemble = (store.read_json(ENSEMBLE_SUMMARY).get("scoring") or {}
+                if store.exists(ENSEMBLE_SUMMARY) else {})
+    return {"ensemble": ensemble.get("precision"),
+            "runs": {name: run.scored_in for name, run in runs.items()},
+            "report": resolved.to_json()}
+
+
 def _selection(store: Storage, runs: dict[str, StudentRecord]) -> list[dict[str, Any]]:
     """How each model's weights were chosen: teacher members keep their best dev
     evaluation; student runs what ``student.keep`` said (recorded with the run)."""
@@ -224,6 +237,7 @@ def collect(store: Storage, speed_examples: int = 256, measure: bool = True,
     report["student_runs"] = {n: {"average": r.average, "seed": r.seed,
                                   "distill": r.distill} for n, r in runs.items()}
     report["hardware"] = _hardware(store, manifests, runs, resolved)
+    report["scoring"] = _scoring(store, runs, resolved)
     report["selection"] = _selection(store, runs)
     for name, run in runs.items():
         report["artifacts"][f"model:{name}"] = run.model

@@ -27,12 +27,31 @@ def _rows(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return rows
 
 
+def _scoring_line(report: dict[str, Any]) -> list[str]:
+    """The one statement of the scoring precision (report.precision, resolved per device)."""
+    scoring = report.get("scoring") or {}
+    seen: dict[str, list[str]] = {}
+    for what, got in [("members and ensemble", scoring.get("ensemble")),
+                      *[(name, got) for name, got in (scoring.get("runs") or {}).items()]]:
+        if got and got.get("precision"):
+            device = (got.get("device") or {}).get("name", "")
+            key = got["precision"] + (f" on {device}" if device else "")
+            seen.setdefault(key, []).append(what)
+    if not seen:
+        return []
+    parts = "; ".join(f"{key}: {', '.join(names)}" for key, names in seen.items())
+    return [f"Every model is scored at report.precision, one precision per device ({parts}).",
+            ""]
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """report.md: metrics table, speed and size, stage times, artifact paths."""
     tasks = report["tasks"]
     lines = [f"# mtkd report: {report['experiment']}", "",
-             "Dev metrics (GLUE scale, 0-100); a task's score is the mean of its metrics, "
-             "the average is the mean over tasks.", "",
+             "Dev metrics (GLUE scale, 0-100); a task's score is the mean of its metrics "
+             "(pair_accuracy, shown for ranking tasks pairwise in origin, is reported beside "
+             "them, not in it), the average is the mean over tasks.", "",
+             *_scoring_line(report),
              "| model | " + " | ".join(tasks) + " | average |",
              "|---|" + "---|" * (len(tasks) + 1)]
     for label, row in _rows(report):

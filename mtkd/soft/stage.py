@@ -39,7 +39,6 @@ from mtkd.experiment import (
     member_record,
     outputs_fingerprint,
     predictions_dir,
-    predictions_record,
     read_manifest,
     reusable,
     soft_targets_file,
@@ -103,7 +102,8 @@ def _member_rows(store: Storage, tasks: list[str],
     for task in tasks:
         ranking = read_task_spec(store, task).kind.head == "ranking"
         tables, lengths = [], []
-        for split in splits or prepared_splits(store, task):
+        have = prepared_splits(store, task)
+        for split in [s for s in splits if s in have] if splits else have:
             data = read_prepared(store, task, split, tokenization)
             columns = random_access_columns(data, ("uid", "input_ids", "token_type_ids",
                                                    "length"))
@@ -127,10 +127,11 @@ def _member_rows(store: Storage, tasks: list[str],
 
 def _infer_member(config: ExperimentConfig, store: Storage, member: MemberRecord,
                   tasks: list[str], label: str = "",
-                  splits: tuple[str, ...] | None = None) -> pa.Table:
+                  splits: tuple[str, ...] | None = None,
+                  precision: tuple[str, str] | None = None) -> pa.Table:
     """Run the member over its tasks' rows (``splits``: default every prepared split) with
     a Ray Data actor pool; a progress line (``label``: which member of how many) at least
-    every 30 s."""
+    every 30 s. ``precision``: (setting, its key), default soft_targets.precision's."""
     import ray
 
     soft = config.soft_targets
@@ -153,8 +154,8 @@ def _infer_member(config: ExperimentConfig, store: Storage, member: MemberRecord
         compute=ray.data.ActorPoolStrategy(size=actors),
         fn_constructor_kwargs={"storage": store.uri,
                                "model_rel": f"{member_dir(member.name)}/model",
-                               "precision": soft.precision,
-                               "precision_key": "soft_targets.precision",
+                               "precision": (precision or (soft.precision,))[0],
+                               "precision_key": (precision or ("", "soft_targets.precision"))[1],
                                "threads": max(1, round(per.cpu)),
                                "use_gpu": on_gpu(request)},
         num_cpus=request["CPU"], num_gpus=request.get("GPU"),
@@ -196,6 +197,34 @@ def predictions_lineage(config: ExperimentConfig, member_lineage: str, precision
                                                      "splits": "train, dev, test"})
 
 
+SCORING_SPLITS = ("dev", "test")
+"""The splits members and the ensemble are scored on (test where labelled)."""
+
+
+def scoring_dir(member: str) -> str:
+    """A member's dev/test outputs at the scoring precision (report.precision), when that
+    differs from the soft-target precision: ``<task>.parquet`` and ``done.json``."""
+    return f"{predictions_dir(member)}/scoring"
+
+
+def scoring_predictions_lineage(config: ExperimentConfig, member_lineage: str,
+                                precision: str) -> str:
+    """A member's dev/test outputs made at the scoring ``precision`` (resolved)."""
+    effective = dataclasses.replace(
+        config, soft_targets=dataclasses.replace(config.soft_targets, precision=precision))
+    return lineage("predictions", effective, inputs={"member": member_lineage,
+                                                     "splits": ", ".join(SCORING_SPLITS)})
+
+
+def scores_lineage(config: ExperimentConfig, precision: str,
+                   predictions: dict[str, str]) -> str:
+    """The member and ensemble scores: the scoring precision (report.precision as
+    resolved) and the lineages of the member outputs they are computed from."""
+    effective = dataclasses.replace(
+        config, report=dataclasses.replace(config.report, precision=precision))
+    return lineage("scores", effective, inputs={"predictions": predictions})
+
+
 def targets_lineage(config: ExperimentConfig, task: str, predictions: dict[str, str],
                     data: str | None) -> str:
     """One task's soft targets: the aggregation settings, the predictions of the members
@@ -204,59 +233,117 @@ def targets_lineage(config: ExperimentConfig, task: str, predictions: dict[str, 
                                                    "task": task})
 
 
-def _preflight(config: ExperimentConfig) -> Resolved | None:
-    """The precision the actors will run in, on the device an actor gets (refused with
-    exit 2 if it cannot run there, warned if it runs badly)."""
+def _preflight(config: ExperimentConfig) -> tuple[Resolved | None, Resolved | None]:
+    """The precisions the actors will run in, on the device an actor gets (refused with
+    exit 2 if one cannot run there, warned if it runs badly): the soft targets'
+    (soft_targets.precision) and the scoring one (report.precision, the precision every
+    model is scored at)."""
     soft = config.soft_targets
-    return stage_precision("soft", "soft_targets.precision", soft.precision,
-                           probe_work_device(config.ray, soft.resources_per_actor.gpu))
+    device = probe_work_device(config.ray, soft.resources_per_actor.gpu)
+    return (stage_precision("soft", "soft_targets.precision", soft.precision, device),
+            stage_precision("soft", "report.precision", config.report.precision, device))
+
+
+def scoring_apart(config: ExperimentConfig, resolved: Resolved | None,
+                  scoring: Resolved | None) -> bool:
+    """Whether members need a pass of their own over dev/test to be scored: the scoring
+    precision differs from the soft targets' (as resolved; as set when the device was not
+    probed). Otherwise the soft pass's dev/test outputs are the scoring outputs."""
+    if resolved is not None and scoring is not None:
+        return resolved.precision != scoring.precision
+    return config.soft_targets.precision != config.report.precision
 
 
 def _predict_members(config: ExperimentConfig, store: Storage,
                      members: list[MemberRecord], tasks: set[str],
-                     resolved: Resolved | None, rebuild: bool = False) -> dict[str, str]:
-    """Predictions of every member not yet done; returns {member: predictions lineage}."""
+                     resolved: Resolved | None, rebuild: bool = False,
+                     scoring: Resolved | None = None, apart: bool = False
+                     ) -> dict[str, str]:
+    """Predictions of every member not yet done; returns {member: predictions lineage}.
+
+    ``apart``: the members' dev/test outputs for scoring are made in a second pass at
+    ``scoring`` (report.precision) into :func:`scoring_dir`; the returned lineages are then
+    those of the scoring outputs under ``"scoring:<member>"`` keys besides the soft ones."""
     precision = resolved.precision if resolved else config.soft_targets.precision
     lineages: dict[str, str] = {}
     for i, member in enumerate(members, 1):
-        name = member.name
-        expected = predictions_lineage(config, member.lineage, precision)
-        lineages[name] = expected
-        if not rebuild and reusable(store, predictions_record(name), expected,
-                                    PredictionsRecord) is not None:
-            log.info("[soft] %d/%d %s: predictions reused", i, len(members), name)
-            continue
-        ensure_ray(config.ray)
-        started = time.time()
-        own = [t for t in member.tasks if t in tasks]
-        store.delete(predictions_record(name))  # an old record never describes new files
-        result = _infer_member(config, store, member, own, f"{i}/{len(members)}")
-        seconds = time.time() - started
-        files = {}
-        for task in own:
-            mask = np.asarray(result["task"].to_pylist()) == task
-            files[f"{task}.parquet"] = _write_parquet(
-                store, f"{predictions_dir(name)}/{task}.parquet",
-                result.filter(pa.array(mask)).drop(["task"]))
-        record = PredictionsRecord(lineage=expected, content=files_fingerprint(files),
-                                   member=member.lineage, tasks=own, rows=len(result),
-                                   seconds=round(seconds, 2),
-                                   precision=resolved.to_json() if resolved else None)
-        store.write_json_atomic(predictions_record(name), record.to_json())
-        log.info("[soft] %d/%d %s: %d examples in %.1f s (%.0f ex/s)", i, len(members), name,
-                 len(result), seconds, len(result) / max(seconds, 1e-9))
+        lineages[member.name] = _predict_one(
+            config, store, member, tasks, f"{i}/{len(members)}", rebuild,
+            predictions_lineage(config, member.lineage, precision), resolved,
+            predictions_dir(member.name), None, None)
+    if not apart:
+        return lineages
+    at = scoring.precision if scoring else config.report.precision
+    for i, member in enumerate(members, 1):
+        lineages[f"scoring:{member.name}"] = _predict_one(
+            config, store, member, tasks, f"{i}/{len(members)} scoring", rebuild,
+            scoring_predictions_lineage(config, member.lineage, at), scoring,
+            scoring_dir(member.name), SCORING_SPLITS,
+            (config.report.precision, "report.precision"))
     return lineages
 
 
+def _predict_one(config: ExperimentConfig, store: Storage, member: MemberRecord,
+                 tasks: set[str], label: str, rebuild: bool, expected: str,
+                 resolved: Resolved | None, folder: str,
+                 splits: tuple[str, ...] | None, precision: tuple[str, str] | None) -> str:
+    """One member's outputs over ``splits`` (None: every prepared one) into ``folder``,
+    unless its record there carries ``expected``; returns ``expected``."""
+    name = member.name
+    record_path = f"{folder}/done.json"
+    if not rebuild and reusable(store, record_path, expected,
+                                PredictionsRecord) is not None:
+        log.info("[soft] %s %s: predictions reused", label, name)
+        return expected
+    ensure_ray(config.ray)
+    started = time.time()
+    own = [t for t in member.tasks if t in tasks]
+    store.delete(record_path)  # an old record never describes new files
+    result = _infer_member(config, store, member, own, label, splits, precision)
+    seconds = time.time() - started
+    files = {}
+    for task in own:
+        mask = np.asarray(result["task"].to_pylist()) == task
+        files[f"{task}.parquet"] = _write_parquet(
+            store, f"{folder}/{task}.parquet",
+            result.filter(pa.array(mask)).drop(["task"]))
+    record = PredictionsRecord(lineage=expected, content=files_fingerprint(files),
+                               member=member.lineage, tasks=own, rows=len(result),
+                               seconds=round(seconds, 2),
+                               precision=resolved.to_json() if resolved else None)
+    store.write_json_atomic(record_path, record.to_json())
+    log.info("[soft] %s %s: %d examples in %.1f s (%.0f ex/s)", label, name,
+             len(result), seconds, len(result) / max(seconds, 1e-9))
+    return expected
+
+
+def _stacked(outputs: dict[str, pa.Table], split: str, uids: Any, task: str) -> np.ndarray:
+    """Every member's outputs of ``split`` as [M, N, K], rows in ``uids`` order."""
+    per_member = []
+    for table in outputs.values():
+        chosen = table.filter(pa.compute.equal(table["split"], split))
+        per_member.append({u: np.asarray(v, dtype=np.float64) for u, v in
+                           zip(chosen["uid"].to_pylist(), chosen["logits"].to_pylist(),
+                               strict=True)})
+    return stack_members(per_member, uids, task)
+
+
 def _task_targets(config: ExperimentConfig, store: Storage, task: str,
-                  members: list[MemberRecord]) -> tuple[dict[str, Any], dict[str, str]]:
+                  members: list[MemberRecord], apart: bool = False
+                  ) -> tuple[dict[str, Any], dict[str, str]]:
     """Aggregate, check and write one task's soft targets (train, dev); returns the dev
     metrics of every member and of the ensemble, and under ``"test"`` the same on the
-    labelled test rows where the task has them; and the files written ({file: sha256})."""
+    labelled test rows where the task has them; and the files written ({file: sha256}).
+
+    The metrics are computed from the members' outputs at the scoring precision: those of
+    the soft pass, or (``apart``) those of the scoring pass in :func:`scoring_dir`, whose
+    ensemble is aggregated the same way as the soft targets."""
     spec = read_task_spec(store, task)
     soft = config.soft_targets
     outputs = {m.name: _read_parquet(store, f"{predictions_dir(m.name)}/{task}.parquet")
                for m in members}
+    scoring = ({m.name: _read_parquet(store, f"{scoring_dir(m.name)}/{task}.parquet")
+                for m in members} if apart else outputs)
     metrics: dict[str, Any] = {"members": {}}
     files: dict[str, str] = {}
     for split in prepared_splits(store, task):
@@ -264,25 +351,24 @@ def _task_targets(config: ExperimentConfig, store: Storage, task: str,
         uids, labels = prepared["uid"], np.asarray(prepared["label"])
         if split == "test" and not labelled(spec, labels).any():
             continue
-        per_member = []
-        for table in outputs.values():
-            chosen = table.filter(pa.compute.equal(table["split"], split))
-            per_member.append({u: np.asarray(v, dtype=np.float64) for u, v in
-                               zip(chosen["uid"].to_pylist(), chosen["logits"].to_pylist(),
-                                   strict=True)})
-        stacked = stack_members(per_member, uids, task)
+        stacked = _stacked(outputs, split, uids, task)
         targets = aggregate(stacked, list(uids), regression=spec.kind.is_regression,
                             method=soft.aggregation, temperature=soft.temperature)
         check_targets(targets, uids, task, split)
         if split in TARGET_SPLITS:
             files[f"{split}.parquet"] = _write_targets(store, task, split, targets, labels)
-        if split in ("dev", "test"):
+        if split in SCORING_SPLITS:
+            if apart:
+                stacked = _stacked(scoring, split, uids, task)
+                targets = aggregate(stacked, list(uids), regression=spec.kind.is_regression,
+                                    method=soft.aggregation, temperature=soft.temperature)
+                check_targets(targets, uids, task, split)
             scored = metrics if split == "dev" else metrics.setdefault("test", {"members": {}})
             for name, member_out in zip(outputs, stacked, strict=True):
                 scored["members"][name] = compute_task_metrics(spec, _outputs(member_out,
                                                                               spec), labels)
-            ensemble = targets.score if targets.probs is None else targets.probs
-            scored["ensemble"] = compute_task_metrics(spec, ensemble, labels)
+            scored["ensemble"] = compute_task_metrics(spec, _ensemble_outputs(targets, spec),
+                                                      labels)
     member_scores = [task_score(m) for m in metrics["members"].values()]
     metrics["member_mean"] = float(np.mean(member_scores))
     metrics["ensemble_score"] = task_score(metrics["ensemble"])
@@ -293,6 +379,19 @@ def _outputs(member_out: np.ndarray, spec: Any) -> np.ndarray:
     """One member's [N, K] output block as the metrics expect it ([N] for regression)."""
     return member_out[:, 0] if spec.kind.is_regression else np.where(
         np.isneginf(member_out), np.finfo(np.float32).min / 2, member_out)
+
+
+def _ensemble_outputs(targets: Any, spec: Any) -> np.ndarray:
+    """The ensemble's outputs as the metrics take them: the mean score (regression), the
+    probabilities (classification), or the log-probabilities of the candidates (ranking:
+    the same order as the probabilities, and padded candidates, probability 0, become -inf,
+    which the metrics read as padding, see :data:`mtkd.metrics.PADDING_BELOW`)."""
+    if targets.probs is None:
+        return targets.score
+    if spec.kind.head != "ranking":
+        return targets.probs
+    with np.errstate(divide="ignore"):
+        return np.log(targets.probs)
 
 
 def _write_targets(store: Storage, task: str, split: str, targets: Any,
@@ -322,11 +421,23 @@ def run_soft(ctx: StageContext) -> dict[str, Any]:
     members = [MemberRecord.from_json(store.read_json(member_record(name)))
                for name in teachers["members"]]
     tasks = {t.name for t in config.tasks if t.teacher}
-    resolved = _preflight(config)
-    predictions = _predict_members(config, store, members, tasks, resolved, ctx.rebuild)
+    resolved, scoring = _preflight(config)
+    apart = scoring_apart(config, resolved, scoring)
+    predictions = _predict_members(config, store, members, tasks, resolved, ctx.rebuild,
+                                   scoring, apart)
     data = task_lineages(store)
+    scored_from = {m.name: predictions[f"scoring:{m.name}" if apart else m.name]
+                   for m in members}
+    # the precision every model is scored at: report.precision, resolved on the actors'
+    # device (as set when that device was not probed)
+    scored_in = (scoring.to_json() if scoring else
+                 {"requested": config.report.precision, "precision": None})
+    scores = scores_lineage(config, scoring.precision if scoring else config.report.precision,
+                            scored_from)
     report: dict[str, Any] = {"tasks": {}, "aggregation": config.soft_targets.aggregation,
-                              "precision": resolved.to_json() if resolved else None}
+                              "precision": resolved.to_json() if resolved else None,
+                              "scoring": {"lineage": scores, "precision": scored_in,
+                                          "separate_pass": apart}}
     lineages: dict[str, str] = {}
     contents: dict[str, str | None] = {}
     for task in sorted(tasks):
@@ -337,9 +448,13 @@ def run_soft(ctx: StageContext) -> dict[str, Any]:
         # Aggregating is cheap and re-checks every member's predictions (a uid missing,
         # a non-finite output), so a running soft stage always does it.
         store.delete(soft_targets_record(task))
-        metrics, files = _task_targets(config, store, task, covering)
-        record = SoftTargetsRecord(lineage=expected, content=files_fingerprint(files),
-                                   members=[m.name for m in covering], metrics=metrics)
+        metrics, files = _task_targets(config, store, task, covering, apart)
+        record = SoftTargetsRecord(
+            lineage=expected, content=files_fingerprint(files),
+            members=[m.name for m in covering], metrics=metrics,
+            scoring={"lineage": scores_lineage(
+                config, scoring.precision if scoring else config.report.precision,
+                {m.name: scored_from[m.name] for m in covering}), "precision": scored_in})
         store.write_json_atomic(soft_targets_record(task), record.to_json())
         contents[task] = record.content
         report["tasks"][task] = info = metrics
@@ -357,7 +472,7 @@ def run_soft(ctx: StageContext) -> dict[str, Any]:
              ensemble[:8], len(members), report["ensemble_average"],
              report["member_mean_average"], store.uri_of(ENSEMBLE_SUMMARY))
     return {"ensemble_average": report["ensemble_average"],
-            "precision": report["precision"],
+            "precision": report["precision"], "scoring": report["scoring"],
             "member_mean_average": report["member_mean_average"],
             "members": report["members"], "lineages": lineages, "contents": contents,
             "output_fingerprint": ensemble,

@@ -35,7 +35,8 @@ def _spec(task: TaskConfig, type_name: str, labels: tuple[str, ...],
           metrics: tuple[str, ...]) -> TaskSpec:
     return TaskSpec(name=task.name, type=type_name, labels=labels,
                     metrics=tuple(task.metrics) if task.metrics else metrics,
-                    max_length=task.max_length, teacher=task.teacher)
+                    max_length=task.max_length, teacher=task.teacher,
+                    pairwise_origin=task.pairwise_origin)
 
 
 def load_task(task: TaskConfig, index: int | None = None,

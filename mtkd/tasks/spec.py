@@ -1,7 +1,8 @@
 """TaskSpec: a task as the model, losses and metrics see it, resolved from the config.
 
 A TaskSpec is what gets saved with a model (``tasks.json``), so it holds only plain
-data: name, type name, label list, metrics, maximum length and whether a teacher exists.
+data: name, type name, label list, metrics, maximum length, whether a teacher exists and
+(ranking) whether the task is pairwise in origin.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ class TaskSpec:
     """Reported dev metrics; the task's score is their mean."""
     max_length: int = 128
     teacher: bool = True
+    pairwise_origin: bool = False
+    """A ranking task regrouped from a pairwise one (QNLI-style: the published task labels
+    each (query, candidate) pair on its own): ``pair_accuracy`` is reported beside its
+    metrics (see :func:`mtkd.metrics.pair_accuracy`), never counted in its score."""
 
     @property
     def kind(self) -> TaskType:
@@ -39,6 +44,8 @@ class TaskSpec:
         data = asdict(self)
         data["labels"] = list(self.labels)
         data["metrics"] = list(self.metrics)
+        if not self.pairwise_origin:  # specs stored before the flag stay byte-identical
+            del data["pairwise_origin"]
         return data
 
     @classmethod
@@ -46,4 +53,5 @@ class TaskSpec:
         return cls(name=data["name"], type=data["type"], labels=tuple(data.get("labels", ())),
                    metrics=tuple(data.get("metrics", ())),
                    max_length=int(data.get("max_length", 128)),
-                   teacher=bool(data.get("teacher", True)))
+                   teacher=bool(data.get("teacher", True)),
+                   pairwise_origin=bool(data.get("pairwise_origin", False)))

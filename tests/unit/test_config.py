@@ -173,6 +173,12 @@ def test_list_and_mapping_types_checked_per_item() -> None:
     (minimal(name="my exp/1"), "name", "not a valid"),
     (minimal(tasks=[]), "tasks", "is empty"),
     (minimal(tasks=[{"name": "mine", "source": "files"}]), "tasks.0.type", "required"),
+    # pair accuracy needs candidates: a pairwise task is already scored over its pairs
+    (minimal(tasks=[{"name": "boolq", "pairwise_origin": True}]), "tasks.0.pairwise_origin",
+     "ranking tasks"),
+    (minimal(tasks=[{"name": "q", "source": "files", "type": "pair_classification",
+                     "files": {"train": "t.csv"}, "labels": [0, 1],
+                     "pairwise_origin": True}]), "tasks.0.pairwise_origin", "type: ranking"),
     (minimal(sampling={"strategy": "capped"}), "sampling.cap", "required"),
     (minimal(teachers={"variation": {"strategy": "list"}}), "teachers.variation.members",
      "empty"),

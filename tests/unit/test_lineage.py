@@ -292,3 +292,18 @@ def test_the_report_lineage_from_its_own_settings_equals_the_declared_one() -> N
     assert values == content_values("report", config)
     inputs = {"members": {"m000": "x"}}
     assert lineage_of("report", values, inputs) == lineage("report", config, inputs)
+
+
+def test_a_later_key_at_its_old_value_leaves_lineages_as_before() -> None:
+    """tasks[].pairwise_origin came after lineages were recorded: false (every earlier
+    config's value) leaves it out of every lineage and manifest slice, so earlier
+    experiments are reused; true enters its task's tokenized lineage."""
+    from mtkd.experiment import LATER_KEYS, content_values, stage_values
+
+    config = base_config()
+    assert "tasks.pairwise_origin" in LATER_KEYS
+    assert "tasks.pairwise_origin" not in content_values("tokenized_task", config, 0)
+    assert "tasks.pairwise_origin" not in stage_values("prepare", config)
+    flagged = with_value(config, "tasks.pairwise_origin", True)
+    assert content_values("tokenized_task", flagged, 0)["tasks.pairwise_origin"] is True
+    assert stage_values("prepare", flagged)["tasks.pairwise_origin"][0] is True

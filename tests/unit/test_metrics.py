@@ -298,3 +298,73 @@ def test_ranking_is_scored_per_query_with_p_at_1_and_mrr() -> None:
     # unlabelled queries are left out of both
     got = compute_task_metrics(QNLI, np.vstack([scores, [[0.0, 1.0, 2.0]]]), a(0, 0, 2, -1))
     assert got["mrr"] == pytest.approx(100 * (1 + 1 / 2 + 1 / 3) / 3)
+
+
+# ----------------------------------------------------- pair accuracy (pairwise in origin)
+
+PAIRWISE = TaskSpec(name="qnli_ranked", type="ranking", pairwise_origin=True)
+F32_PAD = np.finfo(np.float32).min / 2
+F16_PAD = float(np.finfo(np.float16).min) / 2  # the ranking head's masked value in fp16
+
+
+@pytest.mark.parametrize(("scores", "gold", "want"), [
+    # one query, 2 candidates, top right: both pairs right
+    ([[2.0, 1.0]], [0], 100.0),
+    # one query, 2 candidates, top wrong: both pairs wrong
+    ([[1.0, 2.0]], [0], 0.0),
+    # 4 candidates, top (index 3) wrong: the right one and the top one wrong, 2 of 4 right
+    ([[0.5, 0.1, 0.2, 0.9]], [0], 50.0),
+    # a tie for the top: the first tied candidate is the prediction (np.argmax, MT-DNN)
+    ([[0.7, 0.7, 0.1]], [0], 100.0),
+    ([[0.7, 0.7, 0.1]], [1], 100 / 3),
+    # unequal candidate counts, padding of every kind mtkd writes: 2 + 3 + 1 + 4 = 10 real
+    # pairs; query 1 (3 candidates) is wrong -> 10 - 2 = 8 right
+    ([[0.9, 0.1, -np.inf, -np.inf],
+      [0.2, 0.8, 0.1, F32_PAD],
+      [0.3, F16_PAD, F16_PAD, F16_PAD],
+      [0.1, 0.2, 0.3, 0.4]], [0, 2, 0, 3], 80.0),
+    # a lone candidate is always right; negative logits are real candidates
+    ([[-5.0, F32_PAD], [-3.0, -2.0]], [0, 0], 100 * (1 + 0) / 3),
+])
+def test_pair_accuracy_by_hand(scores: list, gold: list, want: float) -> None:
+    from mtkd.metrics import pair_accuracy
+
+    assert pair_accuracy(np.array(scores), np.array(gold)) == pytest.approx(want)
+
+
+def test_pair_accuracy_refuses_labels_outside_the_real_candidates() -> None:
+    from mtkd.metrics import pair_accuracy
+
+    with pytest.raises(ValueError, match="real candidate"):
+        pair_accuracy(np.array([[0.2, -np.inf]]), np.array([1]))
+    with pytest.raises(ValueError, match="real candidate"):
+        pair_accuracy(np.array([[0.2, 0.1]]), np.array([2]))
+    with pytest.raises(ValueError, match="scores"):
+        pair_accuracy(np.array([0.2, 0.1]), np.array([0, 1]))
+
+
+def test_pairwise_origin_reports_pair_accuracy_outside_the_score() -> None:
+    """p@1, mrr and pair_accuracy for a pairwise-in-origin ranking task; the score stays
+    the mean of p@1 and mrr; unlabelled queries are left out of all three."""
+    scores = np.array([[0.9, 0.1, -np.inf],   # right 0: top right, 2 pairs right
+                       [0.5, 0.7, 0.1],       # right 0: rank 2, 1 of 3 pairs right
+                       [0.0, 1.0, 2.0]])      # unlabelled
+    got = compute_task_metrics(PAIRWISE, scores, a(0, 0, -1))
+    assert set(got) == {"p@1", "mrr", "pair_accuracy"}
+    assert got["p@1"] == pytest.approx(50.0)
+    assert got["mrr"] == pytest.approx(100 * (1 + 1 / 2) / 2)
+    assert got["pair_accuracy"] == pytest.approx(100 * 3 / 5)
+    assert task_score(got) == pytest.approx((50.0 + 75.0) / 2)
+    assert task_score(got) == task_score(compute_task_metrics(QNLI, scores, a(0, 0, -1)))
+    assert average_score({"q": got}) == pytest.approx(62.5)
+    # a ranking task not pairwise in origin reports no pair accuracy
+    assert "pair_accuracy" not in compute_task_metrics(QNLI, scores, a(0, 0, -1))
+
+
+def test_task_spec_stores_pairwise_origin_only_when_set() -> None:
+    """Specs stored before the flag existed read back as not pairwise, and a spec without
+    the flag writes the same JSON as before."""
+    assert "pairwise_origin" not in QNLI.to_json()
+    assert PAIRWISE.to_json()["pairwise_origin"] is True
+    assert TaskSpec.from_json(PAIRWISE.to_json()) == PAIRWISE
+    assert TaskSpec.from_json(QNLI.to_json()) == QNLI
