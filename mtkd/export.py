@@ -201,10 +201,21 @@ def export_model(model_dir: str | Path, out_dir: str | Path, tasks: list[str] | 
         for task in tasks:
             results.append(_export_task(model, tokenizer, meta, task, tmp / task, onnx,
                                         provenance))
+        _default_permissions(tmp)
         swap_into_place(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return [ExportedTask(r.task, out / r.task, r.onnx, r.max_diff) for r in results]
+
+
+def _default_permissions(root: Path) -> None:
+    """Give every file and folder below ``root`` the mode the user's umask gives new ones
+    (transformers' ``save_pretrained`` writes the weights through a private 0600 temporary
+    file, which a serving container running as another user could not read)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [root, *root.rglob("*")]:
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def _hf_config(model: MTDNN, spec: TaskSpec) -> Any:
@@ -394,6 +405,7 @@ def _provenance(model_dir: Path, source: str, tasks: list[str]) -> dict[str, Any
     experiment folder and describe exactly this content."""
     from mtkd.records import MemberRecord, StudentRecord, TaskRecord, folder_fingerprint
     from mtkd.storage import Storage
+    from mtkd.student.predictions import describes_model
 
     info: dict[str, Any] = {"source": source, "content": folder_fingerprint(model_dir),
                             "record": None, "record_note": None, "data": {}}
@@ -409,7 +421,9 @@ def _provenance(model_dir: Path, source: str, tasks: list[str]) -> dict[str, Any
             except (TypeError, KeyError, ValueError, MtkdError):
                 info["record_note"] = f"{name} next to the model does not parse; not used"
                 break
-            if record.content != info["content"]:
+            own = (describes_model(record.content, record.predictions, info["content"])
+                   if isinstance(record, StudentRecord) else record.content == info["content"])
+            if not own:
                 info["record_note"] = (f"{name} next to the model describes other content "
                                        "(the model folder was changed or replaced); not used")
                 break

@@ -69,7 +69,8 @@ def _positive_int(text: str) -> int:
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of ``mtkd predict`` (stdlib only, so building the parser stays fast)."""
     parser.add_argument("model_dir", metavar="MODEL_DIR",
-                        help="saved model directory (local or s3://), e.g. <run>/student/final")
+                        help="saved model directory (local or s3://), e.g. "
+                             "runs/<experiment>/student/student/final")
     parser.add_argument("--task", required=True, help="which of the model's tasks to predict")
     parser.add_argument("--input", required=True, metavar="FILE",
                         help="CSV, TSV, JSONL or Parquet file (by extension), local or s3://")
@@ -109,7 +110,8 @@ def local_model_dir(uri: str, stack: contextlib.ExitStack) -> Path:
     path = Path(uri.removeprefix("file://")).expanduser()
     if not path.exists():
         raise MtkdError(f"model directory {path} does not exist (fix: point at a directory "
-                        "written by save_mtdnn, e.g. <run>/student/final)")
+                        "written by save_mtdnn, e.g. runs/<experiment>/student/student/"
+                        "final)")
     if not path.is_dir():
         raise MtkdError(f"{path} is a file, not a model directory (fix: give the directory "
                         f"that holds {META_FILE}, encoder/ and heads.safetensors)")
@@ -124,7 +126,8 @@ def model_specs(model_dir: Path, shown: str) -> list[TaskSpec]:
     path = model_dir / META_FILE
     if not path.is_file():
         raise MtkdError(f"{shown} is not a saved model: {META_FILE} is missing (fix: point at "
-                        "a directory written by save_mtdnn, e.g. <run>/student/final)")
+                        "a directory written by save_mtdnn, e.g. "
+                        "runs/<experiment>/student/student/final)")
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
         if meta["format"] == "mtkd.mtdnn" and meta["version"] == 1:

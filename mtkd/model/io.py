@@ -95,7 +95,7 @@ def read_meta(model_dir: str | Path) -> dict[str, Any]:
     path = Path(model_dir) / META_FILE
     if not path.is_file():
         raise MtkdError(f"{path} is missing (fix: point at a directory written by "
-                        "save_mtdnn, e.g. <run>/student/final)")
+                        "save_mtdnn, e.g. runs/<experiment>/student/student/final)")
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:

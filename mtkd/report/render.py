@@ -65,11 +65,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         mean_member = report["ensemble"]["member_mean"]
         lines += ["", f"Ensemble {report['ensemble']['average']:.2f} vs mean member "
                       f"{mean_member:.2f} ({report['ensemble']['average'] - mean_member:+.2f})."]
-    lines += _encoder_lines(report)
     if report.get("student") and report.get("baseline"):
         gain = report["student"]["average"] - report["baseline"]["average"]
-        lines.append(f"Distillation: student {report['student']['average']:.2f} vs baseline "
-                     f"{report['baseline']['average']:.2f} ({gain:+.2f}).")
+        lines += ["", f"Distillation: student {report['student']['average']:.2f} vs "
+                      f"baseline {report['baseline']['average']:.2f} ({gain:+.2f})."]
         dev = (report.get("kd_vs_baseline") or {}).get("dev")
         if dev:
             row = dev["average"]
@@ -77,6 +76,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                          f"interval [{row['low']:+.2f}, {row['high']:+.2f}] over examples and "
                          f"{_seeds(dev['seeds'])}: {row['verdict']}; per task under "
                          "\"KD minus baseline\".")
+    lines += _encoder_lines(report)
     tested = [(label, row["test"]) for label, row in _rows(report)
               if (row.get("test") or {}).get("metrics")]
     if tested:

@@ -71,3 +71,12 @@ def run_content(model_content: str, predictions: Mapping[str, str]) -> str:
     files = {"final/": model_content}
     files.update({predictions_file(split): sha for split, sha in predictions.items()})
     return files_fingerprint(files)
+
+
+def describes_model(record_content: str, predictions: Mapping[str, str],
+                    model_content: str) -> bool:
+    """Whether a student run's record (its ``content`` and ``predictions``) describes the
+    exported model folder whose fingerprint is ``model_content``: the run's content is
+    :func:`run_content` of that folder (records from before predictions were stored: the
+    folder's own fingerprint)."""
+    return record_content in (model_content, run_content(model_content, predictions))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +55,7 @@ def models(tiny_encoder_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     from mtkd.model.io import save_mtdnn
     from mtkd.model.mtdnn import build_mtdnn
     from mtkd.records import StudentRecord, TaskRecord, folder_fingerprint
+    from mtkd.student.predictions import run_content
 
     root = tmp_path_factory.mktemp("export-models")
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_encoder_dir))
@@ -64,7 +66,11 @@ def models(tiny_encoder_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
                   else root / name)
         paths[name] = save_mtdnn(model, tokenizer, folder, extra={"run": {"name": name}})
     exp = root / "exp"
-    record = StudentRecord(lineage="abc123", content=folder_fingerprint(paths["mean"]),
+    # as the student stage writes it: the run's content covers the model folder and the
+    # per-example predictions stored beside it
+    predictions = {"dev": "d" * 64, "test": "e" * 64}
+    record = StudentRecord(lineage="abc123", predictions=predictions,
+                           content=run_content(folder_fingerprint(paths["mean"]), predictions),
                            name="student", seed=0, distill=True,
                            metrics={"sent": {"accuracy": 87.25, "f1": 86.5}},
                            test_metrics={}, average=87.0)
@@ -263,6 +269,11 @@ def test_onnx_matches_torch_and_mtkd(exported: dict[str, Path], models: dict[str
 
 def test_model_card_uses_the_records_and_says_what_is_unknown(exported: dict[str, Path]
                                                               ) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in exported["mean"].rglob("*"):  # the weights too: readable like any new file
+        assert stat.S_IMODE(path.stat().st_mode) == (
+            0o777 if path.is_dir() else 0o666) & ~umask, path
     card = (exported["mean"] / "sent" / "README.md").read_text()
     assert "pipeline_tag: text-classification" in card
     assert "accuracy 87.25, f1 86.50" in card  # from student.json, which matches the model

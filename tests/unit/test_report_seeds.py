@@ -306,3 +306,37 @@ def test_predictions_file_round_trip_and_run_content() -> None:
     assert content == files_fingerprint({"final/": "model",
                                          "predictions/dev.parquet": digest(data)})
     assert content != run_content("model", {})
+
+
+def _blocks_are_separated(markdown: str) -> list[str]:
+    """Markdown structure problems: a table (lines starting with '|') or a heading must have
+    a blank line before and after it, or a sentence would render as a table row."""
+    lines = markdown.splitlines()
+    problems = []
+    for i, line in enumerate(lines):
+        nxt = lines[i + 1] if i + 1 < len(lines) else ""
+        prev = lines[i - 1] if i else ""
+        if line.startswith("|") and nxt and not nxt.startswith("|"):
+            problems.append(f"line {i + 2} follows a table row: {nxt!r}")
+        if line.startswith("|") and prev and not prev.startswith("|"):
+            problems.append(f"line {i + 1} starts a table right after text: {prev!r}")
+        if line.startswith("#") and (nxt or (prev and i)):
+            problems.append(f"heading on line {i + 1} is not set apart by blank lines")
+    return problems
+
+
+@pytest.mark.parametrize("encoders", [False, True])
+def test_report_markdown_blocks_are_set_apart(reported: tuple, encoders: bool) -> None:
+    """Every table and heading of report.md stands alone (the Encoders table once swallowed
+    the 'Distillation:' sentences as table rows)."""
+    from mtkd.report.render import render_markdown
+
+    _, report, markdown = reported
+    if encoders:
+        report = json.loads(json.dumps(report))
+        for row in [*report["members"], report["student"], report["baseline"]]:
+            row["encoder"], row["tokenization"] = "bundled:all-MiniLM-L6-v2", None
+        markdown = render_markdown(report)
+        assert "## Encoders" in markdown
+    assert "Distillation: student" in markdown
+    assert _blocks_are_separated(markdown) == []
