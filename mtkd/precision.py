@@ -260,7 +260,8 @@ def stage_precision(stage: str, key: str, requested: str, device: DeviceInfo | N
         logger.info("[%s] %s: %s, decided on each worker's device", stage, key, requested)
         return None
     resolved = resolve_precision(requested, device, key)
-    logger.info("[%s] precision %s", stage, resolved.describe())
+    logger.info("[%s] %s %s", stage, key, resolved.describe())  # the key: a stage may
+    # resolve two (the student: its training's and report.precision for its scores)
     if resolved.warning:
         logger.warning("[%s] %s", stage, resolved.warning)
     return resolved
