@@ -51,3 +51,18 @@ def tiny_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tiny import make_tiny_bert
 
     return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def model_dir(tiny_encoder_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved MT-DNN (save_mtdnn) on the tiny encoder with the four task kinds of
+    ``tiny.FOUR_TASKS`` (classification, regression, pair classification, ranking)."""
+    from tiny import FOUR_TASKS
+    from transformers import AutoTokenizer
+
+    from mtkd.model.io import save_mtdnn
+    from mtkd.model.mtdnn import build_mtdnn
+
+    model = build_mtdnn(tiny_encoder_dir, FOUR_TASKS, seed=3)
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_encoder_dir))
+    return save_mtdnn(model, tokenizer, tmp_path_factory.mktemp("four-tasks") / "model")

@@ -8,6 +8,15 @@ import datasets
 import numpy as np
 from transformers import BertConfig, BertModel, BertTokenizer
 
+from mtkd.tasks.spec import TaskSpec
+
+FOUR_TASKS = [TaskSpec("sent", "classification", ("neg", "pos"), max_length=32),
+              TaskSpec("sim", "regression", max_length=32),
+              TaskSpec("nli", "pair_classification", ("entail", "neutral", "contra"),
+                       max_length=32),
+              TaskSpec("qa", "ranking", max_length=32)]
+"""One task of each kind, as the saved model of the ``model_dir`` fixture has them."""
+
 WORDS = ["good", "bad", "fine", "awful", "great", "poor", "film", "movie", "plot", "the",
          "a", "is", "was", "very", "not", "what", "who", "where", "when", "why"]
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]

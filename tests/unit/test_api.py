@@ -15,28 +15,11 @@ import yaml
 from tiny import write_task
 
 import mtkd
-from mtkd.tasks.spec import TaskSpec
 
 REPO = Path(__file__).resolve().parents[2]
-SPECS = [TaskSpec("sent", "classification", ("neg", "pos"), max_length=32),
-         TaskSpec("sim", "regression", max_length=32),
-         TaskSpec("nli", "pair_classification", ("entail", "neutral", "contra"), max_length=32),
-         TaskSpec("qa", "ranking", max_length=32)]
 TEXTS = ["good film", "the plot was very bad and the movie was awful", "fine", "not good",
          "a great movie", "poor"]
 PAIRS = ["bad", "good plot", "the film is fine", "awful", "very poor movie", "great"]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tiny_encoder_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import AutoTokenizer
-
-    from mtkd.model.io import save_mtdnn
-    from mtkd.model.mtdnn import build_mtdnn
-
-    model = build_mtdnn(tiny_encoder_dir, SPECS, seed=3)
-    tokenizer = AutoTokenizer.from_pretrained(str(tiny_encoder_dir))
-    return save_mtdnn(model, tokenizer, tmp_path_factory.mktemp("api") / "model")
 
 
 @pytest.fixture(scope="module")

@@ -21,15 +21,10 @@ import pytest
 import torch
 
 from mtkd.precision import resolve_here
-from mtkd.tasks.spec import TaskSpec
 
 REPO = Path(__file__).resolve().parents[2]
 WORDS = ["good", "bad", "fine", "awful", "great", "poor", "film", "movie", "plot", "the", "a",
          "is", "was", "very", "not"]
-SPECS = [TaskSpec("sent", "classification", ("neg", "pos"), max_length=32),
-         TaskSpec("sim", "regression", max_length=32),
-         TaskSpec("nli", "pair_classification", ("entail", "neutral", "contra"), max_length=32),
-         TaskSpec("qa", "ranking", max_length=32)]
 
 
 def sentence(i: int, salt: int) -> str:
@@ -37,18 +32,6 @@ def sentence(i: int, salt: int) -> str:
     reorders the rows)."""
     n = 2 + (i * 7 + salt) % 13
     return " ".join(WORDS[(i * 3 + k * 5 + salt) % len(WORDS)] for k in range(n))
-
-
-@pytest.fixture(scope="module")
-def model_dir(tiny_encoder_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import AutoTokenizer
-
-    from mtkd.model.io import save_mtdnn
-    from mtkd.model.mtdnn import build_mtdnn
-
-    model = build_mtdnn(tiny_encoder_dir, SPECS, seed=3)
-    tokenizer = AutoTokenizer.from_pretrained(str(tiny_encoder_dir))
-    return save_mtdnn(model, tokenizer, tmp_path_factory.mktemp("predict") / "model")
 
 
 @pytest.fixture(scope="module")
