@@ -61,6 +61,27 @@ def build_parser() -> argparse.ArgumentParser:
                           "from scratch (no reuse of finished ones, no resume)")
     run.set_defaults(handler=_cmd_run)
 
+    sweep = sub.add_parser("sweep", help="distil one student per ensemble size; quality and "
+                                         "cost by size",
+                           description="Run CONFIG at each ensemble size in --sizes (size k: "
+                                       "the first k members of one plan): members, their "
+                                       "predictions and the baselines are trained once and "
+                                       "shared; each size gets its own soft targets, KD "
+                                       "students (student.seeds) and report under "
+                                       "<storage_path>/<name>/sweep/size-<k>/, and the sweep "
+                                       "a table and figure (sweep.md, sweep.png). Re-running "
+                                       "the same command resumes.")
+    _add_config_args(sweep)
+    sweep.add_argument("--sizes", required=True, metavar="K,K,...",
+                       help="ensemble sizes, e.g. 1,2,4,8")
+    sweep.add_argument("--cpu-hour-usd", type=float, default=None, metavar="USD",
+                       help="price of one vCPU-hour (default: m5.2xlarge on-demand / 8 = "
+                            "0.048, cluster/README.md)")
+    sweep.add_argument("--gpu-hour-usd", type=float, default=None, metavar="USD",
+                       help="price of one GPU-hour (default: p3.2xlarge V100 on-demand "
+                            "3.06, cluster/README.md)")
+    sweep.set_defaults(handler=_cmd_sweep)
+
     report = sub.add_parser("report", help="re-render the report of a finished experiment",
                             description="Rebuild report.json, report.md and scores.png under "
                                         "EXPERIMENT_PATH/report from what the stages wrote.")
@@ -210,6 +231,27 @@ def _cmd_run(args: argparse.Namespace) -> int:
     outcomes = run_pipeline(config, only=args.only, from_stage=args.from_stage,
                             to_stage=args.to_stage, force=args.force)
     print(run_summary(config, outcomes, "mtkd run"))
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from mtkd.config import load_config
+    from mtkd.experiment import experiment_store
+    from mtkd.sweep import Prices, parse_sizes, run_sweep, sweep_summary
+
+    sizes = parse_sizes(args.sizes)
+    defaults = Prices()
+    for flag, value in (("--cpu-hour-usd", args.cpu_hour_usd),
+                        ("--gpu-hour-usd", args.gpu_hour_usd)):
+        if value is not None and not (value >= 0 and value < float("inf")):
+            raise MtkdError(f"{flag} {value}: give a price in dollars >= 0")
+    prices = Prices(cpu_hour_usd=defaults.cpu_hour_usd if args.cpu_hour_usd is None
+                    else args.cpu_hour_usd,
+                    gpu_hour_usd=defaults.gpu_hour_usd if args.gpu_hour_usd is None
+                    else args.gpu_hour_usd)
+    config = load_config(args.config, args.overrides)
+    summary = run_sweep(config, sizes, prices)
+    print(sweep_summary(summary, experiment_store(config, check=False).uri))
     return 0
 
 

@@ -116,6 +116,55 @@ REPORT_RECORD = "report/record.json"
 """The report's record, written after report.json, report.md and scores.png."""
 
 
+SWEEP_DIR = "sweep"
+"""An ensemble-size sweep's own outputs (:mod:`mtkd.sweep`): ``sweep.json``, ``sweep.md``,
+``sweep.png``, and one experiment view per size, ``size-<k>/``."""
+
+
+def size_view_dir(size: int) -> str:
+    """Where size ``size`` of a sweep keeps what is its own (manifests, config.yaml, soft
+    targets, ``teachers/ensemble.json``, KD students, report)."""
+    return f"{SWEEP_DIR}/size-{size}"
+
+
+def shared_across_sizes(rel: str) -> bool:
+    """Whether path ``rel`` of a sweep size's view lives in the parent experiment instead:
+    tokenized data, teacher members (with their Tune/Train runs), member predictions, the
+    no-KD baseline runs (they read no soft targets), Ray Train runs and TensorBoard curves
+    (both named after lineages). The files directly in ``teachers/`` (teachers.json,
+    ensemble.json: which members form *this* ensemble) stay the size's own."""
+    parts = rel.split("/")
+    head, second = parts[0], parts[1] if len(parts) > 1 else ""
+    if head in ("data", "tensorboard"):
+        return True
+    if head == "teachers":
+        return bool(second) and not second.startswith(".") and not second.endswith(".json")
+    if head == "soft_targets":
+        return second == "_members"
+    if head == "student":
+        return second == "_train" or second.startswith("baseline")
+    return False
+
+
+def experiment_store(config: ExperimentConfig, *, storage: str | None = None,
+                     check: bool = True) -> Storage:
+    """The experiment's storage: ``<storage_path>/<name>``, or for one size of a sweep
+    (``sweep_view``) the view ``<storage_path>/<name>/sweep/size-<teachers.size>`` that shares
+    :func:`shared_across_sizes` paths with ``<storage_path>/<name>``.
+
+    ``storage``: the absolute uri of storage_path (workers get it: Tune runs trials in
+    their own working directories); ``check``: probe access first (the driver does, once).
+    Raises StorageError when unreachable.
+    """
+    root = Storage.from_uri(storage or config.storage_path)
+    if check:
+        root.check_access()
+    store = root.child(config.name)
+    if config.sweep_view:
+        return store.view(size_view_dir(config.teachers.size), shared_across_sizes)
+    return store
+
+
 # ---------------------------------------------------------------------------------------
 # Which config keys change which artifact.
 # ---------------------------------------------------------------------------------------
@@ -145,7 +194,7 @@ class ArtifactKind:
 
 
 OPERATIONAL: tuple[str, ...] = (
-    "name", "storage_path", "ray",
+    "name", "storage_path", "sweep_view", "ray",
     "teachers.resources_per_member", "teachers.max_concurrent", "teachers.max_failures",
     "teachers.verbose", "teachers.checkpoint_minutes",
     "soft_targets.batch_size", "soft_targets.num_actors", "soft_targets.resources_per_actor",

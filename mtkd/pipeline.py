@@ -26,6 +26,7 @@ from mtkd.experiment import (
     REPORT_DIR,
     Stage,
     StageContext,
+    experiment_store,
     manifest_path,
     read_manifest,
     stage_values,
@@ -113,13 +114,6 @@ def select_stages(stages: list[Stage], only: str | None, from_stage: str | None,
         raise MtkdError(f"--from {from_stage} comes after --to {to_stage} (fix: stages run "
                         f"in the order {', '.join(names)})")
     return stages[first:last + 1]
-
-
-def experiment_store(config: ExperimentConfig) -> Storage:
-    """Storage rooted at ``<storage_path>/<name>``, checked to be reachable."""
-    root = Storage.from_uri(config.storage_path)
-    root.check_access()
-    return root.child(config.name)
 
 
 def run_pipeline(

@@ -22,8 +22,9 @@ import functools
 import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -79,16 +80,33 @@ def _clean(rel: str) -> str:
     return "/".join(parts)
 
 
+def _join(head: str, rel: str) -> str:
+    return f"{head.rstrip('/')}/{rel}" if head and rel else head or rel
+
+
+@dataclass(frozen=True)
+class _Shared:
+    """Where a :meth:`Storage.view` sends its shared paths: ``root`` (the parent's path in
+    the filesystem), ``offset`` (this storage's position below the view's root, for
+    children) and ``rule`` (which view-relative paths are shared)."""
+
+    root: str
+    offset: str
+    rule: Callable[[str], bool]
+
+
 class Storage:
     """A root folder on a local disk or an S3 prefix, with the operations pipelines need."""
 
     def __init__(self, filesystem: pafs.FileSystem, root: str, *, scheme: str,
-                 endpoint: str = "", probe_fs: pafs.FileSystem | None = None) -> None:
+                 endpoint: str = "", probe_fs: pafs.FileSystem | None = None,
+                 shared: _Shared | None = None) -> None:
         self._fs = filesystem
         self._root = root.rstrip("/") if scheme == "s3" else root
         self._scheme = scheme
         self._endpoint = endpoint
         self._probe_fs = probe_fs or filesystem
+        self._shared = shared
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -158,8 +176,13 @@ class Storage:
         return self._root
 
     def full_path(self, rel: str = "") -> str:
-        """Path of ``rel`` inside :attr:`filesystem`."""
+        """Path of ``rel`` inside :attr:`filesystem` (for a :meth:`view`, the shared
+        root's path where its rule says ``rel`` is shared)."""
         rel = _clean(rel)
+        if self._shared is not None:
+            whole = _join(self._shared.offset, rel)
+            if self._shared.rule(whole):
+                return _join(self._shared.root, whole)
         if not rel:
             return self._root
         return f"{self._root.rstrip('/')}/{rel}"
@@ -175,9 +198,34 @@ class Storage:
         return self.full_path(rel) if self._scheme == "file" else None
 
     def child(self, *parts: str) -> Storage:
-        """A view rooted at ``parts`` below this root (same filesystem and settings)."""
-        return Storage(self._fs, self.full_path("/".join(parts)), scheme=self._scheme,
-                       endpoint=self._endpoint, probe_fs=self._probe_fs)
+        """A view rooted at ``parts`` below this root (same filesystem and settings; below
+        a :meth:`view`, the same sharing rule)."""
+        rel = _clean("/".join(parts))
+        shared = self._shared
+        if shared is not None:
+            whole = _join(shared.offset, rel)
+            shared = None if shared.rule(whole) else _Shared(shared.root, whole, shared.rule)
+        return Storage(self._fs, self.full_path(rel), scheme=self._scheme,
+                       endpoint=self._endpoint, probe_fs=self._probe_fs, shared=shared)
+
+    def view(self, sub: str, shares: Callable[[str], bool]) -> Storage:
+        """A storage rooted at ``sub`` below this root that reads and writes every path
+        ``rel`` with ``shares(rel)`` true at this root instead (same filesystem).
+
+        Used for the sizes of an ensemble-size sweep (:mod:`mtkd.sweep`): each size is an
+        experiment of its own under ``sweep/size-<k>/`` whose tokenized data, teacher
+        members and member predictions are the parent experiment's. ``shares`` sees paths
+        relative to the view's root (``data/rte/train.parquet``) and must be a module-level
+        function. :meth:`list` of a folder lists the side the folder itself maps to.
+        """
+        if self._shared is not None:
+            raise StorageError(f"{self.uri} is already a view; views do not nest")
+        sub = _clean(sub)
+        if not sub:
+            raise StorageError("a storage view needs a sub-folder")
+        return Storage(self._fs, self.full_path(sub), scheme=self._scheme,
+                       endpoint=self._endpoint, probe_fs=self._probe_fs,
+                       shared=_Shared(self._root, "", shares))
 
     def __repr__(self) -> str:
         return f"Storage({self.uri!r})"

@@ -755,6 +755,11 @@ class ExperimentConfig:
     never from this file."""
     seed: int = 0
     """Base random seed of the whole experiment."""
+    sweep_view: bool = False
+    """Set by `mtkd sweep` for one size of an ensemble-size sweep (not by hand): the
+    experiment's own results go to <storage_path>/<name>/sweep/size-<teachers.size>/, while
+    tokenized data, teacher members, member predictions and no-KD baselines are shared
+    with <storage_path>/<name>/."""
     ray: RayConfig = field(default_factory=RayConfig)
     """Where the pipeline runs."""
     encoder: EncoderConfig = field(default_factory=EncoderConfig)

@@ -152,8 +152,8 @@ def _infer_member(config: ExperimentConfig, store: Storage, member: MemberRecord
     outputs = dataset.map_batches(
         MemberPredictor, batch_size=soft.batch_size, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=actors),
-        fn_constructor_kwargs={"storage": store.uri,
-                               "model_rel": f"{member_dir(member.name)}/model",
+        fn_constructor_kwargs={"storage": store.uri_of(member_dir(member.name)),
+                               "model_rel": "model",
                                "precision": (precision or (soft.precision,))[0],
                                "precision_key": (precision or ("", "soft_targets.precision"))[1],
                                "threads": max(1, round(per.cpu)),

@@ -26,6 +26,7 @@ import torch
 
 from mtkd.config import ExperimentConfig, config_from_dict
 from mtkd.data.prepared import encoder_tokenization
+from mtkd.experiment import experiment_store
 from mtkd.storage import Storage
 from mtkd.student.deepspeed_backend import DeepSpeedBackend, mixed_precision
 from mtkd.tracking import Tracker
@@ -125,7 +126,7 @@ def student_worker(loop_config: dict[str, Any]) -> None:
     logging.getLogger("mtkd").setLevel(logging.INFO if rank == 0 else logging.WARNING)
     for name in ("ray", "ray.train"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    store = Storage.from_uri(loop_config["storage"]).child(config.name)
+    store = experiment_store(config, storage=loop_config["storage"], check=False)
     run_store = store.child("student", run["name"])
     encoder = student.encoder or config.encoder.path
     # the student's own encoder's tokenization; soft targets join it by uid

@@ -40,6 +40,7 @@ from mtkd.errors import MtkdError
 from mtkd.experiment import (
     TEACHER_TRAIN_RUNS,
     TEACHER_TUNE_RUNS,
+    experiment_store,
     member_dir,
     member_record,
     reusable,
@@ -135,7 +136,7 @@ class MemberJob:
     def from_trial(cls, trial_config: dict[str, Any]) -> MemberJob:
         config = config_from_dict(trial_config["experiment"])
         member = Member.from_json(trial_config["member"])
-        store = Storage.from_uri(trial_config["storage"]).child(config.name)
+        store = experiment_store(config, storage=trial_config["storage"], check=False)
         return cls(config, member, trial_config["lineage"], store,
                    store.child(member_dir(member.name)))
 
