@@ -11,9 +11,13 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from mtkd import __version__
 from mtkd.errors import ConfigError, MtkdError
+
+if TYPE_CHECKING:
+    from mtkd.storage import Storage
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -177,6 +181,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from mtkd.storage import Storage
 
     store = Storage.from_uri(args.experiment)
+    store = _sweep_size_view(store, args.experiment)
     if not store.exists("manifests/prepare.json"):
         raise MtkdError(f"{store.uri} is not an mtkd experiment (no manifests/prepare.json; "
                         "fix: give <storage_path>/<name> of a run)")
@@ -189,6 +194,27 @@ def _cmd_report(args: argparse.Namespace) -> int:
     write_report(store, settings, measure=not args.no_speed)
     print(f"report: {store.uri_of('report/report.md')}")
     return 0
+
+
+def _sweep_size_view(store: Storage, uri: str) -> Storage:
+    """One size of a sweep (``<experiment>/sweep/size-<k>``, its config.yaml has
+    ``sweep_view``) reads members and data from its experiment: the same view the sweep
+    wrote it through. Any other folder is returned as it is."""
+    import yaml
+
+    from mtkd.experiment import CONFIG_FILE, shared_across_sizes, size_view_dir
+
+    if not store.exists(CONFIG_FILE):
+        return store
+    saved = yaml.safe_load(store.read_text(CONFIG_FILE)) or {}
+    if not isinstance(saved, dict) or not saved.get("sweep_view"):
+        return store
+    size = int(saved.get("teachers", {}).get("size", 0))
+    suffix = size_view_dir(size)
+    path = uri.rstrip("/")
+    if not path.endswith(suffix):
+        return store
+    return Storage.from_uri(path[: -len(suffix)]).view(suffix, shared_across_sizes)
 
 
 def _cmd_assets(args: argparse.Namespace) -> int:

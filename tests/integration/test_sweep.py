@@ -129,6 +129,16 @@ def test_sweep_shares_members_and_baselines_and_resumes(tmp_path: Path,
     markdown = store.read_text("sweep/sweep.md")
     assert markdown.count("\n| 1 | ") == 1 and markdown.count("\n| 2 | ") == 1
 
+    # `mtkd report` of one size re-renders it through the same view (members found)
+    size2 = store.child(size_view_dir(2))
+    rendered = size2.read_json("report/report.json")
+    size2.delete("report")
+    assert main(["report", size2.uri, "--no-speed", "--bootstrap-samples", "0"]) == 0
+    again = size2.read_json("report/report.json")
+    assert [m["name"] for m in again["members"]] == ["m000", "m001"]
+    assert again["ensemble"]["average"] == rendered["ensemble"]["average"]
+    capsys.readouterr()
+
     # Second sweep over 2 and 3: only m002 and size 3 are new; size 2 is reused whole.
     before = {m: store.read_bytes(f"teachers/{m}/member.json") for m in members}
     size2_manifests = {s: read_manifest(store.child(size_view_dir(2)), s)
