@@ -234,8 +234,9 @@ def collect(store: Storage, speed_examples: int = 256, measure: bool = True,
     report["student"] = _mean_run([r for r in runs.values() if r.distill])
     report["baseline"] = _mean_run([r for r in runs.values() if not r.distill])
     report["kd_vs_baseline"] = kd_gains(store, runs, bootstrap_samples, bootstrap_seed)
-    report["student_runs"] = {n: {"average": r.average, "seed": r.seed,
-                                  "distill": r.distill} for n, r in runs.items()}
+    report["student_runs"] = {n: {"average": r.average, "test_average": r.test_average,
+                                  "seed": r.seed, "distill": r.distill}
+                              for n, r in runs.items()}
     report["hardware"] = _hardware(store, manifests, runs, resolved)
     report["scoring"] = _scoring(store, runs, resolved)
     report["selection"] = _selection(store, runs)
