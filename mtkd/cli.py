@@ -203,6 +203,7 @@ def _sweep_size_view(store: Storage, uri: str) -> Storage:
     import yaml
 
     from mtkd.experiment import CONFIG_FILE, shared_across_sizes, size_view_dir
+    from mtkd.storage import Storage
 
     if not store.exists(CONFIG_FILE):
         return store
