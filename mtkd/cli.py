@@ -50,6 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
                           help="print the resolved config (secrets redacted)")
     validate.set_defaults(handler=_cmd_validate)
 
+    from mtkd.estimate import add_estimate_arguments  # imports nothing heavy here
+
+    estimate = sub.add_parser("estimate", help="GPU-hours and cost of a config, from its sizes",
+                              description="Compute training examples per task, steps and "
+                                          "GPU-hours of every stage of CONFIG and their "
+                                          "on-demand cost (offline; see mtkd/estimate.py for "
+                                          "the sources of every figure).")
+    _add_config_args(estimate)
+    add_estimate_arguments(estimate)
+    estimate.set_defaults(handler=_cmd_estimate)
+
     run = sub.add_parser("run", help="run the pipeline stages; finished stages are skipped",
                          description="Run the pipeline for CONFIG. Stages whose manifest "
                                      "matches the config are skipped, so re-running the "
@@ -172,6 +183,20 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         print(config_to_yaml(config), end="")
     print(f"OK: {args.config} is a valid experiment config ({len(config.tasks)} task(s), "
           f"{config.teachers.size} teacher member(s), storage {config.storage_path})")
+    return 0
+
+
+def _cmd_estimate(args: argparse.Namespace) -> int:
+    import json
+
+    from mtkd.config import load_config
+    from mtkd.estimate import estimate, parse_examples, render
+
+    config = load_config(args.config, args.overrides)
+    result = estimate(config, examples=parse_examples(args.examples), rate=args.rate,
+                      inference_factor=args.inference_factor, gpus=args.gpus,
+                      instance=args.instance, usd_per_gpu_hour=args.usd_per_gpu_hour)
+    print(json.dumps(result.to_json(), indent=2) if args.json else render(result))
     return 0
 
 

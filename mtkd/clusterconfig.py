@@ -53,6 +53,14 @@ INSTANCE_GPUS: dict[str, tuple[int, str, str]] = {
     "p5.48xlarge": (8, *_H100),
 }
 GPUS_PER_INSTANCE = {name: spec[0] for name, spec in INSTANCE_GPUS.items()}
+ON_DEMAND_USD_PER_HOUR: dict[str, float] = {
+    "m5.2xlarge": 0.384,  # the head node of every aws-*.yaml
+    "p3.2xlarge": 3.06, "p3.8xlarge": 12.24, "p3.16xlarge": 24.48,
+    "g5.xlarge": 1.006,  # a third-party pricing page quoting us-east-1, June 2026
+}
+"""On-demand $/hour, us-east-1, Linux: only the prices cluster/README.md could check (its
+"Prices" table, with sources); the other instance types are not verified and are left
+out, so an estimate for them asks for a price (``mtkd estimate --usd-per-gpu-hour``)."""
 # GPUs before Turing (Volta, Pascal, ...) have no GSP: NVIDIA's open kernel modules cannot
 # drive them, and CUDA 13 / driver branches after R580 dropped them.
 _PRE_TURING = re.compile(r"^(p2|p3|p3dn|g3|g3s)\.", re.IGNORECASE)

@@ -11,6 +11,9 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 from mtkd.config import RayConfig, Resources
 from mtkd.errors import MtkdError
@@ -109,6 +112,15 @@ def tune_resources(request: dict[str, float]) -> dict[str, float]:
     return {key.lower(): value for key, value in request.items()}
 
 
+def task_options(request: dict[str, float]) -> dict[str, Any]:
+    """:func:`ray_resources` as ``ray.remote(...).options`` spells it (num_cpus, num_gpus,
+    memory in bytes)."""
+    options: dict[str, Any] = {"num_cpus": request["CPU"], "num_gpus": request.get("GPU", 0.0)}
+    if "memory" in request:
+        options["memory"] = int(request["memory"])
+    return options
+
+
 def on_gpu(request: dict[str, float]) -> bool:
     """The one device rule: work whose request holds GPUs runs on CUDA."""
     return request.get("GPU", 0.0) > 0
@@ -195,3 +207,88 @@ def ensure_ray(config: RayConfig) -> None:
     dashboard = getattr(context, "dashboard_url", None)
     log.info("Ray %s: %s CPU, %s GPU%s", where, resources.get("CPU", 0), resources.get("GPU", 0),
              f"; dashboard http://{dashboard}" if dashboard and not joining else "")
+
+
+def _where(device: str) -> dict[str, Any]:
+    """Where this process runs: node (IP, or host name outside Ray), Ray node id, the
+    resources Ray assigned to the running task ({} outside a task) and the device."""
+    from mtkd.precision import probe_device
+
+    where: dict[str, Any] = {"node": socket.gethostname(), "node_id": None, "resources": {}}
+    try:
+        import ray
+
+        if ray.is_initialized():
+            context = ray.get_runtime_context()
+            where["node_id"] = context.get_node_id()
+            where["node"] = ray.util.get_node_ip_address()
+            if context.get_task_id() is not None:
+                where["resources"] = {k: float(v) for k, v in
+                                      context.get_assigned_resources().items()}
+    except Exception:  # outside Ray (or an old Ray): the host name is enough
+        pass
+    where["device"] = probe_device(device).describe()
+    return where
+
+
+def _placed(fn: Callable[..., Any], args: tuple, threads: int | None,
+            use_gpu: bool) -> tuple[Any, dict[str, Any]]:
+    """Run ``fn(*args, device=...)`` here: on CUDA when the work asked for a GPU and this
+    node has one (the device rule of every stage), else on the CPU with ``threads`` torch
+    threads (None: leave torch's setting). Returns (fn's result, :func:`_where`)."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+    return fn(*args, device=device), _where(device)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one piece of model work (the student's export and scoring, the report's speed
+    measurement) runs: as one Ray task asking for ``request`` (a :func:`ray_resources`
+    request; Ray picks the node, and on a cluster the autoscaler starts one that fits), or
+    in this process on its CPU when ``ray`` is None (``mtkd report`` on a laptop)."""
+
+    request: dict[str, float] = field(default_factory=lambda: {"CPU": 1.0})
+    """Ray's request, e.g. {"CPU": 4.0, "GPU": 1.0}; torch gets int(CPU) threads there."""
+    ray: RayConfig | None = None
+    """The Ray to run on (:func:`ensure_ray`); None: this process."""
+    stage: str = "report"
+    """The stage named in log lines."""
+
+    @classmethod
+    def student(cls, config: Any, stage: str) -> Placement:
+        """A student worker's resources (student.resources_per_worker, with the GPU that
+        student.use_gpu implies) on the experiment's Ray (``config``: ExperimentConfig)."""
+        return cls(ray_resources(config.student.resources_per_worker,
+                                 gpu=config.student.gpu_per_worker), config.ray, stage)
+
+    def probe(self) -> DeviceInfo | None:
+        """The device the work will get (None: no node took the probe in time)."""
+        if self.ray is None:
+            return _probe(False)
+        return probe_work_device(self.ray, self.request.get("GPU", 0.0))
+
+    def run(self, what: str, fn: Callable[..., Any], *args: Any
+            ) -> tuple[Any, dict[str, Any]]:
+        """``fn(*args, device=...)`` where this placement says; returns (its result, where
+        it ran: node, node_id, resources Ray assigned, device) and logs the latter. ``fn``
+        and ``args`` must pickle (a module-level function, plain values)."""
+        if self.ray is None:
+            result, where = _placed(fn, args, None, False)
+        else:
+            import ray
+
+            ensure_ray(self.ray)
+            threads = max(1, int(self.request["CPU"]))
+            task = ray.remote(_placed).options(**task_options(self.request),
+                                               name=f"mtkd-{self.stage}")
+            result, where = ray.get(task.remote(fn, args, threads, on_gpu(self.request)))
+        log.info("[%s] %s ran on node %s%s, device %s%s", self.stage, what, where["node"],
+                 f" ({where['node_id'][:8]})" if where.get("node_id") else "",
+                 where["device"],
+                 f", Ray resources {where['resources']}" if where["resources"] else
+                 " (this process)")
+        return result, where

@@ -694,9 +694,11 @@ class ReportConfig:
     members' and the ensemble's dev/test scores (on the soft-target actors' device; a
     second pass over dev and test only when soft_targets.precision resolves differently
     there), the exported students' and baseline's dev/test scores and the report's speed
-    measurement (on the driver's CPU). auto: bf16 where the device has native bf16, else
-    fp32 (fp16 on a CUDA 7.x GPU); bf16 where it is emulated is warned about; an explicit
-    fp16 is refused (the driver's scoring runs on its CPU)."""
+    measurement (each in one Ray task with a student worker's resources,
+    student.resources_per_worker and its GPU: on a GPU cluster a GPU, on a laptop a CPU
+    core). auto: bf16 where the device has native bf16, else fp32 (fp16 on a CUDA 7.x
+    GPU); bf16 where it is emulated is warned about; an explicit fp16 is refused (auto
+    picks fp16 where it is the right choice)."""
     bootstrap_samples: int = 1000
     """Replicates of the paired bootstrap that puts a 95% interval on "student (KD) minus
     baseline" per task and on the average, resampling the dev (and labelled test) examples

@@ -30,7 +30,8 @@ from mtkd.experiment import (
 from mtkd.metrics import average_score
 from mtkd.model.mtdnn import num_parameters
 from mtkd.model.remote import load_model_from
-from mtkd.precision import Resolved, probe_device, stage_precision
+from mtkd.precision import Resolved, probe_device, resolve_here, stage_precision
+from mtkd.raycluster import Placement
 from mtkd.records import StudentRecord
 from mtkd.report.gains import kd_gains, seed_spread
 from mtkd.storage import Storage
@@ -76,16 +77,17 @@ def _scored(metrics: dict[str, dict[str, float]]) -> dict[str, Any]:
 
 def measure_speed(store: Storage, model_rels: list[str], examples: int,
                   precision: str = "fp32",
-                  tokenizations: dict[str, str | None] | None = None) -> dict[str, Any]:
+                  tokenizations: dict[str, str | None] | None = None,
+                  device: str = "cpu") -> dict[str, Any]:
     """Examples per second of predicting ``examples`` dev rows of every task with each model
-    in turn (length-sorted batches, this process, CPU, a resolved ``precision``; each model
-    reads its own tokenization, ``tokenizations``: {model rel: fingerprint or None}); returns
-    per-model rates, the rate of all of them together (an ensemble predicts with every
-    member) and parameters."""
+    in turn (length-sorted batches, this process, on ``device``, a resolved ``precision``;
+    each model reads its own tokenization, ``tokenizations``: {model rel: fingerprint or
+    None}); returns per-model rates (examples/s), the rate of all of them together (an
+    ensemble predicts with every member), parameters and the examples timed per task."""
     rates, params, total_seconds, examples_per_task = {}, {}, 0.0, {}
     with tempfile.TemporaryDirectory(prefix="mtkd-report-") as tmp:
         for i, rel in enumerate(model_rels):
-            model, _ = load_model_from(store, rel, Path(tmp) / f"m{i}")
+            model, _ = load_model_from(store, rel, Path(tmp) / f"m{i}", device=device)
             params[rel] = num_parameters(model)
             count, seconds = 0, 0.0
             for task in model.specs:
@@ -93,21 +95,43 @@ def measure_speed(store: Storage, model_rels: list[str], examples: int,
                 split = split.select(range(min(examples, len(split))))
                 spec = read_task_spec(store, task)
                 predict_outputs(model, spec, split.select(range(min(8, len(split)))),
-                                precision=precision)  # warm-up
+                                precision=precision, device=device)  # warm-up
                 started = time.perf_counter()
-                predict_outputs(model, spec, split, precision=precision)
+                # (outputs come back to the CPU: a CUDA pass is finished when this returns)
+                predict_outputs(model, spec, split, precision=precision, device=device)
                 seconds += time.perf_counter() - started
                 count += len(split)
                 examples_per_task[task] = len(split)
             rates[rel] = count / max(seconds, 1e-9)
             total_seconds += seconds
+            del model
     # Together: every distinct example gets a prediction from every model that covers it.
     together = sum(examples_per_task.values()) / max(total_seconds, 1e-9)
-    return {"per_model": rates, "together": together, "params": params}
+    return {"per_model": rates, "together": together, "params": params,
+            "examples": examples_per_task}
+
+
+def measure_models(store: Storage, student: tuple[str, str | None],
+                   members: dict[str, str | None], examples: int, requested: str, *,
+                   device: str = "cpu") -> dict[str, Any]:
+    """The report's speed measurement, run where its :class:`~mtkd.raycluster.Placement`
+    puts it (a Ray task with a student worker's resources): ``requested``
+    (report.precision) resolved on ``device``, then :func:`measure_speed` of the student
+    (``student``: its model rel and tokenization) and of all ``members`` together ({model
+    rel: tokenization}; none: no ensemble timing). Returns {"resolved": Resolved,
+    "student": ..., "ensemble": ... or None}."""
+    resolved = resolve_here(requested, device, "report.precision")
+    rel, tokenization = student
+    return {"resolved": resolved,
+            "student": measure_speed(store, [rel], examples, resolved.precision,
+                                     {rel: tokenization}, device=device),
+            "ensemble": (measure_speed(store, list(members), examples, resolved.precision,
+                                       members, device=device) if members else None)}
 
 
 def _hardware(store: Storage, manifests: dict[str, Any], runs: dict[str, StudentRecord],
-              report_precision: Resolved) -> list[dict[str, Any]]:
+              report_precision: Resolved | None, node: str | None = None
+              ) -> list[dict[str, Any]]:
     """One row per piece of work: stage, what, requested -> resolved precision, device."""
     rows: list[dict[str, Any]] = []
 
@@ -123,21 +147,22 @@ def _hardware(store: Storage, manifests: dict[str, Any], runs: dict[str, Student
     for name, run in runs.items():
         add("student", f"{name} training", run.precision)
         add("student", f"{name} dev scores", run.scored_in)
-    add("report", "inference speed", report_precision.to_json())
+    add("report", "inference speed", report_precision and {
+        **report_precision.to_json(), **({"node": node} if node else {})})
     return rows
 
 
 def _scoring(store: Storage, runs: dict[str, StudentRecord],
-             resolved: Resolved) -> dict[str, Any]:
+             resolved: Resolved | None) -> dict[str, Any]:
     """The precision every model is scored at (report.precision, resolved per device):
     members and ensemble where the soft stage's actors ran, students and baseline where
     they were exported; {"ensemble": resolved or None, "runs": {run: resolved or None},
-    "report": this process's}."""
+    "report": the speed measurement's (None: its device was not probed)}."""
     ensemble = (store.read_json(ENSEMBLE_SUMMARY).get("scoring") or {}
                 if store.exists(ENSEMBLE_SUMMARY) else {})
     return {"ensemble": ensemble.get("precision"),
             "runs": {name: run.scored_in for name, run in runs.items()},
-            "report": resolved.to_json()}
+            "report": resolved.to_json() if resolved else None}
 
 
 def _selection(store: Storage, runs: dict[str, StudentRecord]) -> list[dict[str, Any]]:
@@ -191,12 +216,18 @@ def _lineage(manifests: dict[str, Any], runs: dict[str, StudentRecord]) -> dict[
 
 def collect(store: Storage, speed_examples: int = 256, measure: bool = True,
             precision: str = "auto", bootstrap_samples: int = 1000,
-            bootstrap_seed: int = 0) -> dict[str, Any]:
+            bootstrap_seed: int = 0, placement: Placement | None = None) -> dict[str, Any]:
     """The report's data (see docs/ARCHITECTURE.md for the keys). ``precision``: that of
-    the speed measurement (report.precision), resolved on this process's CPU;
-    ``bootstrap_samples``/``bootstrap_seed``: the KD-minus-baseline intervals (0: none)."""
-    resolved = stage_precision("report", "report.precision", precision, probe_device("cpu"))
-    assert resolved is not None  # probed here
+    the speed measurement (report.precision), resolved on the device it runs on;
+    ``bootstrap_samples``/``bootstrap_seed``: the KD-minus-baseline intervals (0: none);
+    ``placement``: where the speed measurement runs (the pipeline: a Ray task with a
+    student worker's resources; None: this process's CPU)."""
+    placement = placement or Placement()
+    timed = measure and bool((read_manifest(store, "student") or {}).get("runs"))
+    # checked before anything runs (exit 2 for a precision the device cannot run); the
+    # measurement resolves it again where it runs
+    resolved = stage_precision("report", "report.precision", precision,
+                               placement.probe() if timed else probe_device("cpu"))
     manifests = {s: read_manifest(store, s) for s in STAGES}
     prepared = manifests["prepare"] or {}
     report: dict[str, Any] = {"experiment": store.uri, "tasks": sorted(prepared.get("tasks", {})),
@@ -237,31 +268,33 @@ def collect(store: Storage, speed_examples: int = 256, measure: bool = True,
     report["student_runs"] = {n: {"average": r.average, "test_average": r.test_average,
                                   "seed": r.seed, "distill": r.distill}
                               for n, r in runs.items()}
-    report["hardware"] = _hardware(store, manifests, runs, resolved)
+    node = None
+    if measure and (report["student"] or report["baseline"]):
+        student_run = next(n for n, r in runs.items() if r.distill == bool(report["student"]))
+        student_rel = f"{student_dir(student_run)}/final"
+        members = {f"{member_dir(m['name'])}/model": m.get("tokenization")
+                   for m in report["members"]}
+        log.info("[report] timing inference: the student and %d member(s) on up to %d dev "
+                 "examples per task", len(members), speed_examples)
+        speed, where = placement.run(
+            "speed measurement", measure_models, store,
+            (student_rel, runs[student_run].tokenization), members, speed_examples,
+            precision)
+        resolved, node = speed["resolved"], where["node"]
+        row = report["student"] or report["baseline"]
+        row["examples_per_s"] = speed["student"]["together"]
+        if speed["ensemble"]:
+            report["ensemble"]["examples_per_s"] = speed["ensemble"]["together"]
+            report["ensemble"]["params"] = int(sum(speed["ensemble"]["params"].values()))
+            report["speedup"] = speed["student"]["together"] / max(
+                speed["ensemble"]["together"], 1e-9)
+        report["speed_precision"] = resolved.precision
+        report["speed_where"] = where
+    report["hardware"] = _hardware(store, manifests, runs, resolved, node)
     report["scoring"] = _scoring(store, runs, resolved)
     report["selection"] = _selection(store, runs)
     for name, run in runs.items():
         report["artifacts"][f"model:{name}"] = run.model
     for name in (m["name"] for m in report["members"]):
         report["artifacts"][f"model:{name}"] = store.uri_of(f"{member_dir(name)}/model")
-    if measure and (report["student"] or report["baseline"]):
-        student_run = next(n for n, r in runs.items() if r.distill == bool(report["student"]))
-        student_rel = f"{student_dir(student_run)}/final"
-        member_rels = [f"{member_dir(m['name'])}/model" for m in report["members"]]
-        log.info("[report] timing inference: the student and %d member(s) on up to %d dev "
-                 "examples per task", len(member_rels), speed_examples)
-        student_speed = measure_speed(store, [student_rel], speed_examples, resolved.precision,
-                                      {student_rel: runs[student_run].tokenization})
-        row = report["student"] or report["baseline"]
-        row["examples_per_s"] = student_speed["together"]
-        if member_rels:
-            ensemble_speed = measure_speed(
-                store, member_rels, speed_examples, resolved.precision,
-                {f"{member_dir(m['name'])}/model": m.get("tokenization")
-                 for m in report["members"]})
-            report["ensemble"]["examples_per_s"] = ensemble_speed["together"]
-            report["ensemble"]["params"] = int(sum(ensemble_speed["params"].values()))
-            report["speedup"] = student_speed["together"] / max(ensemble_speed["together"],
-                                                                1e-9)
-        report["speed_precision"] = resolved.precision
     return report

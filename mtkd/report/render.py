@@ -104,6 +104,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(f"\nThe student predicts {report['speedup']:.1f}x faster than the "
                      f"ensemble (same dev examples, {report.get('speed_precision', 'fp32')}, "
                      "one process).")
+    where = report.get("speed_where") or {}
+    if where.get("device"):
+        lines.append(f"\nTimed in one process on node {where['node']}, {where['device']}"
+                     + (f" (Ray resources {where['resources']})." if where.get("resources")
+                        else ", outside Ray."))
     if report.get("hardware"):
         lines += ["", "## Hardware and precision", "",
                   "| stage | work | precision | device |", "|---|---|---|---|"]

@@ -9,6 +9,7 @@ from typing import Any
 
 from mtkd.config import ReportConfig
 from mtkd.experiment import REPORT_DIR, REPORT_RECORD, StageContext, lineage_of
+from mtkd.raycluster import Placement
 from mtkd.records import ReportRecord, digest, files_fingerprint
 from mtkd.report.collect import collect
 from mtkd.report.render import render_markdown, render_plot
@@ -18,15 +19,16 @@ log = logging.getLogger("mtkd")
 
 
 def write_report(store: Storage, settings: ReportConfig | None = None,
-                 measure: bool = True) -> dict[str, Any]:
+                 measure: bool = True, placement: Placement | None = None) -> dict[str, Any]:
     """Collect and render the report of the experiment at ``store`` (``settings``:
-    report.*, default values when None; ``measure``: time inference), then write its record
-    (:class:`mtkd.records.ReportRecord`) last."""
+    report.*, default values when None; ``measure``: time inference, where ``placement``
+    says: None, this process), then write its record (:class:`mtkd.records.ReportRecord`)
+    last."""
     settings = settings or ReportConfig()
     report = collect(store, settings.speed_examples, measure=measure,
                      precision=settings.precision,
                      bootstrap_samples=settings.bootstrap_samples,
-                     bootstrap_seed=settings.bootstrap_seed)
+                     bootstrap_seed=settings.bootstrap_seed, placement=placement)
     files: dict[str, bytes] = {}
     if settings.plot:
         files["scores.png"] = render_plot(report)
@@ -48,7 +50,9 @@ def write_report(store: Storage, settings: ReportConfig | None = None,
 
 def run_report(ctx: StageContext) -> dict[str, Any]:
     config = ctx.config
-    report = write_report(ctx.store, config.report)
+    # the speed measurement runs where a student worker would: its resources, on Ray
+    report = write_report(ctx.store, config.report,
+                          placement=Placement.student(config, "report"))
     log.info("[report] %s", ctx.store.uri_of("report/report.md"))
     return {"artifacts": [f"{REPORT_DIR}/{name}" for name in
                           ("report.json", "report.md", "scores.png", "record.json")],

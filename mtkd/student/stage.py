@@ -46,8 +46,8 @@ from mtkd.experiment import (
 )
 from mtkd.model.mtdnn import num_parameters
 from mtkd.model.remote import save_model_to
-from mtkd.precision import Resolved, probe_device, stage_precision
-from mtkd.raycluster import ensure_ray, on_gpu, probe_work_device, ray_resources
+from mtkd.precision import resolve_here, stage_precision
+from mtkd.raycluster import Placement, ensure_ray, on_gpu, probe_work_device, ray_resources
 from mtkd.records import EnsembleRef, StudentRecord, digest
 from mtkd.storage import Storage
 from mtkd.student.deepspeed_backend import CHECKPOINT_TAG
@@ -140,13 +140,25 @@ def _train(ctx: StageContext, run: StudentRun, run_lineage: str) -> Any:
     return trainer.fit()
 
 
-def _export(ctx: StageContext, run: StudentRun, result: Any, scoring: Resolved
-            ) -> dict[str, Any]:
-    """Consolidate the final checkpoint, save the model, evaluate it on dev (in this
-    process, at ``scoring``: report.precision resolved on its CPU)."""
-    config, store = ctx.config, ctx.store
+def _export(ctx: StageContext, run: StudentRun, result: Any) -> dict[str, Any]:
+    """Export and score a finished run where a student worker runs: one Ray task with
+    student.resources_per_worker (and its GPU), placed by Ray (:func:`export_run`)."""
     if result.checkpoint is None:
         raise MtkdError(f"student run {run.name} finished without a checkpoint")
+    exported, _ = Placement.student(ctx.config, "student").run(
+        f"{run.name} export and scoring", export_run, ctx.config, ctx.store, run,
+        result.checkpoint)
+    return exported
+
+
+def export_run(config: ExperimentConfig, store: Storage, run: StudentRun, checkpoint: Any,
+               *, device: str = "cpu") -> dict[str, Any]:
+    """Consolidate the run's final ``checkpoint`` (a Ray Train Checkpoint; or, with
+    student.keep: best, its best step's weights), save the model under
+    ``student/<run>/final``, then score it on dev and test on ``device`` at
+    report.precision resolved there, storing the per-example outputs. Returns the
+    StudentRecord fields it decides."""
+    scoring = resolve_here(config.report.precision, device, "report.precision")
     encoder = config.student.encoder or config.encoder.path
     tokenization = encoder_tokenization(store, encoder)
     data = load_prepared_tasks(store, [t.name for t in config.tasks], tokenization)
@@ -162,7 +174,7 @@ def _export(ctx: StageContext, run: StudentRun, result: Any, scoring: Resolved
         log.info("[student] %s: keeping the weights of step %d of %d (best dev score %.2f; "
                  "student.keep: best)", run.name, best, steps, trained.get("best_score"))
     else:
-        with result.checkpoint.as_directory() as folder:
+        with checkpoint.as_directory() as folder:
             model.load_state_dict(consolidate(Path(folder), config.student.zero_stage))
     selected = {"keep": config.student.keep, "step": best if (
         config.student.keep == "best" and best is not None) else steps, "steps": steps}
@@ -173,12 +185,13 @@ def _export(ctx: StageContext, run: StudentRun, result: Any, scoring: Resolved
     tokenizer = load_tokenizer(resolve_encoder_dir(encoder))
     saved = save_model_to(store.child(student_dir(run.name)), "final", model, tokenizer,
                           extra={"run": dataclasses.asdict(run)})
+    model.to(device)
     metrics = evaluate(model, data.specs, data.dev, precision=scoring.precision,
-                       progress=f"{run.name} dev", keep_outputs=True)
+                       device=device, progress=f"{run.name} dev", keep_outputs=True)
     test = {task: read_prepared(store, task, "test", tokenization) for task in data.specs
             if "test" in prepared_splits(store, task)}
     tested = evaluate(model, data.specs, test, precision=scoring.precision,
-                      progress=f"{run.name} test", keep_outputs=True)
+                      device=device, progress=f"{run.name} test", keep_outputs=True)
     # per-example outputs, for the report's paired bootstrap (written before the record)
     predictions = {}
     for split, scored in (("dev", metrics), ("test", tested)):
@@ -209,7 +222,7 @@ def run_student(ctx: StageContext) -> dict[str, Any]:
     data = task_lineages(store, encoder_tokenization(
         store, config.student.encoder or config.encoder.path))
     summaries: dict[str, StudentRecord] = {}
-    scoring: Resolved | None = None
+    checked = False
     for run in plan_runs(config):
         expected = run_lineage(config, run, data, soft)
         record = (None if ctx.rebuild else
@@ -218,12 +231,14 @@ def run_student(ctx: StageContext) -> dict[str, Any]:
             summaries[run.name] = record
             log.info("[student] %s finished before, reusing %s", run.name, record.model)
             continue
-        if scoring is None:  # before the first run: refused (exit 2) or warned once
+        if not checked:  # before the first run: refused (exit 2) or warned once
+            # the device a student worker gets: it trains there, and the export task with
+            # the same resources scores there (resolving report.precision again)
+            device = probe_work_device(config.ray, config.student.gpu_per_worker)
             stage_precision("student", "student.training.precision",
-                            config.student.training.precision,
-                            probe_work_device(config.ray, config.student.gpu_per_worker))
-            scoring = stage_precision("student", "report.precision", config.report.precision,
-                                      probe_device("cpu"))
+                            config.student.training.precision, device)
+            stage_precision("student", "report.precision", config.report.precision, device)
+            checked = True
         ensure_ray(config.ray)
         store.delete(student_record(run.name))  # an old record never describes a new model
         if ctx.rebuild:  # from step 0: the Ray Train run of this lineage starts afresh
@@ -241,7 +256,7 @@ def run_student(ctx: StageContext) -> dict[str, Any]:
         summary = StudentRecord(lineage=expected, name=run.name, seed=run.seed,
                                 distill=run.distill,
                                 distilled_from=ensemble if run.distill else None,
-                                **_export(ctx, run, result, scoring),
+                                **_export(ctx, run, result),
                                 seconds=round(time.time() - started, 1))
         store.write_json_atomic(student_record(run.name), summary.to_json())
         summaries[run.name] = summary
