@@ -15,6 +15,7 @@ import time
 from mtkd.config import RayConfig, Resources
 from mtkd.errors import MtkdError
 from mtkd.precision import DeviceInfo
+from mtkd.resources import ray_resources, task_options, work_device
 
 log = logging.getLogger("mtkd")
 # Keep Ray's own console output for what matters; its deprecation chatter goes to the log.
@@ -90,36 +91,10 @@ def joins_cluster(config: RayConfig) -> bool:
     return config.address is not None or bool(os.environ.get("RAY_ADDRESS"))
 
 
-def ray_resources(resources: Resources, gpu: float | None = None) -> dict[str, float]:
-    """Ray's request for one unit of work (a member, a soft-target actor, a student
-    worker) in Ray's own resource names: ``CPU``, ``GPU`` (when > 0) and ``memory``
-    (bytes, when ``memory_gb`` is set). ``gpu`` overrides ``resources.gpu``. The work runs
-    on CUDA iff its GPU request is > 0 (:func:`on_gpu`)."""
-    request = {"CPU": float(resources.cpu)}
-    gpus = resources.gpu if gpu is None else gpu
-    if gpus > 0:
-        request["GPU"] = float(gpus)
-    if resources.memory_gb:
-        request["memory"] = float(int(resources.memory_gb * 2**30))
-    return request
-
-
-def tune_resources(request: dict[str, float]) -> dict[str, float]:
-    """:func:`ray_resources` as ``tune.with_resources`` spells it (cpu, gpu, memory)."""
-    return {key.lower(): value for key, value in request.items()}
-
-
-def on_gpu(request: dict[str, float]) -> bool:
-    """The one device rule: work whose request holds GPUs runs on CUDA."""
-    return request.get("GPU", 0.0) > 0
-
-
-def _probe(use_gpu: bool) -> DeviceInfo:
-    import torch
-
+def _probe(request: dict[str, float]) -> DeviceInfo:
     from mtkd.precision import probe_device
 
-    return probe_device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+    return probe_device(work_device(request))
 
 
 PROBE_TIMEOUT_S = 900.0
@@ -127,24 +102,26 @@ PROBE_TIMEOUT_S = 900.0
 start one first)."""
 
 
-def probe_work_device(config: RayConfig, gpu: float, timeout_s: float = PROBE_TIMEOUT_S
-                      ) -> DeviceInfo | None:
-    """The device a unit of work that asks for ``gpu`` GPUs will get.
+def probe_work_device(config: RayConfig, resources: Resources,
+                      timeout_s: float = PROBE_TIMEOUT_S) -> DeviceInfo | None:
+    """The device a unit of work that asks for ``resources`` will get.
 
     A local Ray runs the work on this machine: probed here. On a cluster a small Ray task
     with the same GPU request (and no CPU) probes a node of the kind the work lands on;
     None when no node took it within ``timeout_s`` (the workers then decide alone).
     """
+    request = ray_resources(Resources(cpu=0.0, gpu=resources.gpu))
     if not joins_cluster(config):
-        return _probe(gpu > 0)
+        return _probe(request)
     import ray
 
     ensure_ray(config)
-    ref = ray.remote(_probe).options(num_cpus=0, num_gpus=gpu or 0).remote(gpu > 0)
+    ref = ray.remote(_probe).options(**task_options(request)).remote(request)
     ready, _ = ray.wait([ref], timeout=timeout_s)
     if not ready:
         ray.cancel(ref, force=True)
-        log.warning("no node took the device probe (gpu=%s) within %.0f s", gpu, timeout_s)
+        log.warning("no node took the device probe (gpu=%s) within %.0f s", resources.gpu,
+                    timeout_s)
         return None
     return ray.get(ref)
 
