@@ -119,9 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_arguments(export)
     export.set_defaults(handler=_cmd_export)
 
-    # Ray jobs and cluster configs: submit, status, logs, cluster validate (mtkd/jobs.py
+    # Ray jobs and cluster configs: submit, status, logs, cluster validate (the job client
     # imports only the standard library here; Ray is imported when a command runs).
-    from mtkd.jobs import add_job_commands
+    from mtkd.jobs.client import add_job_commands
 
     add_job_commands(sub)
     return parser
