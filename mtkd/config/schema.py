@@ -679,8 +679,7 @@ class StudentConfig:
         if not self.seeds:
             found.append(Problem(f"{path}.seeds", "is empty", "give at least one seed, e.g. [0]"))
         found += _precision_problems(f"{path}.training.precision", self.training.precision,
-                                     self.worker_resources.gpu > 0,
-                                     f"{path}.use_gpu: true")
+                                     self.worker_resources.gpu > 0, f"{path}.use_gpu: true")
         return found
 
 
