@@ -80,7 +80,7 @@ from common import (
 )
 
 import mtkd.soft.stage as soft_stage
-from mtkd.config import ExperimentConfig, config_from_dict
+from mtkd.config import ExperimentConfig, Resources, config_from_dict
 from mtkd.data.collate import collate
 from mtkd.data.prepared import read_prepared, read_task_spec
 from mtkd.data.tokenize import load_tokenizer
@@ -91,6 +91,7 @@ from mtkd.precision import autocast
 from mtkd.pretrained import resolve_encoder_dir
 from mtkd.raycluster import ensure_ray
 from mtkd.records import MemberRecord
+from mtkd.resources import ray_resources, task_options
 from mtkd.storage import Storage
 from mtkd.training.evaluate import model_inputs
 
@@ -332,6 +333,7 @@ def replica(setup: Setup, *, blocks: int | None = None, batch_size: int | None =
     actors = soft_stage.actor_pool_size(soft, ray.cluster_resources())
     nblocks = blocks or max(1, min(actors * 4, len(rows) // max(size, 1)))
     per = soft.resources_per_actor
+    request = ray_resources(per)
 
     def go() -> tuple[pa.Table, str]:
         dataset = ray.data.from_arrow(rows).repartition(nblocks)
@@ -341,8 +343,8 @@ def replica(setup: Setup, *, blocks: int | None = None, batch_size: int | None =
             fn_constructor_kwargs={"storage": setup.store.uri,
                                    "model_rel": f"teachers/{MEMBER.name}/model",
                                    "precision": soft.precision,
-                                   "threads": max(1, round(per.cpu)), "use_gpu": False},
-            num_cpus=per.cpu)
+                                   "threads": max(1, round(per.cpu)), "request": request},
+            **task_options(request))
         table = pa.concat_tables(ray.get(outputs.to_arrow_refs()))
         return table, outputs.stats()
 
@@ -365,7 +367,8 @@ def import_seconds(concurrent: int) -> list[float]:
 def actor_load_seconds(setup: Setup) -> float:
     """One MemberPredictor constructed in this process: model download from storage + load."""
     _, timing = timed(lambda: soft_stage.MemberPredictor(
-        setup.store.uri, f"teachers/{MEMBER.name}/model", setup.args.precision, 1, False))
+        setup.store.uri, f"teachers/{MEMBER.name}/model", setup.args.precision, 1,
+        ray_resources(Resources(cpu=1))))
     set_threads(setup.args.threads)
     return timing.wall
 

@@ -13,7 +13,7 @@ from pathlib import Path
 # The mtkd next to this script (an uploaded --working-dir) wins over an installed one.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mtkd.jobs import job_main
+from mtkd.jobs.entry import job_main
 
 if __name__ == "__main__":
     sys.exit(job_main(sys.argv[1:], stage_required=True))

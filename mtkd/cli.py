@@ -32,6 +32,18 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
                              "tasks.0.max_length=64")
 
 
+def add_stage_arguments(parser: argparse.ArgumentParser) -> None:
+    """--only / --from / --to / --force: which stages run (``mtkd run``, ``mtkd submit``)."""
+    parser.add_argument("--only", metavar="STAGE", help="run only this stage")
+    parser.add_argument("--from", dest="from_stage", metavar="STAGE",
+                        help="run this stage and the ones after it")
+    parser.add_argument("--to", dest="to_stage", metavar="STAGE",
+                        help="stop after this stage (with --from: an inclusive range)")
+    parser.add_argument("--force", action="store_true",
+                        help="run the selected stages again and rebuild all their artifacts "
+                             "from scratch (no reuse of finished ones, no resume)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mtkd",
@@ -66,14 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "matches the config are skipped, so re-running the "
                                      "same command after a crash resumes.")
     _add_config_args(run)
-    run.add_argument("--only", metavar="STAGE", help="run only this stage")
-    run.add_argument("--from", dest="from_stage", metavar="STAGE",
-                     help="run this stage and the ones after it")
-    run.add_argument("--to", dest="to_stage", metavar="STAGE",
-                     help="stop after this stage (with --from: an inclusive range)")
-    run.add_argument("--force", action="store_true",
-                     help="run the selected stages again and rebuild all their artifacts "
-                          "from scratch (no reuse of finished ones, no resume)")
+    add_stage_arguments(run)
     run.set_defaults(handler=_cmd_run)
 
     sweep = sub.add_parser("sweep", help="distil one student per ensemble size; quality and "
@@ -155,9 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_arguments(export)
     export.set_defaults(handler=_cmd_export)
 
-    # Ray jobs and cluster configs: submit, status, logs, cluster validate (mtkd/jobs.py
+    # Ray jobs and cluster configs: submit, status, logs, cluster validate (the job client
     # imports only the standard library here; Ray is imported when a command runs).
-    from mtkd.jobs import add_job_commands
+    from mtkd.jobs.client import add_job_commands
 
     add_job_commands(sub)
     return parser

@@ -244,7 +244,7 @@ def estimate(config: ExperimentConfig, *, examples: dict[str, int] | None = None
     if student.training.max_steps and s_steps > student.training.max_steps:
         share = student.training.max_steps / s_steps
     s_seconds = seconds(tasks, dims, student.training.epochs) * share * runs
-    s_gpus = float(min(gpus, student.num_workers * max(student.gpu_per_worker, 1.0)))
+    s_gpus = float(min(gpus, student.num_workers * max(student.worker_resources.gpu, 1.0)))
     stages.append(StageCost(
         "student", runs, sum(counts.values()) * student.training.epochs * share * runs,
         math.ceil(min(s_steps, student.training.max_steps or s_steps)) * runs,

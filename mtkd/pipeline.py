@@ -79,9 +79,9 @@ def registered_stages() -> list[Stage]:
     """The pipeline's stages in order (their config slices: mtkd.experiment.ARTIFACTS;
     prepare's also names the other encoders it tokenizes for)."""
     return [
-        Stage("prepare", _lazy("mtkd.stages.prepare:run_prepare"), _prepare_slice,
+        Stage("prepare", _lazy("mtkd.data.stage:run_prepare"), _prepare_slice,
               "load, check and tokenize every task's splits (once per tokenizer)",
-              always_run=True, check=_lazy("mtkd.stages.prepare:check_prepare")),
+              always_run=True, check=_lazy("mtkd.data.stage:check_prepare")),
         Stage.declared("teachers", _lazy("mtkd.teachers.stage:run_teachers"),
                        "train the teacher ensemble with Ray Tune", enabled=_distills),
         Stage.declared("soft", _lazy("mtkd.soft.stage:run_soft"),

@@ -18,6 +18,7 @@ from typing import Any
 from mtkd.config import RayConfig, Resources
 from mtkd.errors import MtkdError
 from mtkd.precision import DeviceInfo
+from mtkd.resources import ray_resources, task_options, work_device
 
 log = logging.getLogger("mtkd")
 # Keep Ray's own console output for what matters; its deprecation chatter goes to the log.
@@ -93,45 +94,10 @@ def joins_cluster(config: RayConfig) -> bool:
     return config.address is not None or bool(os.environ.get("RAY_ADDRESS"))
 
 
-def ray_resources(resources: Resources, gpu: float | None = None) -> dict[str, float]:
-    """Ray's request for one unit of work (a member, a soft-target actor, a student
-    worker) in Ray's own resource names: ``CPU``, ``GPU`` (when > 0) and ``memory``
-    (bytes, when ``memory_gb`` is set). ``gpu`` overrides ``resources.gpu``. The work runs
-    on CUDA iff its GPU request is > 0 (:func:`on_gpu`)."""
-    request = {"CPU": float(resources.cpu)}
-    gpus = resources.gpu if gpu is None else gpu
-    if gpus > 0:
-        request["GPU"] = float(gpus)
-    if resources.memory_gb:
-        request["memory"] = float(int(resources.memory_gb * 2**30))
-    return request
-
-
-def tune_resources(request: dict[str, float]) -> dict[str, float]:
-    """:func:`ray_resources` as ``tune.with_resources`` spells it (cpu, gpu, memory)."""
-    return {key.lower(): value for key, value in request.items()}
-
-
-def task_options(request: dict[str, float]) -> dict[str, Any]:
-    """:func:`ray_resources` as ``ray.remote(...).options`` spells it (num_cpus, num_gpus,
-    memory in bytes)."""
-    options: dict[str, Any] = {"num_cpus": request["CPU"], "num_gpus": request.get("GPU", 0.0)}
-    if "memory" in request:
-        options["memory"] = int(request["memory"])
-    return options
-
-
-def on_gpu(request: dict[str, float]) -> bool:
-    """The one device rule: work whose request holds GPUs runs on CUDA."""
-    return request.get("GPU", 0.0) > 0
-
-
-def _probe(use_gpu: bool) -> DeviceInfo:
-    import torch
-
+def _probe(request: dict[str, float]) -> DeviceInfo:
     from mtkd.precision import probe_device
 
-    return probe_device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+    return probe_device(work_device(request))
 
 
 PROBE_TIMEOUT_S = 900.0
@@ -139,24 +105,26 @@ PROBE_TIMEOUT_S = 900.0
 start one first)."""
 
 
-def probe_work_device(config: RayConfig, gpu: float, timeout_s: float = PROBE_TIMEOUT_S
-                      ) -> DeviceInfo | None:
-    """The device a unit of work that asks for ``gpu`` GPUs will get.
+def probe_work_device(config: RayConfig, resources: Resources,
+                      timeout_s: float = PROBE_TIMEOUT_S) -> DeviceInfo | None:
+    """The device a unit of work that asks for ``resources`` will get.
 
     A local Ray runs the work on this machine: probed here. On a cluster a small Ray task
     with the same GPU request (and no CPU) probes a node of the kind the work lands on;
     None when no node took it within ``timeout_s`` (the workers then decide alone).
     """
+    request = ray_resources(Resources(cpu=0.0, gpu=resources.gpu))
     if not joins_cluster(config):
-        return _probe(gpu > 0)
+        return _probe(request)
     import ray
 
     ensure_ray(config)
-    ref = ray.remote(_probe).options(num_cpus=0, num_gpus=gpu or 0).remote(gpu > 0)
+    ref = ray.remote(_probe).options(**task_options(request)).remote(request)
     ready, _ = ray.wait([ref], timeout=timeout_s)
     if not ready:
         ray.cancel(ref, force=True)
-        log.warning("no node took the device probe (gpu=%s) within %.0f s", gpu, timeout_s)
+        log.warning("no node took the device probe (gpu=%s) within %.0f s", resources.gpu,
+                    timeout_s)
         return None
     return ray.get(ref)
 
@@ -232,15 +200,15 @@ def _where(device: str) -> dict[str, Any]:
 
 
 def _placed(fn: Callable[..., Any], args: tuple, threads: int | None,
-            use_gpu: bool) -> tuple[Any, dict[str, Any]]:
-    """Run ``fn(*args, device=...)`` here: on CUDA when the work asked for a GPU and this
-    node has one (the device rule of every stage), else on the CPU with ``threads`` torch
-    threads (None: leave torch's setting). Returns (fn's result, :func:`_where`)."""
+            request: dict[str, float]) -> tuple[Any, dict[str, Any]]:
+    """Run ``fn(*args, device=...)`` here, on the device ``request`` gets by the one device
+    rule (:func:`mtkd.resources.work_device`), with ``threads`` torch threads on the CPU
+    (None: leave torch's setting). Returns (fn's result, :func:`_where`)."""
     import torch
 
     if threads:
         torch.set_num_threads(threads)
-    device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+    device = work_device(request).type
     return fn(*args, device=device), _where(device)
 
 
@@ -262,14 +230,14 @@ class Placement:
     def student(cls, config: Any, stage: str) -> Placement:
         """A student worker's resources (student.resources_per_worker, with the GPU that
         student.use_gpu implies) on the experiment's Ray (``config``: ExperimentConfig)."""
-        return cls(ray_resources(config.student.resources_per_worker,
-                                 gpu=config.student.gpu_per_worker), config.ray, stage)
+        return cls(ray_resources(config.student.worker_resources), config.ray, stage)
 
     def probe(self) -> DeviceInfo | None:
         """The device the work will get (None: no node took the probe in time)."""
         if self.ray is None:
-            return _probe(False)
-        return probe_work_device(self.ray, self.request.get("GPU", 0.0))
+            return _probe({"CPU": 1.0})
+        return probe_work_device(self.ray, Resources(cpu=0.0,
+                                                     gpu=self.request.get("GPU", 0.0)))
 
     def run(self, what: str, fn: Callable[..., Any], *args: Any
             ) -> tuple[Any, dict[str, Any]]:
@@ -277,7 +245,7 @@ class Placement:
         it ran: node, node_id, resources Ray assigned, device) and logs the latter. ``fn``
         and ``args`` must pickle (a module-level function, plain values)."""
         if self.ray is None:
-            result, where = _placed(fn, args, None, False)
+            result, where = _placed(fn, args, None, {"CPU": 1.0})
         else:
             import ray
 
@@ -285,7 +253,7 @@ class Placement:
             threads = max(1, int(self.request["CPU"]))
             task = ray.remote(_placed).options(**task_options(self.request),
                                                name=f"mtkd-{self.stage}")
-            result, where = ray.get(task.remote(fn, args, threads, on_gpu(self.request)))
+            result, where = ray.get(task.remote(fn, args, threads, self.request))
         log.info("[%s] %s ran on node %s%s, device %s%s", self.stage, what, where["node"],
                  f" ({where['node_id'][:8]})" if where.get("node_id") else "",
                  where["device"],

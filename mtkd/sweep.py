@@ -181,8 +181,7 @@ def size_cost(store: Storage, view: Storage, config: ExperimentConfig, members: 
             hours[kind] += done.seconds * units / 3600
             parts["predictions_hours"] += done.seconds * units / 3600
     student = config.student
-    per_worker = dataclasses.replace(student.resources_per_worker,
-                                     gpu=student.gpu_per_worker)
+    per_worker = student.worker_resources
     for run in _runs(view):
         if run.distill:
             kind, units = _units(per_worker, student.num_workers)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from mtkd.errors import Problem
@@ -659,12 +659,14 @@ class StudentConfig:
         return stage
 
     @property
-    def gpu_per_worker(self) -> float:
-        """GPUs one worker asks for: resources_per_worker.gpu, or 1 with use_gpu when that
-        is 0. The workers run on CUDA iff it is > 0 (the device rule of every stage)."""
-        if self.resources_per_worker.gpu > 0:
-            return self.resources_per_worker.gpu
-        return 1.0 if self.use_gpu else 0.0
+    def worker_resources(self) -> Resources:
+        """What one worker really asks for: resources_per_worker, whose GPUs are 1 with
+        use_gpu when resources_per_worker.gpu is 0. The workers run on CUDA iff its gpu is
+        > 0 (the device rule of every stage, mtkd.resources.on_gpu)."""
+        gpu = self.resources_per_worker.gpu
+        if gpu <= 0:
+            gpu = 1.0 if self.use_gpu else 0.0
+        return replace(self.resources_per_worker, gpu=gpu)
 
     def problems(self, path: str) -> list[Problem]:
         found: list[Problem] = []
@@ -677,7 +679,7 @@ class StudentConfig:
         if not self.seeds:
             found.append(Problem(f"{path}.seeds", "is empty", "give at least one seed, e.g. [0]"))
         found += _precision_problems(f"{path}.training.precision", self.training.precision,
-                                     self.gpu_per_worker > 0, f"{path}.use_gpu: true")
+                                     self.worker_resources.gpu > 0, f"{path}.use_gpu: true")
         return found
 
 

@@ -1,1 +1,3 @@
-"""Training data: the multi-task batch sampler and the collate function."""
+"""Task data: the ``prepare`` stage that writes it (:mod:`mtkd.data.stage`), how later
+stages read it (:mod:`mtkd.data.prepared`, :mod:`mtkd.data.columns`), tokenization, and
+for training the multi-task batch sampler and the collate function."""

@@ -2,10 +2,10 @@
 
 A row is one example of a tokenized split: ``uid`` (str), ``input_ids``,
 ``token_type_ids`` (lists of ints; for ranking a list of such lists, one per candidate),
-``label`` (int, float for regression, candidate index for ranking; optional) and optionally
-``soft_target`` (the teachers' averaged probabilities as a list of floats, or for
-regression their mean score as one float). Sequences are padded only to the longest one in
-the batch, so batches of similar lengths (see :mod:`mtkd.data.sampler`) waste little.
+``label`` (int, float for regression, candidate index for ranking; optional). Sequences
+are padded only to the longest one in the batch, so batches of similar lengths (see
+:mod:`mtkd.data.sampler`) waste little. Soft targets never pass through here: the training
+loop takes them by row index from the task's teacher arrays (:mod:`mtkd.training.data`).
 """
 
 from __future__ import annotations
@@ -50,15 +50,13 @@ def collate(
     * ``attention_mask``: [B, T] int64, 1 on real tokens, 0 on padding;
     * ``labels``: [B] int64, or float32 when ``regression`` (only when every row has a
       non-null ``label``);
-    * ``soft_targets``: [B, C] float32 (C = longest list, shorter ones padded with 0.0), or
-      [B] float32 when the soft targets are single floats (only when rows have them);
     * ``uids``: list[str] of length B.
 
     Ranking rows (``input_ids`` a list of candidate sequences) give, with K = the most
     candidates of any row: ``input_ids``, ``token_type_ids``, ``attention_mask`` of shape
     [B, K, T]; ``candidate_mask`` [B, K] bool, False for padding candidates (whose
     attention mask is all 0: the model must mask their scores out); ``labels`` [B] int64
-    (index of the right candidate); ``soft_targets`` [B, K] float32.
+    (index of the right candidate).
     """
     if not rows:
         raise ValueError("cannot collate an empty batch")
@@ -97,17 +95,5 @@ def collate(
     if all(r.get("label") is not None for r in rows):
         dtype = torch.float32 if regression else torch.int64
         out["labels"] = torch.tensor([r["label"] for r in rows], dtype=dtype)
-    soft = [r.get("soft_target") for r in rows]
-    if any(s is not None for s in soft):
-        if any(s is None for s in soft):
-            raise ValueError("some rows of the batch have a soft_target and some do not")
-        if all(np.ndim(s) == 0 for s in soft):
-            out["soft_targets"] = torch.tensor(soft, dtype=torch.float32)
-        else:
-            width = shape[1] if ranking else max(len(s) for s in soft)
-            dense = np.zeros((b, width), dtype=np.float32)
-            for i, s in enumerate(soft):
-                dense[i, : len(s)] = np.asarray(s, dtype=np.float32)
-            out["soft_targets"] = torch.from_numpy(dense)
     out["uids"] = [str(r["uid"]) for r in rows]
     return out

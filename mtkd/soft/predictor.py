@@ -18,6 +18,7 @@ import torch
 from mtkd.data.collate import collate
 from mtkd.model.remote import load_model_from
 from mtkd.precision import autocast, resolve_here
+from mtkd.resources import work_device
 from mtkd.storage import Storage
 from mtkd.training.evaluate import model_inputs
 
@@ -32,9 +33,10 @@ class MemberPredictor:
     precision rule (``precision_key`` names it in errors)."""
 
     def __init__(self, storage: str, model_rel: str, precision: str, threads: int,
-                 use_gpu: bool, precision_key: str = "soft_targets.precision") -> None:
+                 request: dict[str, float],
+                 precision_key: str = "soft_targets.precision") -> None:
         torch.set_num_threads(max(1, threads))
-        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        self.device = work_device(request)
         self.precision = resolve_here(precision, self.device, precision_key).precision
         self._tmp = tempfile.TemporaryDirectory(prefix="mtkd-member-")
         self.model, _ = load_model_from(Storage.from_uri(storage), model_rel,

@@ -47,7 +47,7 @@ from mtkd.experiment import (
 from mtkd.metrics import average_score, compute_task_metrics, labelled, task_score
 from mtkd.precision import Resolved, stage_precision
 from mtkd.progress import Progress
-from mtkd.raycluster import ensure_ray, on_gpu, probe_work_device, ray_resources
+from mtkd.raycluster import ensure_ray, probe_work_device
 from mtkd.records import (
     MemberRecord,
     PredictionsRecord,
@@ -55,6 +55,7 @@ from mtkd.records import (
     digest,
     files_fingerprint,
 )
+from mtkd.resources import ray_resources, task_options
 from mtkd.soft.aggregate import aggregate, check_targets, stack_members
 from mtkd.soft.predictor import OUTPUT_SCHEMA, MemberPredictor
 from mtkd.storage import Storage
@@ -157,9 +158,8 @@ def _infer_member(config: ExperimentConfig, store: Storage, member: MemberRecord
                                "precision": (precision or (soft.precision,))[0],
                                "precision_key": (precision or ("", "soft_targets.precision"))[1],
                                "threads": max(1, round(per.cpu)),
-                               "use_gpu": on_gpu(request)},
-        num_cpus=request["CPU"], num_gpus=request.get("GPU"),
-        **({"memory": request["memory"]} if "memory" in request else {}))
+                               "request": request},
+        **task_options(request))
     what = " ".join(x for x in ("soft", label, member.name) if x)
     tables, done, progress = [], 0, None
     for block in outputs.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -239,7 +239,7 @@ def _preflight(config: ExperimentConfig) -> tuple[Resolved | None, Resolved | No
     (soft_targets.precision) and the scoring one (report.precision, the precision every
     model is scored at)."""
     soft = config.soft_targets
-    device = probe_work_device(config.ray, soft.resources_per_actor.gpu)
+    device = probe_work_device(config.ray, soft.resources_per_actor)
     return (stage_precision("soft", "soft_targets.precision", soft.precision, device),
             stage_precision("soft", "report.precision", config.report.precision, device))
 

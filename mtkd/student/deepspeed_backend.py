@@ -15,6 +15,7 @@ import torch
 
 from mtkd.config import StudentConfig
 from mtkd.precision import DTYPES, Resolved, resolve_here
+from mtkd.resources import on_gpu, ray_resources
 from mtkd.training.optim import build_adamw, linear_warmup_decay
 
 PRECISION_KEY = "student.training.precision"
@@ -92,7 +93,8 @@ class DeepSpeedBackend:
         training = student.training
         if device is None:
             device = (torch.device(get_accelerator().current_device_name())
-                      if student.gpu_per_worker > 0 else torch.device("cpu"))
+                      if on_gpu(ray_resources(student.worker_resources))
+                      else torch.device("cpu"))
         device = torch.device(device)
         self.resolved = resolved or resolve_here(training.precision, device, PRECISION_KEY)
         self._optimizer = build_adamw(model, training.learning_rate, training.weight_decay)

@@ -47,8 +47,9 @@ from mtkd.experiment import (
 from mtkd.model.mtdnn import num_parameters
 from mtkd.model.remote import save_model_to
 from mtkd.precision import resolve_here, stage_precision
-from mtkd.raycluster import Placement, ensure_ray, on_gpu, probe_work_device, ray_resources
+from mtkd.raycluster import Placement, ensure_ray, probe_work_device
 from mtkd.records import EnsembleRef, StudentRecord, digest
+from mtkd.resources import on_gpu, ray_resources
 from mtkd.storage import Storage
 from mtkd.student.deepspeed_backend import CHECKPOINT_TAG
 from mtkd.student.predictions import predictions_bytes, predictions_file, run_content
@@ -122,7 +123,7 @@ def _train(ctx: StageContext, run: StudentRun, run_lineage: str) -> Any:
     from ray.train.torch import TorchTrainer
 
     config, store, student = ctx.config, ctx.store, ctx.config.student
-    per_worker = ray_resources(student.resources_per_worker, gpu=student.gpu_per_worker)
+    per_worker = ray_resources(student.worker_resources)
     trainer = TorchTrainer(
         student_worker,
         train_loop_config={"experiment": config_to_dict(config, redact=False),
@@ -234,7 +235,7 @@ def run_student(ctx: StageContext) -> dict[str, Any]:
         if not checked:  # before the first run: refused (exit 2) or warned once
             # the device a student worker gets: it trains there, and the export task with
             # the same resources scores there (resolving report.precision again)
-            device = probe_work_device(config.ray, config.student.gpu_per_worker)
+            device = probe_work_device(config.ray, config.student.worker_resources)
             stage_precision("student", "student.training.precision",
                             config.student.training.precision, device)
             stage_precision("student", "report.precision", config.report.precision, device)

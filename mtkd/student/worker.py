@@ -27,6 +27,7 @@ import torch
 from mtkd.config import ExperimentConfig, config_from_dict
 from mtkd.data.prepared import encoder_tokenization
 from mtkd.experiment import experiment_store
+from mtkd.resources import ray_resources, work_device
 from mtkd.storage import Storage
 from mtkd.student.deepspeed_backend import DeepSpeedBackend, mixed_precision
 from mtkd.tracking import Tracker
@@ -139,12 +140,7 @@ def student_worker(loop_config: dict[str, Any]) -> None:
                         seed=run["seed"])
     sampler = make_sampler(data.train, config, training, run["seed"], num_shards=world,
                            shard_index=rank)
-    if student.gpu_per_worker > 0:
-        import ray.train.torch
-
-        device = ray.train.torch.get_device()
-    else:
-        device = torch.device("cpu")
+    device = work_device(ray_resources(student.worker_resources), train_worker=True)
     backend = DeepSpeedBackend(model, student, total_optimizer_steps(training, len(sampler)),
                                world, device=device)
     loop = TrainingLoop(backend, LoopData(data.specs, data.train, data.dev, teachers),

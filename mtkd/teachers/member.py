@@ -47,8 +47,8 @@ from mtkd.experiment import (
 )
 from mtkd.model.mtdnn import keep_tasks
 from mtkd.model.remote import load_model_from, save_model_to
-from mtkd.raycluster import on_gpu, ray_resources
 from mtkd.records import MemberRecord
+from mtkd.resources import on_gpu, ray_resources, work_device
 from mtkd.storage import Storage
 from mtkd.teachers.plan import Member
 from mtkd.tokenizations import member_reads_encoder
@@ -301,7 +301,7 @@ def _train_in_trial(job: MemberJob, started: float, fresh: bool = False) -> Memb
 
     resources = job.config.teachers.resources_per_member
     torch.set_num_threads(max(1, int(resources.cpu)))
-    device = "cuda" if on_gpu(ray_resources(resources)) and torch.cuda.is_available() else "cpu"
+    device = work_device(ray_resources(resources))
     loop = job.build_loop(device)
     checkpoint = tune.get_checkpoint()
     if checkpoint is None and not fresh:  # a new trial: continue what a run left, if any
@@ -412,12 +412,7 @@ def member_worker(loop_config: dict[str, Any]) -> None:
     job.setup_logging(rank)
     resources = job.config.teachers.resources_per_member
     torch.set_num_threads(max(1, int(resources.cpu)))
-    if on_gpu(ray_resources(resources)):
-        import ray.train.torch
-
-        device = ray.train.torch.get_device()
-    else:
-        device = torch.device("cpu")
+    device = work_device(ray_resources(resources), train_worker=True)
     loop = job.build_loop(device, data_parallel=True)
     result, attempts = _train_with_checkpoints(
         job, loop, ray.train.get_checkpoint(), loop_config["started_at"], ray.train.report,

@@ -28,8 +28,9 @@ from mtkd.experiment import (
     reusable,
 )
 from mtkd.precision import stage_precision
-from mtkd.raycluster import ensure_ray, probe_work_device, ray_resources, tune_resources
+from mtkd.raycluster import ensure_ray, probe_work_device
 from mtkd.records import MemberRecord
+from mtkd.resources import ray_resources, tune_resources
 from mtkd.storage import Storage
 from mtkd.teachers.member import DRIVER_MEMORY, train_member_trial, train_run_name
 from mtkd.teachers.plan import Member, init_member, member_lineage, plan_members
@@ -145,7 +146,7 @@ def _preflight(config: ExperimentConfig) -> None:
     member gets (refused with exit 2 if it cannot run there, warned if it runs badly)."""
     stage_precision("teachers", "teachers.training.precision",
                     config.teachers.training.precision,
-                    probe_work_device(config.ray, config.teachers.resources_per_member.gpu))
+                    probe_work_device(config.ray, config.teachers.resources_per_member))
     ensure_ray(config.ray)
 
 

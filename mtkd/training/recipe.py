@@ -164,12 +164,3 @@ def run_training(loop: TrainingLoop, tokenized_with: str, seed: int,
     tokenizer = load_tokenizer(resolve_encoder_dir(tokenized_with))
     return TrainResult(loop.backend.model, tokenizer, final, loop)
 
-
-def train_mtdnn(config: ExperimentConfig, data: PreparedTasks, *, encoder: str,
-                num_layers: int | None, training: TrainingConfig, seed: int,
-                resume: tuple[dict, LoopState, dict] | None = None,
-                **loop_kwargs: Any) -> TrainResult:
-    """Build and run one plain-PyTorch training (see :func:`build_training_loop`)."""
-    loop = build_training_loop(config, data, encoder=encoder, num_layers=num_layers,
-                               training=training, seed=seed, **loop_kwargs)
-    return run_training(loop, encoder, seed, resume)

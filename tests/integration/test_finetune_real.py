@@ -1,4 +1,5 @@
-"""Fine-tune the bundled MiniLM on a few hundred real examples of two tasks."""
+"""Fine-tune the bundled MiniLM on a few hundred real examples of two tasks, through the
+training path of a single-process teacher member (build_training_loop, run_training)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from mtkd.metrics import majority_baseline, task_score
 from mtkd.model.io import load_mtdnn, save_mtdnn
 from mtkd.pipeline import experiment_store, run_pipeline
 from mtkd.training.evaluate import predict_outputs
-from mtkd.training.recipe import load_prepared_tasks, train_mtdnn
+from mtkd.training.recipe import build_training_loop, load_prepared_tasks, run_training
 
 
 def test_mtdnn_beats_majority_on_two_real_tasks(tmp_path: Path) -> None:
@@ -29,8 +30,9 @@ def test_mtdnn_beats_majority_on_two_real_tasks(tmp_path: Path) -> None:
     data = load_prepared_tasks(store, ["rotten_tomatoes", "trec"])
     training = TrainingConfig(epochs=2, batch_size=16, learning_rate=1e-4, warmup_ratio=0.1,
                               precision="auto", dropout=0.1)
-    result = train_mtdnn(config, data, encoder=config.encoder.path, num_layers=None,
-                         training=training, seed=0, name="finetune", log_every=20)
+    loop = build_training_loop(config, data, encoder=config.encoder.path, num_layers=None,
+                               training=training, seed=0, name="finetune", log_every=20)
+    result = run_training(loop, config.encoder.path, seed=0)
 
     final = result.loop.evaluate()["tasks"]
     for task, spec in data.specs.items():

@@ -29,9 +29,9 @@ import pytest
 import yaml
 from tiny import make_tiny_bert, write_task
 
-from mtkd import jobs
 from mtkd.cli import main
 from mtkd.errors import MtkdError
+from mtkd.jobs import client, entry
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -196,7 +196,7 @@ def alive_gpu_nodes(head: RayHead) -> int:
     import requests
 
     reply = requests.get(f"{head.address}/api/v0/nodes?limit=100", timeout=10,
-                         headers=jobs.auth_headers())
+                         headers=client.auth_headers())
     reply.raise_for_status()
     nodes = reply.json()["data"]["result"]["result"]
     return sum(1 for n in nodes
@@ -232,11 +232,11 @@ def test_autoscaler_adds_gpu_nodes_for_members_and_removes_them(
         job_id = sub.stdout.split("submitted job ", 1)[1].split()[0]
         most, info = 0, {"status": ""}
         deadline = time.time() + 300
-        while time.time() < deadline and info["status"] not in jobs.TERMINAL:
+        while time.time() < deadline and info["status"] not in client.TERMINAL:
             most = max(most, alive_gpu_nodes(head))
-            info = jobs.job_info(job_id, address=head.address)
+            info = client.job_info(job_id, address=head.address)
             time.sleep(1)
-        assert info["status"] == "SUCCEEDED", jobs.job_logs(job_id, address=head.address)[-4000:]
+        assert info["status"] == "SUCCEEDED", client.job_logs(job_id, address=head.address)[-4000:]
         assert most >= 1  # the head has no GPU: the members ran on added nodes
         teachers = json.loads((tmp_path / "runs/scaled/manifests/teachers.json").read_text())
         assert teachers["status"] == "complete"
@@ -271,7 +271,7 @@ def test_submit_status_logs_with_token_auth(ray_head: RayHead, experiment: Path)
     status = ""
     while time.time() < deadline:
         status = mtkd(ray_head, "status", job_id).stdout
-        if any(s in status for s in jobs.TERMINAL):
+        if any(s in status for s in client.TERMINAL):
             break
         time.sleep(3)
     logs = mtkd(ray_head, "logs", job_id)
@@ -313,35 +313,35 @@ def test_errors_are_one_line_user_errors(ray_head: RayHead, capsys: pytest.Captu
 
 def test_entrypoints_with_and_without_working_dir(tmp_path: Path) -> None:
     quickstart = REPO / "jobs" / "configs" / "quickstart.yaml"
-    assert jobs.build_entrypoint(quickstart, ["teachers.size=4"], working_dir=REPO,
+    assert client.build_entrypoint(quickstart, ["teachers.size=4"], working_dir=REPO,
                                  only="teachers") == (
         "python jobs/stage.py --config jobs/configs/quickstart.yaml --stage teachers "
         "teachers.size=4")
-    assert jobs.build_entrypoint(quickstart, working_dir=REPO, from_stage="soft",
+    assert client.build_entrypoint(quickstart, working_dir=REPO, from_stage="soft",
                                  force=True) == (
         "python jobs/pipeline.py --config jobs/configs/quickstart.yaml --from soft --force")
-    assert jobs.build_entrypoint(quickstart, working_dir=REPO, to_stage="teachers") == (
+    assert client.build_entrypoint(quickstart, working_dir=REPO, to_stage="teachers") == (
         "python jobs/pipeline.py --config jobs/configs/quickstart.yaml --to teachers")
     # No working dir: absolute paths on a cluster that shares this filesystem.
-    assert jobs.build_entrypoint(quickstart, ["name=a b"]) == (
+    assert client.build_entrypoint(quickstart, ["name=a b"]) == (
         f"{sys.executable} {REPO}/jobs/pipeline.py --config {quickstart} 'name=a b'")
     # A working dir without jobs/: the installed mtkd's CLI.
     (tmp_path / "exp.yaml").write_text("name: x\n")
-    assert jobs.build_entrypoint(tmp_path / "exp.yaml", working_dir=tmp_path,
+    assert client.build_entrypoint(tmp_path / "exp.yaml", working_dir=tmp_path,
                                  only="prepare", python="python3") == (
         "python3 -m mtkd run exp.yaml --only prepare")
     with pytest.raises(MtkdError, match="outside --working-dir"):
-        jobs.build_entrypoint(quickstart, working_dir=tmp_path)
+        client.build_entrypoint(quickstart, working_dir=tmp_path)
 
 
 def test_runtime_env_keeps_secrets_out(tmp_path: Path) -> None:
-    env = jobs.build_runtime_env({"HF_HUB_OFFLINE": "1", "AWS_SECRET_ACCESS_KEY": "s",
+    env = client.build_runtime_env({"HF_HUB_OFFLINE": "1", "AWS_SECRET_ACCESS_KEY": "s",
                                   "WANDB_API_KEY": "k"}, working_dir=tmp_path, pip=["rich"])
     assert env["env_vars"] == {"HF_HUB_OFFLINE": "1", "RAY_OVERRIDE_JOB_RUNTIME_ENV": "1"}
     assert env["working_dir"] == str(tmp_path)
     assert ".venv" in env["excludes"] and "runs" in env["excludes"]
     assert env["pip"] == ["rich"]
-    assert set(jobs.build_runtime_env({})) == {"env_vars"}
+    assert set(client.build_runtime_env({})) == {"env_vars"}
 
 
 def test_auth_headers_follow_rays_token_lookup(tmp_path: Path,
@@ -349,17 +349,17 @@ def test_auth_headers_follow_rays_token_lookup(tmp_path: Path,
     for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
-    assert jobs.auth_headers() == {}
+    assert client.auth_headers() == {}
     (tmp_path / ".ray").mkdir()
     (tmp_path / ".ray" / "auth_token").write_text("home-token\n")
-    assert jobs.auth_headers() == {"Authorization": "Bearer home-token"}
+    assert client.auth_headers() == {"Authorization": "Bearer home-token"}
     (tmp_path / "t").write_text("file-token")
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "t"))
-    assert jobs.auth_headers() == {"Authorization": "Bearer file-token"}
+    assert client.auth_headers() == {"Authorization": "Bearer file-token"}
     monkeypatch.setenv("RAY_AUTH_TOKEN", "env-token")
-    assert jobs.auth_headers() == {"Authorization": "Bearer env-token"}
+    assert client.auth_headers() == {"Authorization": "Bearer env-token"}
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    assert jobs.auth_headers() == {}
+    assert client.auth_headers() == {}
 
 
 def test_job_config_drops_local_ray_settings_only_when_joining(
@@ -367,9 +367,9 @@ def test_job_config_drops_local_ray_settings_only_when_joining(
     quickstart = REPO / "jobs" / "configs" / "quickstart.yaml"
     overrides = ["ray.num_cpus=2", "ray.object_store_memory_gb=1"]
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    assert jobs.job_config(quickstart, overrides).ray.num_cpus == 2
+    assert entry.job_config(quickstart, overrides).ray.num_cpus == 2
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")  # what the job supervisor sets
-    ray = jobs.job_config(quickstart, overrides).ray
+    ray = entry.job_config(quickstart, overrides).ray
     assert (ray.num_cpus, ray.num_gpus, ray.object_store_memory_gb) == (None, None, None)
 
 

@@ -21,8 +21,9 @@ from mtkd.config import config_from_dict
 from mtkd.experiment import member_dir, student_dir
 from mtkd.model.remote import save_model_to
 from mtkd.pipeline import experiment_store, run_pipeline
-from mtkd.raycluster import Placement, ray_resources
+from mtkd.raycluster import Placement
 from mtkd.report.collect import measure_models
+from mtkd.resources import ray_resources
 from mtkd.student.stage import StudentRun, export_run
 from mtkd.student.worker import best_weights_file, save_safetensors
 from mtkd.training.recipe import build_model, load_prepared_tasks
@@ -61,7 +62,7 @@ def test_the_task_gets_the_student_workers_resources(local_ray: None,
     placement = Placement.student(config, "report")
     expected = {"CPU": 0.5, "GPU": 1.0, "memory": float(int(0.25 * GIB))}
     assert placement.request == expected == ray_resources(
-        config.student.resources_per_worker, gpu=config.student.gpu_per_worker)
+        config.student.worker_resources)
     with caplog.at_level(logging.INFO, logger="mtkd"):
         (visible, device), where = placement.run("probe", cuda_visible)
     # Ray scheduled it with exactly the student worker's request, GPU included ...

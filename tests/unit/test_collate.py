@@ -23,49 +23,41 @@ def test_single_sentence() -> None:
     for key in ("input_ids", "token_type_ids", "attention_mask", "labels"):
         assert out[key].dtype == torch.int64
     assert out["uids"] == ["a", "b"]
-    assert "candidate_mask" not in out and "soft_targets" not in out
+    assert "candidate_mask" not in out
 
 
-def test_pair_with_soft_targets_and_multiple_of() -> None:
+def test_pair_padded_to_a_multiple() -> None:
     rows = [
         {"uid": 1, "input_ids": [101, 5, 102, 6, 6, 102], "token_type_ids": [0, 0, 0, 1, 1, 1],
-         "label": 2, "soft_target": [0.1, 0.2, 0.7]},
+         "label": 2},
         {"uid": 2, "input_ids": np.array([101, 5, 102, 6, 102]),
-         "token_type_ids": np.array([0, 0, 0, 1, 1]), "label": 0,
-         "soft_target": [0.8, 0.1, 0.1]},
+         "token_type_ids": np.array([0, 0, 0, 1, 1]), "label": 0},
     ]
     out = collate(rows, pad_to_multiple_of=8)
     assert out["input_ids"].shape == (2, 8)
     assert out["token_type_ids"][0].tolist() == [0, 0, 0, 1, 1, 1, 0, 0]
     assert out["token_type_ids"][1].tolist() == [0, 0, 0, 1, 1, 0, 0, 0]
     assert out["attention_mask"].sum(1).tolist() == [6, 5]
-    assert out["soft_targets"].dtype == torch.float32 and out["soft_targets"].shape == (2, 3)
-    assert out["soft_targets"][1].tolist() == pytest.approx([0.8, 0.1, 0.1])
     assert out["uids"] == ["1", "2"]
 
 
 def test_regression() -> None:
     rows = [
-        {"uid": "x", "input_ids": [1, 2], "token_type_ids": [0, 1], "label": 3.5,
-         "soft_target": 3.2},
-        {"uid": "y", "input_ids": [1, 2, 3, 4], "token_type_ids": [0, 0, 1, 1], "label": 0.25,
-         "soft_target": 0.5},
+        {"uid": "x", "input_ids": [1, 2], "token_type_ids": [0, 1], "label": 3.5},
+        {"uid": "y", "input_ids": [1, 2, 3, 4], "token_type_ids": [0, 0, 1, 1], "label": 0.25},
     ]
     out = collate(rows, regression=True)
     assert out["labels"].dtype == torch.float32
     assert out["labels"].tolist() == [3.5, 0.25]
-    assert out["soft_targets"].shape == (2,)
-    assert out["soft_targets"].tolist() == pytest.approx([3.2, 0.5])
     assert out["input_ids"].shape == (2, 4)
 
 
 def test_ranking() -> None:
     rows = [
         {"uid": "q1", "input_ids": [[1, 2, 3], [1, 4]], "token_type_ids": [[0, 0, 1], [0, 1]],
-         "length": 3, "label": 1, "soft_target": [0.3, 0.7]},
+         "length": 3, "label": 1},
         {"uid": "q2", "input_ids": [[1, 5], [1, 6, 7, 8], [1, 9]],
-         "token_type_ids": [[0, 1], [0, 1, 1, 1], [0, 1]], "length": 4, "label": 2,
-         "soft_target": [0.1, 0.1, 0.8]},
+         "token_type_ids": [[0, 1], [0, 1, 1, 1], [0, 1]], "length": 4, "label": 2},
     ]
     out = collate(rows, pad_id=0)
     assert out["input_ids"].shape == (2, 3, 4)
@@ -77,8 +69,6 @@ def test_ranking() -> None:
     assert out["attention_mask"][0].tolist() == [[1, 1, 1, 0], [1, 1, 0, 0], [0, 0, 0, 0]]
     assert out["token_type_ids"][1, 1].tolist() == [0, 1, 1, 1]
     assert out["labels"].dtype == torch.int64 and out["labels"].tolist() == [1, 2]
-    assert out["soft_targets"].shape == (2, 3)
-    assert out["soft_targets"][0].tolist() == pytest.approx([0.3, 0.7, 0.0])
 
 
 def test_without_labels_or_token_types() -> None:
@@ -92,6 +82,3 @@ def test_rejects_bad_batches() -> None:
         collate([])
     with pytest.raises(ValueError, match="mixes"):
         collate([{"uid": "a", "input_ids": [1]}, {"uid": "b", "input_ids": [[1], [2]]}])
-    with pytest.raises(ValueError, match="soft_target"):
-        collate([{"uid": "a", "input_ids": [1], "soft_target": [1.0]},
-                 {"uid": "b", "input_ids": [1]}])

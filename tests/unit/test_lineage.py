@@ -15,6 +15,7 @@ from typing import Any, Literal, get_args, get_origin
 import pytest
 
 from mtkd.config import ExperimentConfig, config_from_dict
+from mtkd.data.stage import tokenized_lineage
 from mtkd.experiment import (
     ARTIFACTS,
     KINDS,
@@ -27,7 +28,6 @@ from mtkd.experiment import (
 from mtkd.pipeline import registered_stages
 from mtkd.precision import DeviceInfo, resolve_precision
 from mtkd.soft.stage import predictions_lineage, targets_lineage
-from mtkd.stages.prepare import tokenized_lineage
 from mtkd.student.stage import plan_runs, run_lineage
 from mtkd.teachers.plan import init_member, member_lineage, plan_members
 

@@ -8,40 +8,68 @@ import time
 import pytest
 
 from mtkd.config import Resources, config_from_dict
-from mtkd.raycluster import on_gpu, ray_resources, tune_resources
+from mtkd.resources import on_gpu, ray_resources, task_options, tune_resources, work_device
 
-GIB = 2**30
-
-
-@pytest.mark.parametrize(("resources", "gpu", "request_"), [
-    (Resources(), None, {"CPU": 1.0}),
-    (Resources(cpu=0.5), None, {"CPU": 0.5}),
-    (Resources(cpu=4, gpu=1), None, {"CPU": 4.0, "GPU": 1.0}),
-    (Resources(cpu=2, gpu=0.5, memory_gb=1.5), None,
-     {"CPU": 2.0, "GPU": 0.5, "memory": float(int(1.5 * GIB))}),
-    (Resources(cpu=1, memory_gb=8), None, {"CPU": 1.0, "memory": float(8 * GIB)}),
-    # the student's use_gpu supplies the GPU count
-    (Resources(cpu=2), 1.0, {"CPU": 2.0, "GPU": 1.0}),
-    (Resources(cpu=2, gpu=2), 0.0, {"CPU": 2.0}),
-])
-def test_ray_resources(resources: Resources, gpu: float | None, request_: dict) -> None:
-    got = ray_resources(resources, gpu)
-    assert got == request_
-    assert on_gpu(got) == ("GPU" in request_)
-    assert tune_resources(got) == {k.lower(): v for k, v in request_.items()}
+# Resources -> what each consumer is given: Ray Train's resources_per_worker (Ray's names),
+# Tune's with_resources, Ray Data's map_batches / a Ray task's options, and the device.
+TABLE = [
+    (Resources(), {"CPU": 1.0}, {"cpu": 1.0}, {"num_cpus": 1.0}, "cpu"),
+    (Resources(cpu=0.5), {"CPU": 0.5}, {"cpu": 0.5}, {"num_cpus": 0.5}, "cpu"),
+    (Resources(cpu=4, gpu=1), {"CPU": 4.0, "GPU": 1.0}, {"cpu": 4.0, "gpu": 1.0},
+     {"num_cpus": 4.0, "num_gpus": 1.0}, "cuda"),
+    (Resources(cpu=2, gpu=0.5, memory_gb=1.5),
+     {"CPU": 2.0, "GPU": 0.5, "memory": 1610612736.0},
+     {"cpu": 2.0, "gpu": 0.5, "memory": 1610612736.0},
+     {"num_cpus": 2.0, "num_gpus": 0.5, "memory": 1610612736.0}, "cuda"),
+    (Resources(cpu=1, memory_gb=8), {"CPU": 1.0, "memory": 8589934592.0},
+     {"cpu": 1.0, "memory": 8589934592.0}, {"num_cpus": 1.0, "memory": 8589934592.0}, "cpu"),
+    (Resources(cpu=0.0, gpu=2), {"CPU": 0.0, "GPU": 2.0}, {"cpu": 0.0, "gpu": 2.0},
+     {"num_cpus": 0.0, "num_gpus": 2.0}, "cuda"),
+]
 
 
-@pytest.mark.parametrize(("student", "gpus"), [
-    ({}, 0.0),
-    ({"use_gpu": True}, 1.0),
-    ({"use_gpu": True, "resources_per_worker": {"cpu": 4, "gpu": 2}}, 2.0),
+@pytest.mark.parametrize(("resources", "train", "tune", "task", "device"), TABLE)
+def test_one_translation_for_every_consumer(resources: Resources, train: dict, tune: dict,
+                                            task: dict, device: str) -> None:
+    request = ray_resources(resources)
+    assert request == train
+    assert tune_resources(request) == tune
+    assert task_options(request) == task
+    assert on_gpu(request) == (device == "cuda")
+    # the device rule: CUDA iff the request holds GPUs (and torch sees one to use)
+    import torch
+
+    expected = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
+    assert work_device(request).type == expected
+
+
+@pytest.mark.parametrize(("student", "request_"), [
+    ({}, {"CPU": 1.0}),
+    ({"use_gpu": True}, {"CPU": 1.0, "GPU": 1.0}),
+    ({"use_gpu": True, "resources_per_worker": {"cpu": 4, "gpu": 2}}, {"CPU": 4.0, "GPU": 2.0}),
     # a GPU request alone puts the workers on GPUs, as for members and actors
-    ({"resources_per_worker": {"cpu": 4, "gpu": 0.5}}, 0.5),
+    ({"resources_per_worker": {"cpu": 4, "gpu": 0.5}}, {"CPU": 4.0, "GPU": 0.5}),
+    # memory_gb reaches Ray Train as for every other unit of work
+    ({"use_gpu": True, "resources_per_worker": {"memory_gb": 2}},
+     {"CPU": 1.0, "GPU": 1.0, "memory": 2147483648.0}),
 ])
-def test_student_gpu_per_worker(student: dict, gpus: float) -> None:
+def test_student_worker_request(student: dict, request_: dict) -> None:
     config = config_from_dict({"name": "x", "tasks": [{"name": "rotten_tomatoes"}],
                                "student": student})
-    assert config.student.gpu_per_worker == gpus
+    assert ray_resources(config.student.worker_resources) == request_
+
+
+@pytest.mark.parametrize("section", ["teachers.resources_per_member",
+                                     "soft_targets.resources_per_actor",
+                                     "student.resources_per_worker"])
+def test_every_resources_key_is_read(section: str) -> None:
+    """cpu, gpu and memory_gb of every Resources section reach the request."""
+    stage, key = section.split(".")
+    config = config_from_dict({"name": "x", "tasks": [{"name": "rotten_tomatoes"}],
+                               stage: {key: {"cpu": 3, "gpu": 1, "memory_gb": 0.5}}})
+    resources = (config.student.worker_resources if stage == "student"
+                 else getattr(getattr(config, stage), key))
+    assert ray_resources(resources) == {"CPU": 3.0, "GPU": 1.0, "memory": 536870912.0}
 
 
 @pytest.mark.parametrize(("address", "env", "expected"), [

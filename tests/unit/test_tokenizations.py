@@ -9,9 +9,9 @@ import pytest
 
 from mtkd.config import config_from_dict
 from mtkd.data.prepared import encoder_tokenization, task_lineages
+from mtkd.data.stage import tokenized_lineage
 from mtkd.errors import MtkdError
 from mtkd.experiment import manifest_path, task_data_dir
-from mtkd.stages.prepare import tokenized_lineage
 from mtkd.storage import Storage
 
 FP = "abcdef0123456789"

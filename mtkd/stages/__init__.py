@@ -1,1 +1,0 @@
-"""The pipeline stages, one module each: ``run_<stage>(ctx) -> manifest fields``."""
