@@ -242,6 +242,11 @@ def _fmt(stats: dict[str, Any]) -> str:
     return f"{stats['mean']:.2f} ± {stats['std']:.2f}"
 
 
+def _usd(value: float) -> str:
+    """Dollars: cents from $1 on, four decimals below (CPU sizes cost fractions of a cent)."""
+    return f"{value:.2f}" if value >= 1 else f"{value:.4f}"
+
+
 def _num(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f}"
 
@@ -266,7 +271,7 @@ def render_markdown(rows: list[SizeResult], summary: dict[str, Any]) -> str:
             f"{_num(r.ensemble['member_mean'])} | {_fmt(r.student['dev'])} | "
             f"{_fmt(r.student['test'])} | {_fmt(r.baseline['dev'])} | "
             f"{_fmt(r.baseline['test'])} | {r.cost['cpu_hours']:.3f} | "
-            f"{r.cost['gpu_hours']:.3f} | {r.cost['usd']:.2f} |")
+            f"{r.cost['gpu_hours']:.3f} | {_usd(r.cost['usd'])} |")
     plateau = summary["plateau"]
     lines += ["", "![quality and cost by ensemble size](sweep.png)", "",
               (f"**The student stops gaining after size {plateau}**: no larger ensemble "
@@ -361,7 +366,7 @@ def sweep_summary(summary: dict[str, Any], store_uri: str) -> str:
     for row in summary["rows"]:
         lines.append(f"  size {row['size']:>3}  ensemble {_num(row['ensemble'][split])}  "
                      f"student {_fmt(row['student'][split])}  baseline "
-                     f"{_fmt(row['baseline'][split])}  ${row['cost']['usd']:.2f}")
+                     f"{_fmt(row['baseline'][split])}  ${_usd(row['cost']['usd'])}")
     if summary["plateau"] is not None:
         lines.append(f"  the student stops gaining after size {summary['plateau']}")
     lines += [f"  table    {store_uri}/{SWEEP_MD}", f"  figure   {store_uri}/{SWEEP_PNG}",

@@ -143,4 +143,5 @@ def test_main_split_and_markdown() -> None:
     text = render_markdown(rows, summary)
     assert "| 1 | 81.00 | 80.00 | 78.00 | 70.00 ± 1.41 | 70.00 ± 1.41 | 70.50 ± 0.71 |" in text
     assert text.rstrip().endswith("[size 2](size-2/report/report.md)")
-    assert "| 2 |" in text and "| 1.25 |" in text and "after size 2" in text
+    assert "| 2 |" in text and "| 1.25 |" in text and "| 0.5000 |" in text
+    assert "after size 2" in text
