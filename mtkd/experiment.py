@@ -225,6 +225,10 @@ ARTIFACTS: tuple[ArtifactKind, ...] = (
     ArtifactKind("soft_targets", "soft",
                  content=("soft_targets.aggregation", "soft_targets.temperature"),
                  inputs=("predictions", "tokenized_task")),
+    # the student runs' dev/test scores (student.json's metrics): the precision they are
+    # scored at; a change re-scores the saved models, it never retrains them
+    ArtifactKind("student_scores", "student", content=("report.precision",),
+                 inputs=("student_run",)),
     ArtifactKind("student_run", "student",
                  content=("student", "heads", "encoder", "sampling", "seed"),
                  inputs=("tokenized_task", "soft_targets"),

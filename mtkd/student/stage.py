@@ -46,7 +46,7 @@ from mtkd.experiment import (
 )
 from mtkd.model.mtdnn import num_parameters
 from mtkd.model.remote import save_model_to
-from mtkd.precision import resolve_here, stage_precision
+from mtkd.precision import Resolved, resolve_here, stage_precision
 from mtkd.raycluster import Placement, ensure_ray, probe_work_device
 from mtkd.records import EnsembleRef, StudentRecord, digest
 from mtkd.resources import on_gpu, ray_resources
@@ -186,27 +186,82 @@ def export_run(config: ExperimentConfig, store: Storage, run: StudentRun, checkp
     tokenizer = load_tokenizer(resolve_encoder_dir(encoder))
     saved = save_model_to(store.child(student_dir(run.name)), "final", model, tokenizer,
                           extra={"run": dataclasses.asdict(run)})
-    model.to(device)
-    metrics = evaluate(model, data.specs, data.dev, precision=scoring.precision,
-                       device=device, progress=f"{run.name} dev", keep_outputs=True)
-    test = {task: read_prepared(store, task, "test", tokenization) for task in data.specs
-            if "test" in prepared_splits(store, task)}
-    tested = evaluate(model, data.specs, test, precision=scoring.precision,
-                      device=device, progress=f"{run.name} test", keep_outputs=True)
-    # per-example outputs, for the report's paired bootstrap (written before the record)
-    predictions = {}
-    for split, scored in (("dev", metrics), ("test", tested)):
-        if scored["outputs"]:
-            payload = predictions_bytes(scored["outputs"])
-            store.write_atomic(f"{student_dir(run.name)}/{predictions_file(split)}", payload)
-            predictions[split] = digest(payload)
+    scored = score_model(config, store, run.name, model, tokenization, scoring, device, data)
     return {"selected": selected, "model": saved.uri,
-            "content": run_content(saved.content, predictions), "predictions": predictions,
-            "metrics": metrics["tasks"], "average": metrics["average"],
-            "test_metrics": tested["tasks"], "test_average": tested["average"],
+            "content": run_content(saved.content, scored["predictions"]), **scored,
             "params": num_parameters(model), "encoder": encoder,
             "tokenization": tokenization, "precision": trained.get("precision"),
             "loss_scale": trained.get("loss_scale"), "scored_in": scoring.to_json()}
+
+
+def score_model(config: ExperimentConfig, store: Storage, run_name: str, model: Any,
+                tokenization: str | None, scoring: Resolved, device: str,
+                data: Any = None) -> dict[str, Any]:
+    """Score a student run's model on dev and (where labelled) test at ``scoring``'s
+    precision on ``device`` and store its per-example outputs under ``student/<run>/``
+    (for the report's paired bootstrap; written before the caller's record). Returns the
+    StudentRecord fields: metrics, average, test_metrics, test_average, predictions.
+    ``data``: the prepared tasks when the caller has them (else read here)."""
+    if data is None:
+        data = load_prepared_tasks(store, [t.name for t in config.tasks], tokenization)
+    model.to(device)
+    metrics = evaluate(model, data.specs, data.dev, precision=scoring.precision,
+                       device=device, progress=f"{run_name} dev", keep_outputs=True)
+    test = {task: read_prepared(store, task, "test", tokenization) for task in data.specs
+            if "test" in prepared_splits(store, task)}
+    tested = evaluate(model, data.specs, test, precision=scoring.precision,
+                      device=device, progress=f"{run_name} test", keep_outputs=True)
+    predictions = {}
+    for split, result in (("dev", metrics), ("test", tested)):
+        if result["outputs"]:
+            payload = predictions_bytes(result["outputs"])
+            store.write_atomic(f"{student_dir(run_name)}/{predictions_file(split)}", payload)
+            predictions[split] = digest(payload)
+    return {"metrics": metrics["tasks"], "average": metrics["average"],
+            "test_metrics": tested["tasks"], "test_average": tested["average"],
+            "predictions": predictions}
+
+
+def rescore_run(config: ExperimentConfig, store: Storage, record: StudentRecord, *,
+                device: str = "cpu") -> dict[str, Any]:
+    """Score a finished run's saved model (``student/<run>/final``) again, at
+    report.precision resolved on ``device``: a reused run whose scores were made at another
+    precision than every other model's now (the precision rule: one per hardware).
+    Returns the StudentRecord fields that change."""
+    from mtkd.model.remote import load_model_from
+    from mtkd.records import folder_fingerprint
+
+    scoring = resolve_here(config.report.precision, device, "report.precision")
+    with tempfile.TemporaryDirectory(prefix="mtkd-rescore-") as tmp:
+        model, _ = load_model_from(store, f"{student_dir(record.name)}/final",
+                                   Path(tmp) / "final", device=device)
+        content = folder_fingerprint(Path(tmp) / "final")
+        model.eval()
+        scored = score_model(config, store, record.name, model, record.tokenization,
+                             scoring, device)
+    return {**scored, "content": run_content(content, scored["predictions"]),
+            "scored_in": scoring.to_json()}
+
+
+def _scored_now(ctx: StageContext, record: StudentRecord, target: Resolved | None
+                ) -> StudentRecord:
+    """``record`` as it stands when its scores were made at ``target``'s precision (or the
+    device could not be probed); else its model re-scored at ``target`` where a student
+    worker runs, and the record rewritten (same lineage: the model is the same)."""
+    made = (record.scored_in or {}).get("precision")
+    if target is None or made == target.precision:
+        return record
+    log.info("[student] %s was scored at %s; scoring it again at %s (report.precision %s)",
+             record.name, made or "an unrecorded precision", target.precision,
+             target.requested)
+    fields, _ = Placement.student(ctx.config, "student").run(
+        f"{record.name} scoring", rescore_run, ctx.config, ctx.store, record)
+    updated = dataclasses.replace(record, **fields)
+    ctx.store.write_json_atomic(student_record(record.name), updated.to_json())
+    return updated
+
+
+_UNPROBED = object()
 
 
 def run_student(ctx: StageContext) -> dict[str, Any]:
@@ -224,11 +279,17 @@ def run_student(ctx: StageContext) -> dict[str, Any]:
         store, config.student.encoder or config.encoder.path))
     summaries: dict[str, StudentRecord] = {}
     checked = False
+    target: Any = _UNPROBED
     for run in plan_runs(config):
         expected = run_lineage(config, run, data, soft)
         record = (None if ctx.rebuild else
                   reusable(store, student_record(run.name), expected, StudentRecord))
         if record is not None:
+            if target is _UNPROBED:  # once per stage: where a student worker would score
+                target = stage_precision("student", "report.precision", config.report.precision,
+                                         probe_work_device(config.ray,
+                                                           config.student.worker_resources))
+            record = _scored_now(ctx, record, target)
             summaries[run.name] = record
             log.info("[student] %s finished before, reusing %s", run.name, record.model)
             continue

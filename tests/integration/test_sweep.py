@@ -20,9 +20,13 @@ from tiny import make_tiny_bert, write_regression, write_task
 
 from mtkd.cli import main
 from mtkd.config import config_from_dict
+from mtkd.data.prepared import read_prepared, read_task_spec
 from mtkd.experiment import experiment_store, read_manifest, size_view_dir
+from mtkd.model.io import load_mtdnn
 from mtkd.records import MemberRecord, StudentRecord
 from mtkd.soft.aggregate import softmax
+from mtkd.student.predictions import read_predictions
+from mtkd.training.evaluate import predict_outputs
 
 pytestmark = pytest.mark.slow
 
@@ -157,6 +161,29 @@ def test_sweep_shares_members_and_baselines_and_resumes(tmp_path: Path,
     gain = means[3]["mean"] - means[2]["mean"]
     noise = 2 * math.sqrt(means[2]["std"] ** 2 / 2 + means[3]["std"] ** 2 / 2)
     assert summary["plateau"] == (2 if gain <= noise else 3)
+
+    # report.precision changed: size 3's runs are re-scored from their saved models (same
+    # lineage, same model files), never retrained; the stored outputs are the model's at
+    # the new precision
+    size3 = store.child(size_view_dir(3))
+    old = {r: StudentRecord.from_json(size3.read_json(f"student/{r}/student.json"))
+           for r in ("student-s0", "student-s1")}
+    final = {r: size3.read_bytes(f"student/{r}/final/model.safetensors") for r in old}
+    assert {o.scored_in["precision"] for o in old.values()} == {"fp32"}
+    assert main(["sweep", str(config_file), "--sizes", "3", "report.precision=bf16"]) == 0
+    spec = read_task_spec(store, "toy")
+    for name, before in old.items():
+        now = StudentRecord.from_json(size3.read_json(f"student/{name}/student.json"))
+        assert now.scored_in["precision"] == "bf16" and now.lineage == before.lineage
+        assert size3.read_bytes(f"student/{name}/final/model.safetensors") == final[name]
+        stored = read_predictions(size3.read_bytes(f"student/{name}/predictions/test.parquet"))
+        model, _ = load_mtdnn(Path(size3.local_path(f"student/{name}/final")))
+        split = read_prepared(store, "toy", "test")
+        bf16 = predict_outputs(model, spec, split, precision="bf16")
+        fp32 = predict_outputs(model, spec, split, precision="fp32")
+        np.testing.assert_allclose(stored["toy"]["outputs"], bf16, atol=1e-6)
+        assert list(stored["toy"]["uids"]) == list(split["uid"])
+        assert not np.array_equal(bf16, fp32)
 
 
 def test_sweep_refuses_what_it_cannot_do(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
