@@ -700,9 +700,9 @@ class ReportConfig:
     student.resources_per_worker and its GPU: on a GPU cluster a GPU, on a laptop a CPU
     core). auto: bf16 where the device has native bf16, else fp32 (fp16 on a CUDA 7.x
     GPU); bf16 where it is emulated is warned about; an explicit fp16 is refused (auto
-    picks fp16 where it is the right choice). Changing it, or running on hardware where
-    it resolves otherwise, re-scores finished members and students from their saved
-    models; nothing is retrained."""
+    picks fp16 where it is the right choice). Changing it re-scores finished members
+    and students (those scored at another precision) from their saved models; nothing is
+    retrained."""
     bootstrap_samples: int = 1000
     """Replicates of the paired bootstrap that puts a 95% interval on "student (KD) minus
     baseline" per task and on the average, resampling the dev (and labelled test) examples
