@@ -23,7 +23,7 @@ from mtkd.config import config_from_dict
 from mtkd.data.prepared import read_prepared, read_task_spec
 from mtkd.experiment import experiment_store, read_manifest, size_view_dir
 from mtkd.model.io import load_mtdnn
-from mtkd.records import MemberRecord, StudentRecord
+from mtkd.records import MemberRecord, StudentRecord, folder_fingerprint
 from mtkd.soft.aggregate import softmax
 from mtkd.student.predictions import read_predictions
 from mtkd.training.evaluate import predict_outputs
@@ -168,14 +168,14 @@ def test_sweep_shares_members_and_baselines_and_resumes(tmp_path: Path,
     size3 = store.child(size_view_dir(3))
     old = {r: StudentRecord.from_json(size3.read_json(f"student/{r}/student.json"))
            for r in ("student-s0", "student-s1")}
-    final = {r: size3.read_bytes(f"student/{r}/final/model.safetensors") for r in old}
+    final = {r: folder_fingerprint(size3.local_path(f"student/{r}/final")) for r in old}
     assert {o.scored_in["precision"] for o in old.values()} == {"fp32"}
     assert main(["sweep", str(config_file), "--sizes", "3", "report.precision=bf16"]) == 0
     spec = read_task_spec(store, "toy")
     for name, before in old.items():
         now = StudentRecord.from_json(size3.read_json(f"student/{name}/student.json"))
         assert now.scored_in["precision"] == "bf16" and now.lineage == before.lineage
-        assert size3.read_bytes(f"student/{name}/final/model.safetensors") == final[name]
+        assert folder_fingerprint(size3.local_path(f"student/{name}/final")) == final[name]
         stored = read_predictions(size3.read_bytes(f"student/{name}/predictions/test.parquet"))
         model, _ = load_mtdnn(Path(size3.local_path(f"student/{name}/final")))
         split = read_prepared(store, "toy", "test")
