@@ -32,7 +32,7 @@ import io
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -59,16 +59,23 @@ SWEEP_MD = f"{SWEEP_DIR}/sweep.md"
 SWEEP_PNG = f"{SWEEP_DIR}/sweep.png"
 
 
+def _on_demand(instance: str, units: int) -> float:
+    from mtkd.clusterconfig import ON_DEMAND_USD_PER_HOUR
+
+    return ON_DEMAND_USD_PER_HOUR[instance] / units
+
+
 @dataclass(frozen=True)
 class Prices:
-    """Dollars per resource-hour (defaults: cluster/README.md, on-demand us-east-1).
+    """Dollars per resource-hour (defaults: the verified on-demand prices of
+    cluster/README.md, :data:`mtkd.clusterconfig.ON_DEMAND_USD_PER_HOUR`).
 
     ``cpu_hour_usd``: one vCPU for an hour, m5.2xlarge's $0.384/h over its 8 vCPUs;
     ``gpu_hour_usd``: one GPU for an hour, p3.2xlarge's $3.06/h (one V100, the paper's GPU;
     the instance's CPUs come with it, so GPU work is charged by GPU-hours only)."""
 
-    cpu_hour_usd: float = 0.384 / 8
-    gpu_hour_usd: float = 3.06
+    cpu_hour_usd: float = field(default_factory=lambda: _on_demand("m5.2xlarge", 8))
+    gpu_hour_usd: float = field(default_factory=lambda: _on_demand("p3.2xlarge", 1))
 
 
 def parse_sizes(text: str) -> list[int]:
