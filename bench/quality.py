@@ -65,7 +65,7 @@ def main() -> int:
         report_path = Path(args.report)
     else:
         command = [sys.executable, "-m", "mtkd", "run", args.config, *args.overrides]
-        subprocess.run(command, check=True, cwd=REPO)
+        subprocess.run(command, check=True)  # in the caller's folder, like the paths read below
         from mtkd.config import load_config
         from mtkd.storage import Storage
 

@@ -41,7 +41,7 @@ def main() -> int:
     else:
         command = [sys.executable, "-m", "mtkd", "sweep", args.config, "--sizes", args.sizes,
                    *args.overrides]
-        subprocess.run(command, check=True, cwd=REPO)
+        subprocess.run(command, check=True)  # in the caller's folder, like the paths read below
         from mtkd.config import load_config
         from mtkd.experiment import experiment_store
 

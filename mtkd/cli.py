@@ -211,7 +211,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from mtkd.storage import Storage
 
     store = Storage.from_uri(args.experiment)
-    store = _sweep_size_view(store, args.experiment)
+    store = _sweep_size_view(store)
     if not store.exists("manifests/prepare.json"):
         raise MtkdError(f"{store.uri} is not an mtkd experiment (no manifests/prepare.json; "
                         "fix: give <storage_path>/<name> of a run)")
@@ -226,7 +226,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sweep_size_view(store: Storage, uri: str) -> Storage:
+def _sweep_size_view(store: Storage) -> Storage:
     """One size of a sweep (``<experiment>/sweep/size-<k>``, its config.yaml has
     ``sweep_view``) reads members and data from its experiment: the same view the sweep
     wrote it through. Any other folder is returned as it is."""
@@ -242,7 +242,7 @@ def _sweep_size_view(store: Storage, uri: str) -> Storage:
         return store
     size = int(saved.get("teachers", {}).get("size", 0))
     suffix = size_view_dir(size)
-    path = uri.rstrip("/")
+    path = store.uri.rstrip("/")  # absolute: a relative argument was resolved
     if not path.endswith(suffix):
         return store
     return Storage.from_uri(path[: -len(suffix)]).view(suffix, shared_across_sizes)

@@ -187,10 +187,18 @@ def estimate(config: ExperimentConfig, *, examples: dict[str, int] | None = None
     from mtkd.clusterconfig import GPUS_PER_INSTANCE, ON_DEMAND_USD_PER_HOUR
     from mtkd.teachers.plan import init_member, plan_members
 
-    if (rate <= 0 or inference_factor <= 0 or gpus < 1
-            or (usd_per_gpu_hour is not None and usd_per_gpu_hour <= 0)):
-        raise MtkdError("--rate, --inference-factor and --usd-per-gpu-hour must be > 0 and "
-                        "--gpus >= 1 (fix: e.g. --rate 150 --inference-factor 4.9 --gpus 8)")
+    def positive(value: float) -> bool:
+        return math.isfinite(value) and value > 0  # false for nan too
+
+    if (not positive(rate) or not positive(inference_factor) or gpus < 1
+            or (usd_per_gpu_hour is not None and not positive(usd_per_gpu_hour))):
+        raise MtkdError("--rate, --inference-factor and --usd-per-gpu-hour must be finite "
+                        "numbers > 0 and --gpus >= 1 (fix: e.g. --rate 150 "
+                        "--inference-factor 4.9 --gpus 8)")
+    if usd_per_gpu_hour is None and instance not in GPUS_PER_INSTANCE:
+        raise MtkdError(f"--instance {instance}: not a GPU instance type mtkd knows (fix: "
+                        f"one of {', '.join(sorted(GPUS_PER_INSTANCE))}, or give "
+                        "--usd-per-gpu-hour)")
     counts, sources = task_examples(config, examples)
     lengths = {t.name: t.max_length for t in config.tasks}
 
@@ -200,14 +208,17 @@ def estimate(config: ExperimentConfig, *, examples: dict[str, int] | None = None
                    for t in tasks)
 
     stages: list[StageCost] = []
-    # teachers: every member (and the shared multi-task model per_task members start from)
+    # teachers: every member (and the shared multi-task model per_task members start from);
+    # none without distillation (the pipeline skips teachers and soft targets then)
     teachers = config.teachers
-    members = plan_members(config)
-    if (init := init_member(config)) is not None:
+    members = plan_members(config) if config.student.distill else []
+    init = init_member(config) if members else None
+    if init is not None:
         members = [init, *members]
     per_member = max(teachers.resources_per_member.gpu, 1.0) * teachers.workers_per_member
     batch = teachers.training.batch_size * teachers.training.grad_accum
     member_seconds, member_steps, member_examples = 0.0, 0, 0.0
+    own: dict[str, float] = {}  # each member's GPU-seconds
     for member in members:
         dims = encoder_dims(member.encoder)
         steps = sum(math.ceil(counts[t] / (batch * teachers.workers_per_member))
@@ -217,20 +228,27 @@ def estimate(config: ExperimentConfig, *, examples: dict[str, int] | None = None
             share = teachers.training.max_steps / steps
         member_steps += math.ceil(min(steps, teachers.training.max_steps or steps))
         member_examples += sum(counts[t] for t in member.tasks) * member.epochs * share
-        member_seconds += seconds(member.tasks, dims, member.epochs) * share
-    parallel = min(len(members) * per_member, gpus,
-                   (teachers.max_concurrent or len(members)) * per_member)
-    stages.append(StageCost("teachers", len(members), member_examples, member_steps,
-                            member_seconds / 3600, parallel,
-                            member_seconds / 3600 / parallel))
+        own[member.name] = seconds(member.tasks, dims, member.epochs) * share
+        member_seconds += own[member.name]
+    if members:
+        parallel = min(len(members) * per_member, gpus,
+                       (teachers.max_concurrent or len(members)) * per_member)
+        # wall: the shared init model first, alone; then the others side by side, but never
+        # shorter than the longest of them on its own GPUs
+        first = own.get(init.name, 0.0) / per_member if init is not None else 0.0
+        rest = [v for k, v in own.items() if init is None or k != init.name]
+        wall_s = first + max(sum(rest) / parallel, max(rest, default=0.0) / per_member)
+        stages.append(StageCost("teachers", len(members), member_examples, member_steps,
+                                member_seconds / 3600, parallel, wall_s / 3600))
     # soft targets: each (final) member predicts its tasks' training sets once
     final = [m for m in members if init is None or m.name != init.name]
     soft_seconds = sum(seconds(m.tasks, encoder_dims(m.encoder), 1.0, inference_factor)
                        for m in final)
     predicted = float(sum(counts[t] for m in final for t in m.tasks))
-    soft_gpus = float(min(gpus, len(final)))
-    stages.append(StageCost("soft targets", len(final), predicted, 0, soft_seconds / 3600,
-                            soft_gpus, soft_seconds / 3600 / soft_gpus))
+    if final:
+        soft_gpus = float(min(gpus, len(final)))
+        stages.append(StageCost("soft targets", len(final), predicted, 0,
+                                soft_seconds / 3600, soft_gpus, soft_seconds / 3600 / soft_gpus))
     # student runs: seeds x (KD, baseline)
     student = config.student
     layers, hidden = encoder_dims(student.encoder or config.encoder.path)
@@ -252,13 +270,15 @@ def estimate(config: ExperimentConfig, *, examples: dict[str, int] | None = None
 
     gpu_hours = sum(s.gpu_hours for s in stages)
     wall = sum(s.wall_hours for s in stages)
+    priced_by = "--usd-per-gpu-hour" if usd_per_gpu_hour is not None else \
+        f"{instance} on-demand per GPU"
     if usd_per_gpu_hour is None and instance in ON_DEMAND_USD_PER_HOUR:
         usd_per_gpu_hour = ON_DEMAND_USD_PER_HOUR[instance] / GPUS_PER_INSTANCE[instance]
     head = ON_DEMAND_USD_PER_HOUR[HEAD_INSTANCE]
     usd = (gpu_hours * usd_per_gpu_hour + wall * head) if usd_per_gpu_hour else None
     return Estimate(counts, sources, stages, gpu_hours, wall, usd_per_gpu_hour, head, usd,
                     {"rate": rate, "inference_factor": inference_factor, "gpus": gpus,
-                     "instance": instance, "head": HEAD_INSTANCE,
+                     "instance": instance, "head": HEAD_INSTANCE, "priced_by": priced_by,
                      "rate_source": ("assumed: BERT-large, 128 tokens, V100 fp16 "
                                      "(cluster/README.md section 6)"
                                      if rate == REFERENCE_RATE else "--rate")})
@@ -281,7 +301,7 @@ def render(result: Estimate) -> str:
               f"x{a['inference_factor']:g}"]
     if result.usd is not None:
         lines.append(f"cost: {result.gpu_hours:.1f} GPU-h x ${result.usd_per_gpu_hour:.3f} "
-                     f"({a['instance']} on-demand per GPU) + {result.wall_hours:.2f} h x "
+                     f"({a['priced_by']}) + {result.wall_hours:.2f} h x "
                      f"${result.head_usd_per_hour:.3f} ({a['head']} head) = "
                      f"${result.usd:,.0f}")
     else:

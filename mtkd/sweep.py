@@ -84,7 +84,7 @@ def parse_sizes(text: str) -> list[int]:
     Raises MtkdError naming the bad entry when one is not a positive integer."""
     sizes: set[int] = set()
     for part in (p.strip() for p in str(text).split(",")):
-        if not part.isdigit() or int(part) < 1:
+        if not (part.isascii() and part.isdigit()) or int(part) < 1:
             raise MtkdError(f"--sizes {text}: {part!r} is not a positive whole number (fix: "
                             "give ensemble sizes separated by commas, e.g. --sizes 1,2,4,8)")
         sizes.add(int(part))
@@ -280,10 +280,15 @@ def render_markdown(rows: list[SizeResult], summary: dict[str, Any]) -> str:
             f"{_fmt(r.baseline['test'])} | {r.cost['cpu_hours']:.3f} | "
             f"{r.cost['gpu_hours']:.3f} | {_usd(r.cost['usd'])} |")
     plateau = summary["plateau"]
-    lines += ["", "![quality and cost by ensemble size](sweep.png)", "",
-              (f"**The student stops gaining after size {plateau}**: no larger ensemble "
-               f"raises its {split} average by more than two standard errors."
-               if plateau is not None else "No plateau: no size has student scores."),
+    if plateau is None:
+        verdict = "No plateau: no size has student scores."
+    elif plateau == rows[-1].size:
+        verdict = (f"**No plateau within the sizes swept**: the student still gains up to "
+                   f"size {plateau} (or it is the only size); try larger sizes.")
+    else:
+        verdict = (f"**The student stops gaining after size {plateau}**: no larger ensemble "
+                   f"raises its {split} average by more than two standard errors.")
+    lines += ["", "![quality and cost by ensemble size](sweep.png)", "", verdict,
               "", "Each size's full report: " + ", ".join(
                   f"[size {r.size}](size-{r.size}/report/report.md)" for r in rows), ""]
     return "\n".join(lines)
@@ -374,8 +379,11 @@ def sweep_summary(summary: dict[str, Any], store_uri: str) -> str:
         lines.append(f"  size {row['size']:>3}  ensemble {_num(row['ensemble'][split])}  "
                      f"student {_fmt(row['student'][split])}  baseline "
                      f"{_fmt(row['baseline'][split])}  ${_usd(row['cost']['usd'])}")
-    if summary["plateau"] is not None:
+    if summary["plateau"] is not None and summary["plateau"] != summary["sizes"][-1]:
         lines.append(f"  the student stops gaining after size {summary['plateau']}")
+    elif summary["plateau"] is not None:
+        lines.append(f"  no plateau within the sizes swept: still gaining at size "
+                     f"{summary['plateau']}")
     lines += [f"  table    {store_uri}/{SWEEP_MD}", f"  figure   {store_uri}/{SWEEP_PNG}",
               f"  record   {store_uri}/{SWEEP_JSON}"]
     return "\n".join(lines)

@@ -132,3 +132,37 @@ def test_paper_config_validates_offline(tmp_path: Path) -> None:
                              text=True, timeout=120)
     assert offline.returncode == 2
     assert "encoder.path" in offline.stderr and "HF_HUB_OFFLINE" in offline.stderr
+
+
+def test_wall_time_waits_for_the_shared_model_and_the_longest_member() -> None:
+    """per_task + init_from_multitask: the shared model trains first, alone; then the
+    task members side by side, never faster than the longest of them."""
+    data = {**SMALL, "teachers": {**SMALL["teachers"], "shape": "per_task", "size": 1,
+                                  "init_from_multitask": True}}
+    result = estimate(config_from_dict(data), rate=150.0, gpus=8)
+    base128, base64 = 150 * 32 / 9, 150 * 64 / 9
+    init_s = 1000 * 2 / base128 + 2490 * 2 / base64          # both tasks, 1 GPU
+    sst2_s, rte_s = 1000 * 2 / base128, 2490 * 2 / base64   # one member per task
+    teachers = result.stages[0]
+    assert teachers.models == 3
+    assert teachers.gpu_hours == pytest.approx((init_s + sst2_s + rte_s) / 3600)
+    assert teachers.wall_hours == pytest.approx((init_s + max(rte_s, sst2_s)) / 3600)
+
+
+def test_no_distillation_costs_no_teachers() -> None:
+    data = {**SMALL, "student": {**SMALL["student"], "distill": False}}
+    result = estimate(config_from_dict(data), rate=150.0)
+    assert [s.name for s in result.stages] == ["student"]
+    assert result.stages[0].models == 1  # the baseline, one seed
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"rate": float("nan")}, "finite numbers > 0"),
+    ({"inference_factor": float("nan")}, "finite numbers > 0"),
+    ({"usd_per_gpu_hour": float("inf")}, "finite numbers > 0"),
+    ({"rate": 0.0}, "finite numbers > 0"),
+    ({"instance": "m5.2xlarge"}, "not a GPU instance type"),
+])
+def test_bad_parameters_are_user_errors(kwargs: dict, message: str) -> None:
+    with pytest.raises(MtkdError, match=message):
+        estimate(config_from_dict(SMALL), **kwargs)

@@ -29,7 +29,7 @@ def test_parse_sizes(text: str, sizes: list[int]) -> None:
     assert parse_sizes(text) == sizes
 
 
-@pytest.mark.parametrize("text", ["0", "1,-2", "1,,2", "two", "1.5", ""])
+@pytest.mark.parametrize("text", ["0", "1,-2", "1,,2", "two", "1.5", "", "\u00b2", "1,\u0663"])
 def test_parse_sizes_refuses(text: str) -> None:
     with pytest.raises(MtkdError, match="not a positive whole number"):
         parse_sizes(text)
@@ -138,10 +138,14 @@ def test_main_split_and_markdown() -> None:
     assert main_split(rows) == "test"
     rows[1].student["test"] = _seed_stats([])
     assert main_split(rows) == "dev"
-    summary = {"experiment": "/x", "split": "dev", "seeds": [0, 1], "plateau": 2,
+    summary = {"experiment": "/x", "split": "dev", "seeds": [0, 1], "plateau": 1,
                "prices": {"cpu_hour_usd": 0.048, "gpu_hour_usd": 3.06}}
     text = render_markdown(rows, summary)
     assert "| 1 | 81.00 | 80.00 | 78.00 | 70.00 ± 1.41 | 70.00 ± 1.41 | 70.50 ± 0.71 |" in text
     assert text.rstrip().endswith("[size 2](size-2/report/report.md)")
     assert "| 2 |" in text and "| 1.25 |" in text and "| 0.5000 |" in text
-    assert "after size 2" in text
+    assert "stops gaining after size 1" in text
+    # the largest size as the plateau: still gaining, said so
+    rows3 = [*rows, _row(4, [80.0, 81.0])]
+    text = render_markdown(rows3, {**summary, "plateau": 4})
+    assert "No plateau within the sizes swept" in text and "stops gaining" not in text
