@@ -27,6 +27,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+def with_test_averages(report: dict) -> dict:
+    """Fill ``student_runs[*].test_average`` from the runs' records (student.json under the
+    report's experiment) for reports written before report.json carried it."""
+    for name, run in report["student_runs"].items():
+        if "test_average" not in run:
+            record = Path(report["experiment"]) / "student" / name / "student.json"
+            run["test_average"] = json.loads(record.read_text()).get("test_average")
+    return report
+
+
 def figures(report: dict, split: str = "test") -> dict[str, float]:
     """kd_gain (paired by seed), its interval's low end, ensemble_gain and student_speedup
     from a report.json, on ``split`` ("test" or "dev")."""
@@ -72,7 +82,7 @@ def main() -> int:
         config = load_config(args.config, args.overrides)
         root = Storage.from_uri(config.storage_path).child(config.name)
         report_path = Path(root.uri_of("report/report.json"))
-    report = json.loads(report_path.read_text())
+    report = with_test_averages(json.loads(report_path.read_text()))
     print(f"student runs: {json.dumps(report['student_runs'])}")
     dev, test = figures(report, "dev"), figures(report, "test")
     print(f"dev (reference): kd_gain {dev['kd_gain']:.2f} [{dev['kd_gain_ci_low']:+.2f}, "

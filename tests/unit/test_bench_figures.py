@@ -42,3 +42,15 @@ def test_quality_figures_pair_seeds_on_test_and_dev() -> None:
     assert dev["kd_gain"] == pytest.approx((3.0 + 1.0) / 2)
     assert dev["ensemble_gain"] == pytest.approx(1.5)
     assert dev["kd_gain_ci_low"] != dev["kd_gain_ci_low"]  # NaN: no dev interval given
+
+
+def test_quality_fills_test_averages_of_older_reports_from_the_records(tmp_path: Path) -> None:
+    quality = _load("quality")
+    (tmp_path / "student" / "student-s0").mkdir(parents=True)
+    (tmp_path / "student" / "student-s0" / "student.json").write_text('{"test_average": 71.5}')
+    report = {"experiment": str(tmp_path), "student_runs": {
+        "student-s0": {"average": 74.0, "seed": 0, "distill": True},
+        "baseline-s0": {"average": 71.0, "test_average": 70.0, "seed": 0, "distill": False}}}
+    filled = quality.with_test_averages(report)
+    assert filled["student_runs"]["student-s0"]["test_average"] == 71.5
+    assert filled["student_runs"]["baseline-s0"]["test_average"] == 70.0
