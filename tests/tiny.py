@@ -82,6 +82,14 @@ def write_task(path: Path, n: int, seed: int) -> Path:
     return path
 
 
+def toy_files_task(root: Path) -> dict:
+    """A two-class "files" task named toy (40 train, 12 dev rows of :func:`write_task`)."""
+    return {"name": "toy", "source": "files", "type": "classification",
+            "labels": ["neg", "pos"], "max_length": 24,
+            "files": {"train": str(write_task(root / "train.csv", 40, 0)),
+                      "dev": str(write_task(root / "dev.csv", 12, 1))}}
+
+
 def write_regression(path: Path, n: int, seed: int) -> Path:
     """Scores in [-1, 1]: +1 per "good", -1 per "bad" (clipped), tiny vocabulary."""
     rng = np.random.default_rng(seed)

@@ -18,6 +18,7 @@ After training, the final DeepSpeed checkpoint is consolidated from its ZeRO sha
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import tempfile
 import time
@@ -261,9 +262,6 @@ def _scored_now(ctx: StageContext, record: StudentRecord, target: Resolved | Non
     return updated
 
 
-_UNPROBED = object()
-
-
 def run_student(ctx: StageContext) -> dict[str, Any]:
     """Train (or reuse) every planned student run and export its final model."""
     config, store = ctx.config, ctx.store
@@ -279,27 +277,27 @@ def run_student(ctx: StageContext) -> dict[str, Any]:
         store, config.student.encoder or config.encoder.path))
     summaries: dict[str, StudentRecord] = {}
     checked = False
-    target: Any = _UNPROBED
+
+    # the device a student worker gets, probed once per stage: it trains there, and the
+    # export and re-scoring tasks with its resources score there
+    device = functools.cache(lambda: probe_work_device(config.ray,
+                                                       config.student.worker_resources))
+    scoring = functools.cache(lambda: stage_precision(  # refused (exit 2) or warned once
+        "student", "report.precision", config.report.precision, device()))
+
     for run in plan_runs(config):
         expected = run_lineage(config, run, data, soft)
         record = (None if ctx.rebuild else
                   reusable(store, student_record(run.name), expected, StudentRecord))
         if record is not None:
-            if target is _UNPROBED:  # once per stage: where a student worker would score
-                target = stage_precision("student", "report.precision", config.report.precision,
-                                         probe_work_device(config.ray,
-                                                           config.student.worker_resources))
-            record = _scored_now(ctx, record, target)
+            record = _scored_now(ctx, record, scoring())
             summaries[run.name] = record
             log.info("[student] %s finished before, reusing %s", run.name, record.model)
             continue
         if not checked:  # before the first run: refused (exit 2) or warned once
-            # the device a student worker gets: it trains there, and the export task with
-            # the same resources scores there (resolving report.precision again)
-            device = probe_work_device(config.ray, config.student.worker_resources)
             stage_precision("student", "student.training.precision",
-                            config.student.training.precision, device)
-            stage_precision("student", "report.precision", config.report.precision, device)
+                            config.student.training.precision, device())
+            scoring()
             checked = True
         ensure_ray(config.ray)
         store.delete(student_record(run.name))  # an old record never describes a new model

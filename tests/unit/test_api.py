@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from tiny import write_task
+from tiny import toy_files_task
 
 import mtkd
 
@@ -143,10 +143,7 @@ def test_load_student_from_s3(s3_env: str, model_dir: Path, student: mtkd.Studen
 
 def test_run_prepare_only_says_where_results_are(tiny_encoder_dir: Path,
                                                  tmp_path: Path) -> None:
-    task = {"name": "toy", "source": "files", "type": "classification",
-            "labels": ["neg", "pos"], "max_length": 24,
-            "files": {"train": str(write_task(tmp_path / "train.csv", 40, 0)),
-                      "dev": str(write_task(tmp_path / "dev.csv", 12, 1))}}
+    task = toy_files_task(tmp_path)
     config_file = tmp_path / "exp.yaml"
     config_file.write_text(yaml.safe_dump({
         "name": "api", "storage_path": str(tmp_path / "runs"),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tiny import write_task
+from tiny import toy_files_task
 
 from mtkd.cli import main
 from mtkd.jobs.entry import job_main
@@ -26,10 +26,7 @@ def test_cli_and_job_entry_print_the_same_summary(tiny_encoder_dir: Path, tmp_pa
     """student.distill: false disables teachers and soft: neither path lists them as
     "not run yet"; only the title differs."""
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    task = {"name": "toy", "source": "files", "type": "classification",
-            "labels": ["neg", "pos"], "max_length": 24,
-            "files": {"train": str(write_task(tmp_path / "train.csv", 40, 0)),
-                      "dev": str(write_task(tmp_path / "dev.csv", 12, 1))}}
+    task = toy_files_task(tmp_path)
     config_file = tmp_path / "exp.yaml"
     config_file.write_text(yaml.safe_dump({
         "name": "kd-off", "storage_path": str(tmp_path / "runs"),
