@@ -45,6 +45,7 @@ from mtkd.experiment import (
     soft_targets_record,
 )
 from mtkd.metrics import average_score, compute_task_metrics, labelled, task_score
+from mtkd.padding import PAD_SCORE, real_candidates
 from mtkd.precision import Resolved, stage_precision
 from mtkd.progress import Progress
 from mtkd.raycluster import ensure_ray, probe_work_device
@@ -377,21 +378,20 @@ def _task_targets(config: ExperimentConfig, store: Storage, task: str,
 
 def _outputs(member_out: np.ndarray, spec: Any) -> np.ndarray:
     """One member's [N, K] output block as the metrics expect it ([N] for regression)."""
-    return member_out[:, 0] if spec.kind.is_regression else np.where(
-        np.isneginf(member_out), np.finfo(np.float32).min / 2, member_out)
+    return member_out[:, 0] if spec.kind.is_regression else member_out
 
 
 def _ensemble_outputs(targets: Any, spec: Any) -> np.ndarray:
     """The ensemble's outputs as the metrics take them: the mean score (regression), the
     probabilities (classification), or the log-probabilities of the candidates (ranking:
-    the same order as the probabilities, and padded candidates, probability 0, become -inf,
-    which the metrics read as padding, see :data:`mtkd.metrics.PADDING_BELOW`)."""
+    the same order as the probabilities; padded candidates, probability 0, get
+    :data:`~mtkd.padding.PAD_SCORE`)."""
     if targets.probs is None:
         return targets.score
     if spec.kind.head != "ranking":
         return targets.probs
     with np.errstate(divide="ignore"):
-        return np.log(targets.probs)
+        return np.where(real_candidates(targets.logits), np.log(targets.probs), PAD_SCORE)
 
 
 def _write_targets(store: Storage, task: str, split: str, targets: Any,
@@ -400,7 +400,7 @@ def _write_targets(store: Storage, task: str, split: str, targets: Any,
         soft = [[float(s)] for s in targets.score]
         logits = soft
     else:
-        keep = np.isfinite(targets.logits)
+        keep = real_candidates(targets.logits)
         soft = [p[k].tolist() for p, k in zip(targets.probs, keep, strict=True)]
         logits = [x[k].tolist() for x, k in zip(targets.logits, keep, strict=True)]
     table = pa.table({"uid": targets.uids, "label": labels,

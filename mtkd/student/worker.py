@@ -27,6 +27,7 @@ import torch
 from mtkd.config import ExperimentConfig, config_from_dict
 from mtkd.data.prepared import encoder_tokenization
 from mtkd.experiment import experiment_store
+from mtkd.padding import pad_rows
 from mtkd.resources import ray_resources, work_device
 from mtkd.storage import Storage
 from mtkd.student.deepspeed_backend import DeepSpeedBackend, mixed_precision
@@ -99,11 +100,8 @@ def teacher_arrays(store: Storage, data: PreparedTasks,
             arrays[task] = align_by_uid(data.train[task]["uid"], uids, task, temperature,
                                         score=np.asarray([s[0] for s in soft], np.float32))
         else:
-            width = max(len(s) for s in soft)  # ranking rows have different widths
-            probs = np.zeros((len(soft), width), np.float32)
-            mean_logits = np.full((len(soft), width), np.finfo(np.float32).min / 2, np.float32)
-            for i, (p, z) in enumerate(zip(soft, logits, strict=True)):
-                probs[i, : len(p)], mean_logits[i, : len(z)] = p, z
+            # ranking rows have different widths: absent candidates get probability 0
+            probs, mean_logits = pad_rows(soft, fill=0.0), pad_rows(logits)
             arrays[task] = align_by_uid(data.train[task]["uid"], uids, task, temperature,
                                         probs=probs, logits=mean_logits)
     return arrays
