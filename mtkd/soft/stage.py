@@ -329,6 +329,16 @@ def _stacked(outputs: dict[str, pa.Table], split: str, uids: Any, task: str) -> 
     return stack_members(per_member, uids, task)
 
 
+def _aggregated(outputs: dict[str, pa.Table], split: str, uids: Any, spec: Any,
+                soft: SoftTargetsConfig) -> tuple[np.ndarray, Any]:
+    """The members' outputs of ``split`` stacked [M, N, K] and their checked aggregate."""
+    stacked = _stacked(outputs, split, uids, spec.name)
+    targets = aggregate(stacked, list(uids), regression=spec.kind.is_regression,
+                        method=soft.aggregation, temperature=soft.temperature)
+    check_targets(targets, uids, spec.name, split)
+    return stacked, targets
+
+
 def _task_targets(config: ExperimentConfig, store: Storage, task: str,
                   members: list[MemberRecord], apart: bool = False
                   ) -> tuple[dict[str, Any], dict[str, str]]:
@@ -352,18 +362,12 @@ def _task_targets(config: ExperimentConfig, store: Storage, task: str,
         uids, labels = prepared["uid"], np.asarray(prepared["label"])
         if split == "test" and not labelled(spec, labels).any():
             continue
-        stacked = _stacked(outputs, split, uids, task)
-        targets = aggregate(stacked, list(uids), regression=spec.kind.is_regression,
-                            method=soft.aggregation, temperature=soft.temperature)
-        check_targets(targets, uids, task, split)
+        stacked, targets = _aggregated(outputs, split, uids, spec, soft)
         if split in TARGET_SPLITS:
             files[f"{split}.parquet"] = _write_targets(store, task, split, targets, labels)
         if split in SCORING_SPLITS:
             if apart:
-                stacked = _stacked(scoring, split, uids, task)
-                targets = aggregate(stacked, list(uids), regression=spec.kind.is_regression,
-                                    method=soft.aggregation, temperature=soft.temperature)
-                check_targets(targets, uids, task, split)
+                stacked, targets = _aggregated(scoring, split, uids, spec, soft)
             scored = metrics if split == "dev" else metrics.setdefault("test", {"members": {}})
             for name, member_out in zip(outputs, stacked, strict=True):
                 scored["members"][name] = compute_task_metrics(spec, _outputs(member_out,
