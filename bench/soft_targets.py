@@ -81,19 +81,17 @@ from common import (
 
 import mtkd.soft.stage as soft_stage
 from mtkd.config import ExperimentConfig, Resources, config_from_dict
-from mtkd.data.collate import collate
 from mtkd.data.prepared import read_prepared, read_task_spec
 from mtkd.data.tokenize import load_tokenizer
+from mtkd.model.infer import predict_rows
 from mtkd.model.mtdnn import MTDNN, build_mtdnn, non_embedding_parameters
 from mtkd.model.remote import load_model_from, save_model_to
 from mtkd.pipeline import experiment_store, run_pipeline
-from mtkd.precision import autocast
 from mtkd.pretrained import resolve_encoder_dir
 from mtkd.raycluster import ensure_ray
 from mtkd.records import MemberRecord
 from mtkd.resources import ray_resources, task_options
 from mtkd.storage import Storage
-from mtkd.training.evaluate import model_inputs
 
 ENCODER = "bundled:all-MiniLM-L6-v2"
 MAX_LENGTHS = {"rotten_tomatoes": 128, "boolq": 256}
@@ -209,10 +207,10 @@ class Measurement:
 
 def local_variant(setup: Setup, *, precision: str, sort: bool, pad_to_max: bool,
                   batch: dict[str, int], threads: int) -> Callable[[], Measurement]:
-    """A single-process loop over both tasks' rows with ``setup.model``."""
-    device = torch.device("cpu")
+    """A single-process loop over both tasks' rows with ``setup.model``: mtkd's inference
+    core (:func:`mtkd.model.infer.predict_rows`), rows sorted by length or not, batches
+    padded to the longest row or to the task's max_length."""
 
-    @torch.no_grad()
     def run() -> Measurement:
         set_threads(threads)
         outputs: dict[Key, np.ndarray] = {}
@@ -221,20 +219,15 @@ def local_variant(setup: Setup, *, precision: str, sort: bool, pad_to_max: bool,
         def go() -> None:
             for task, cols in setup.data.items():
                 t0 = time.perf_counter()
-                n = len(cols["uid"])
-                order = np.argsort(np.asarray(cols["length"]), kind="stable") if sort \
-                    else np.arange(n)
-                size = batch[task]
-                for start in range(0, n, size):
-                    index = order[start:start + size]
-                    rows = [{"uid": cols["uid"][i], "input_ids": cols["input_ids"][i],
-                             "token_type_ids": cols["token_type_ids"][i]} for i in index]
-                    pack = collate(rows, setup.pad_id,
-                                   pad_to_multiple_of=MAX_LENGTHS[task] if pad_to_max else None)
-                    with autocast(device, precision):
-                        out = setup.model(task, **model_inputs(pack, device))
-                    for uid, row in zip(pack["uids"], out.float().numpy(), strict=True):
-                        outputs[(task, uid)] = row
+                rows = [{"uid": u, "input_ids": i, "token_type_ids": t} for u, i, t in
+                        zip(cols["uid"], cols["input_ids"], cols["token_type_ids"], strict=True)]
+                values = predict_rows(
+                    setup.model, task, rows, batch_size=batch[task], device="cpu",
+                    precision=precision, pad_id=setup.pad_id,
+                    lengths=cols["length"] if sort else None,
+                    pad_to_multiple_of=MAX_LENGTHS[task] if pad_to_max else None)
+                outputs.update({(task, uid): value for uid, value in
+                                zip(cols["uid"], values, strict=True)})
                 per_task[task] = time.perf_counter() - t0
 
         try:

@@ -117,12 +117,12 @@ def new_record() -> dict[str, Any]:
 
 
 def patch_backend(cls: type, rec: dict[str, Any]) -> Callable[[], None]:
-    """Wrap ``cls.forward/backward/step`` (and ``save`` if present) to record per-step
+    """Wrap ``cls.forward/backward/step`` (and ``save_state`` if present) to record per-step
     timestamps, examples, tokens and phase seconds into ``rec``; returns an undo function."""
     import time as _time
 
-    originals = {name: getattr(cls, name) for name in ("forward", "backward", "step", "save")
-                 if hasattr(cls, name)}
+    names = ("forward", "backward", "step", "save_state")
+    originals = {name: getattr(cls, name) for name in names if hasattr(cls, name)}
     pending = {"ex": 0, "tok": 0, "fwd": 0.0, "bwd": 0.0}
 
     def forward(self: Any, task: str, inputs: dict[str, Any]) -> Any:
@@ -161,15 +161,17 @@ def patch_backend(cls: type, rec: dict[str, Any]) -> Callable[[], None]:
             pending.update(ex=0, tok=0, fwd=0.0, bwd=0.0)
         return stepped
 
-    def save(self: Any, folder: str, client_state: dict[str, Any]) -> None:
+    def save_state(self: Any, folder: Any, rank: int = 0) -> None:
         start = _time.perf_counter()
-        originals["save"](self, folder, client_state)
+        originals["save_state"](self, folder, rank)
         seconds = _time.perf_counter() - start
         size = sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
-        rec["saves"].append({"step": client_state.get("step"), "seconds": seconds,
-                             "bytes": size})
+        engine = getattr(self, "engine", None)  # DeepSpeed's counts the optimizer steps
+        rec["saves"].append({"step": int(engine.global_steps) if engine else None,
+                             "seconds": seconds, "bytes": size})
 
-    patched = {"forward": forward, "backward": backward, "step": step, "save": save}
+    patched = {"forward": forward, "backward": backward, "step": step,
+               "save_state": save_state}
     for name in originals:
         setattr(cls, name, patched[name])
 

@@ -145,7 +145,8 @@ class Prediction:
     * regression: [N] scores in the task's label units;
     * ranking: [N, K], K the most candidates of any query: with ``probabilities=True`` a
       softmax over each query's candidates (missing candidates 0), else scores (missing
-      ``-inf``); ``best_candidate`` [N] is the index of the best one.
+      :data:`mtkd.padding.PAD_SCORE`, -30000); ``best_candidate`` [N] is the index of the
+      best one.
     """
 
     task: str
@@ -179,7 +180,7 @@ class Student:
         self.device = device
         """"cpu" or "cuda"."""
         self._specs = specs
-        self._dtypes: dict[str, Any] = {}
+        self._precisions: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"Student({self.source!r}, tasks={list(self.tasks)}, device={self.device!r})"
@@ -201,16 +202,16 @@ class Student:
         """A classification task's labels, in the order of the output columns; ()."""
         return tuple(self.spec(task).labels)
 
-    def _autocast_dtype(self, precision: str) -> Any:
-        if precision not in self._dtypes:
+    def _resolved(self, precision: str) -> str:
+        """``precision`` resolved on this device (once per value; warned about once)."""
+        if precision not in self._precisions:
             from mtkd.predict_cli import device_and_precision
 
             _, resolved = device_and_precision(self.device, precision, "device", "precision")
             if resolved.warning:
                 log.warning("%s", resolved.warning)
-            self._dtypes[precision] = (None if resolved.precision == "fp32"
-                                       else resolved.dtype)
-        return self._dtypes[precision]
+            self._precisions[precision] = resolved.precision
+        return self._precisions[precision]
 
     def predict(self, task: str, texts: Sequence[str],
                 text_pairs: Sequence[str] | Sequence[Sequence[str]] | None = None, *,
@@ -254,14 +255,14 @@ class Student:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise MtkdError(f"batch_size must be a positive integer, got {batch_size!r}")
         probs = probabilities and not kind.is_regression
-        dtype = self._autocast_dtype(precision)
+        resolved = self._resolved(precision)
         if not texts:  # the tokenizer refuses an empty batch
             width = () if kind.is_regression else (0 if ranking else spec.num_outputs,)
             values = np.zeros((0, *width), dtype=np.float32)
         else:
             values = predict_texts(self.model, self.tokenizer, task, texts, text_pairs,
                                    batch_size=batch_size, device=self.device, probs=probs,
-                                   autocast_dtype=dtype)
+                                   precision=resolved)
         label = best = None
         names: tuple[str, ...] = ()
         if ranking:

@@ -5,8 +5,8 @@ Model outputs by task type (``spec.kind``):
 * classification / pair_classification: logits [B, C]. SAN heads return log-probabilities
   as logits; everything goes through ``log_softmax``, which leaves those unchanged.
 * regression: scores [B] (a trailing [B, 1] is accepted).
-* ranking: candidate scores [B, K]; padded candidates hold a very negative finite value
-  (``torch.finfo(dtype).min / 2``): any score below ``PAD_THRESHOLD`` counts as padding.
+* ranking: candidate scores [B, K]; padded candidates hold
+  :data:`mtkd.padding.PAD_SCORE` (recognised by :func:`mtkd.padding.real_candidates`).
   Padded candidates get no probability, no loss and zero gradient.
 
 Every loss is computed in float32 (bf16 / fp16 outputs are cast up first) and returns a
@@ -26,16 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mtkd.padding import PAD_SCORE, real_candidates
 from mtkd.tasks.spec import TaskSpec
 
 if TYPE_CHECKING:
     from mtkd.config.schema import KDConfig
 
-PAD_THRESHOLD = torch.finfo(torch.float16).min / 4
-"""Ranking scores at or below this (about -16376) are padded candidates; it catches
-``finfo(dtype).min / 2`` of fp16, bf16 and fp32 alike, even after a cast to float32."""
-_NEG = -1e30
-"""What padded candidate scores become in float32 before a softmax (finite: no NaN)."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +68,7 @@ def _ranking(spec: TaskSpec) -> bool:
 
 def _prepare(spec: TaskSpec, outputs: Tensor) -> tuple[Tensor, Tensor]:
     """Float32 outputs ([B] for regression, [B, N] otherwise) and the mask of real entries
-    (same shape; padded ranking candidates False and their scores set to ``_NEG``)."""
+    (same shape; padded ranking candidates False and their scores set to ``PAD_SCORE``)."""
     if spec.kind.is_regression:
         out = outputs.float()
         out = out.squeeze(-1) if out.dim() == 2 and out.shape[-1] == 1 else out
@@ -80,8 +76,8 @@ def _prepare(spec: TaskSpec, outputs: Tensor) -> tuple[Tensor, Tensor]:
     out = outputs.float()
     if not _ranking(spec):
         return out, torch.ones_like(out, dtype=torch.bool)
-    valid = out > PAD_THRESHOLD
-    return out.masked_fill(~valid, _NEG), valid
+    valid = real_candidates(out)
+    return out.masked_fill(~valid, PAD_SCORE), valid
 
 
 def _masked_mean(values: Tensor, keep: Tensor) -> Tensor:
@@ -130,7 +126,7 @@ def _target(x: Tensor | None, like: Tensor, padding: float) -> Tensor | None:
         return x
     if x.shape[-1] > width:
         extra = x[..., width:]
-        real = extra > PAD_THRESHOLD if padding < 0 else extra != padding
+        real = real_candidates(extra) if padding < 0 else extra != padding
         if bool((real & ~torch.isnan(extra)).any()):
             raise ValueError(f"teacher targets have {x.shape[-1]} real entries per row but the "
                              f"outputs only {width}")
@@ -174,7 +170,7 @@ def soft_loss(spec: TaskSpec, outputs: Tensor,
         keep = ~torch.isnan(score)
         diff = out - torch.nan_to_num(score)
         return _masked_mean(diff * diff, keep)
-    probs, logits = _target(t.probs, out, 0.0), _target(t.logits, out, _NEG)
+    probs, logits = _target(t.probs, out, 0.0), _target(t.logits, out, PAD_SCORE)
     rows = valid.any(-1)  # [B]: rows with at least one real candidate
     for x in (probs, logits):
         if x is not None:
@@ -197,13 +193,13 @@ def soft_loss(spec: TaskSpec, outputs: Tensor,
                                  "value, or make the targets at 1)")
             p = p.pow(1.0 / tau)
     elif logits is not None:
-        p = F.softmax(torch.nan_to_num(logits).masked_fill(~valid, _NEG) / tau, dim=-1)
+        p = F.softmax(torch.nan_to_num(logits).masked_fill(~valid, PAD_SCORE) / tau, dim=-1)
     else:
         raise ValueError(f"task {spec.name!r}: soft_loss {kind!r} needs teacher.probs or logits")
     p = p * valid
     p = p / p.sum(-1, keepdim=True).clamp_min(1e-12)
-    log_q = F.log_softmax((out / tau).masked_fill(~valid, _NEG), dim=-1)
-    log_q = log_q.masked_fill(~valid, 0.0)  # p is 0 there: keeps 0 * (-huge) out of it
+    log_q = F.log_softmax((out / tau).masked_fill(~valid, PAD_SCORE), dim=-1)
+    log_q = log_q.masked_fill(~valid, 0.0)  # p is 0 there: keeps 0 * log q out of it
     per_row = -(p * log_q).sum(-1)  # [B] cross-entropy
     if kind == "kl":
         per_row = per_row + torch.special.xlogy(p, p).sum(-1)

@@ -28,6 +28,7 @@ import numpy as np
 from scipy import stats
 from sklearn import metrics as skm
 
+from mtkd.padding import real_candidates
 from mtkd.tasks.spec import TaskSpec
 
 
@@ -91,7 +92,8 @@ def precision_at_1(predictions: np.ndarray, labels: np.ndarray) -> float:
 
 
 def mean_reciprocal_rank(scores: np.ndarray, labels: np.ndarray) -> float:
-    """MRR ×100 of candidate ``scores`` ``[N, K]`` (absent candidates -inf or very low)
+    """MRR ×100 of candidate ``scores`` ``[N, K]`` (absent candidates padded, see
+    :mod:`mtkd.padding`)
     against the right candidate's index ``[N]``: the mean of 1 / rank, rank = 1 + the
     number of candidates scored strictly higher than the right one."""
     s = np.asarray(scores, dtype=np.float64)
@@ -103,25 +105,12 @@ def mean_reciprocal_rank(scores: np.ndarray, labels: np.ndarray) -> float:
     return 100.0 * float(np.mean(1.0 / ranks))
 
 
-PADDING_BELOW = -1e4
-"""A candidate score at or below this (or not finite) is a padded slot, not a candidate.
-Every padding mtkd writes is below it: -inf (members' stacked outputs), float32 min / 2
-(:func:`mtkd.training.evaluate.predict_outputs`), and the ranking head's masked value,
-``finfo(dtype).min / 2`` (-32752 in fp16); a real candidate's score (a logit) is not."""
-
-
-def real_candidates(scores: np.ndarray) -> np.ndarray:
-    """Which slots of candidate ``scores`` ``[N, K]`` hold a real candidate ``[N, K]`` bool
-    (see :data:`PADDING_BELOW`)."""
-    s = np.asarray(scores, dtype=np.float64)
-    return np.isfinite(s) & (s > PADDING_BELOW)
-
-
 def pair_accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
     """Pair accuracy ×100 of a ranking task that is pairwise in origin (QNLI as MT-DNN
     ranks it): the accuracy over every (query, candidate) pair, the published task's metric.
 
-    ``scores`` ``[N, K]``: candidate scores, padded slots as :data:`PADDING_BELOW` says
+    ``scores`` ``[N, K]``: candidate scores, padded slots as
+    :func:`mtkd.padding.real_candidates` says
     (queries may have different candidate counts); ``labels`` ``[N]``: the right
     candidate's index. A pair's gold label is positive iff its candidate is the query's
     right one (the data gives one right candidate per query). A pair is predicted positive
@@ -170,7 +159,8 @@ def predictions_from_outputs(spec: TaskSpec, outputs: np.ndarray) -> np.ndarray:
 
     * classification: logits or probabilities ``[N, C]`` → class index (argmax) ``[N]``;
     * regression: scores ``[N, 1]`` or ``[N]`` → float64 ``[N]``;
-    * ranking: candidate scores ``[N, K]`` (padding may be -inf) → best candidate ``[N]``.
+    * ranking: candidate scores ``[N, K]`` (padded, see :mod:`mtkd.padding`) → best
+      candidate ``[N]``.
     """
     out = np.asarray(outputs)
     kind = spec.kind

@@ -305,13 +305,14 @@ def device_and_precision(device: str | None, precision: str, device_key: str = "
     return device, resolve_here(precision, device, precision_key)
 
 
-def _device_and_dtype(args: argparse.Namespace) -> tuple[str, Any]:
+def _device_and_precision(args: argparse.Namespace) -> tuple[str, str]:
+    """The device and the resolved precision, announced on stderr."""
     device, resolved = device_and_precision(args.device, args.precision)
     if resolved.warning:
         print(f"warning: {resolved.warning}", file=sys.stderr)
     elif not getattr(args, "quiet", False):
         print(f"precision {resolved.describe()}", file=sys.stderr)
-    return device, None if resolved.precision == "fp32" else resolved.dtype
+    return device, resolved.precision
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -326,12 +327,13 @@ def run_predict(args: argparse.Namespace) -> int:
         spec = specs[args.task]
         table = _read_input(args.input, spec, args)
         texts, pairs, uids = _examples(table)
-        device, dtype = _device_and_dtype(args)
+        device, precision = _device_and_precision(args)
 
         from mtkd.model.io import load_mtdnn
 
         model, tokenizer = load_mtdnn(model_dir, device=device)
-        values, seconds = _predict(model, tokenizer, spec, texts, pairs, args, device, dtype)
+        values, seconds = _predict(model, tokenizer, spec, texts, pairs, args, device,
+                                   precision)
 
     lines = []
     for i, value in enumerate(values):
@@ -345,8 +347,8 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def _predict(model: Any, tokenizer: Any, spec: TaskSpec, texts: list[str],
-             pairs: list[Any] | None, args: argparse.Namespace, device: str, dtype: Any
-             ) -> tuple[list[Any], float]:
+             pairs: list[Any] | None, args: argparse.Namespace, device: str,
+             precision: str) -> tuple[list[Any], float]:
     """predict_texts over length-sorted chunks, with a progress bar; input order restored."""
     from tqdm import tqdm
 
@@ -371,7 +373,7 @@ def _predict(model: Any, tokenizer: Any, spec: TaskSpec, texts: list[str],
             result = predict_texts(
                 model, tokenizer, spec.name, [texts[i] for i in ids],
                 [pairs[i] for i in ids] if pairs is not None else None,
-                batch_size=args.batch_size, device=device, probs=probs, autocast_dtype=dtype)
+                batch_size=args.batch_size, device=device, probs=probs, precision=precision)
             for i, value in zip(ids, result, strict=True):
                 outputs[i] = value
             bar.update(len(ids))

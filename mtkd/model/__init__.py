@@ -8,7 +8,7 @@
 """
 
 from mtkd.model.encoder import load_encoder, pool, truncate_layers
-from mtkd.model.heads import LinearHead, RankingHead, SANClassifier, masked_value
+from mtkd.model.heads import LinearHead, RankingHead, SANClassifier
 from mtkd.model.io import load_mtdnn, read_meta, save_mtdnn
 from mtkd.model.mtdnn import (
     MTDNN,
@@ -30,7 +30,6 @@ __all__ = [
     "build_mtdnn",
     "load_encoder",
     "load_mtdnn",
-    "masked_value",
     "non_embedding_parameters",
     "num_parameters",
     "pool",

@@ -10,11 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
-def masked_value(dtype: torch.dtype) -> float:
-    """Score given to padded candidates: very negative but finite, so that a softmax over
-    an all-padded row is uniform rather than NaN (``-inf - -inf``)."""
-    return torch.finfo(dtype).min / 2
+from mtkd.padding import PAD_SCORE
 
 
 def _init_linear(layer: nn.Linear, std: float) -> nn.Linear:
@@ -44,7 +40,8 @@ class RankingHead(nn.Module):
     N = ``candidate_mask.sum()`` (only the real candidates, row-major order, which is what
     :class:`MTDNN` passes so no compute goes to padding). ``candidate_mask`` [B, K] is
     True for real candidates. Returns scores [B, K], padded slots set to
-    :func:`masked_value`, so ``softmax(scores, -1)`` is the distribution over candidates.
+    :data:`mtkd.padding.PAD_SCORE` (in any dtype), so ``softmax(scores, -1)`` is the
+    distribution over candidates.
     """
 
     def __init__(self, hidden_size: int, dropout: float = 0.1, init_std: float = 0.02) -> None:
@@ -55,7 +52,7 @@ class RankingHead(nn.Module):
     def forward(self, pooled: torch.Tensor, candidate_mask: torch.Tensor) -> torch.Tensor:
         mask = candidate_mask.bool()
         scores = self.proj(self.dropout(pooled)).squeeze(-1)  # [B*K] or [N]
-        fill = masked_value(scores.dtype)
+        fill = PAD_SCORE
         if scores.shape[0] == mask.numel():
             return scores.view(mask.shape).masked_fill(~mask, fill)
         if scores.shape[0] != int(mask.sum()):
@@ -66,7 +63,8 @@ class RankingHead(nn.Module):
 
 def _attend(memory: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Attention summary: memory [B, T, H], scores [B, T], mask [B, T] → [B, H]."""
-    scores = scores.float().masked_fill(~mask.bool(), masked_value(torch.float32))
+    # Token positions, not candidates: masked in float32 as the exported SAN head does.
+    scores = scores.float().masked_fill(~mask.bool(), torch.finfo(torch.float32).min / 2)
     weights = torch.softmax(scores, dim=-1).to(memory.dtype)
     return torch.bmm(weights.unsqueeze(1), memory).squeeze(1)
 

@@ -6,7 +6,7 @@ B = batch size, T = sequence length, K = candidates, C = classes:
 * classification / pair classification: logits [B, C] (SAN heads: log-probabilities);
 * regression: scores [B];
 * ranking (inputs [B, K, T], ``candidate_mask`` [B, K]): scores [B, K], padded candidates
-  set to ``finfo(dtype).min / 2``; only real candidates are run through the encoder.
+  set to :data:`mtkd.padding.PAD_SCORE`; only real candidates are run through the encoder.
 """
 
 from __future__ import annotations

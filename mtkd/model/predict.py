@@ -1,14 +1,14 @@
 """Run an MT-DNN on raw texts: tokenize, batch by length, predict, restore input order.
 
 Tokenization matches :mod:`mtkd.data.tokenize` (per-task ``max_length``, pairs truncated
-``longest_first``) and batches are padded by :func:`mtkd.data.collate.collate`, so
-predictions equal those of the training/evaluation pipeline. Sorting by length before
-batching is what makes CPU inference fast (see FACTS "Speed ceiling": 148 → 260 ex/s).
+``longest_first``) and the batches go through :func:`mtkd.model.infer.predict_rows`, the
+inference core of the training/evaluation pipeline, so predictions equal its own. Sorting by
+length before batching is what makes CPU inference fast (FACTS "Speed ceiling": 148 → 260
+ex/s).
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,9 +16,10 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from mtkd.data.collate import collate
 from mtkd.errors import MtkdError
+from mtkd.model.infer import predict_rows
 from mtkd.model.mtdnn import MTDNN
+from mtkd.padding import PAD_SCORE, pad_rows
 
 
 def _tokenize(tokenizer: PreTrainedTokenizerBase, first: Sequence[str],
@@ -63,17 +64,19 @@ def predict_texts(model: MTDNN, tokenizer: PreTrainedTokenizerBase, task: str,
                   texts: Sequence[str], text_pairs: Sequence[Any] | None = None, *,
                   batch_size: int = 32, device: str | torch.device = "cpu",
                   max_length: int | None = None, probs: bool = False,
-                  autocast_dtype: torch.dtype | None = None) -> np.ndarray:
+                  precision: str = "fp32") -> np.ndarray:
     """``task``'s outputs for N examples, in input order, as float32:
 
     * classification: logits [N, C] (``probs``: softmax probabilities);
     * regression: scores [N];
     * ranking (``texts`` = queries, ``text_pairs`` = a list of candidate texts per query):
-      scores [N, K] with K the most candidates of any query, missing candidates -inf
-      (``probs``: softmax over each query's candidates, missing ones 0).
+      scores [N, K] with K the most candidates of any query, missing candidates
+      :data:`mtkd.padding.PAD_SCORE` (``probs``: softmax over each query's candidates,
+      missing ones 0).
 
-    ``model`` is moved to ``device`` and run in eval mode (its train/eval mode is restored
-    afterwards). ``autocast_dtype`` (e.g. torch.bfloat16) runs the encoder under autocast.
+    ``model`` is moved to ``device`` and run by :func:`mtkd.model.infer.predict_rows` in
+    eval mode (its train/eval mode is restored afterwards) under the autocast of
+    ``precision``, a resolved one (fp32, bf16, fp16; see :mod:`mtkd.precision`).
     """
     if task not in model.specs:
         raise MtkdError(f"the model has no task {task!r} (it has: {', '.join(model.specs)})")
@@ -81,36 +84,14 @@ def predict_texts(model: MTDNN, tokenizer: PreTrainedTokenizerBase, task: str,
     rows = _rows(model, tokenizer, task, texts, text_pairs, max_length or spec.max_length)
     for i, row in enumerate(rows):
         row["uid"] = i
-    order = sorted(range(len(rows)), key=lambda i: _length(rows[i]))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    device = torch.device(device)
-    was_training = model.training
-    model.to(device).eval()
-    outputs: list[np.ndarray] = [np.empty(0)] * len(rows)
-    autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype
-                else contextlib.nullcontext())
-    try:
-        with torch.inference_mode(), autocast:
-            for start in range(0, len(order), batch_size):
-                batch = collate([rows[i] for i in order[start:start + batch_size]], pad_id)
-                batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v
-                         for k, v in batch.items()}
-                out = model.forward_batch(task, batch).float()
-                if "candidate_mask" in batch:
-                    out = out.masked_fill(~batch["candidate_mask"], float("-inf"))
-                if probs and not spec.kind.is_regression:
-                    out = torch.softmax(out, dim=-1)
-                for uid, value in zip(batch["uids"], out.cpu().numpy(), strict=True):
-                    outputs[int(uid)] = value
-    finally:
-        model.train(was_training)
+    model.to(device)
+    outputs = predict_rows(model, task, rows, batch_size=batch_size, device=device,
+                           precision=precision, pad_id=pad_id,
+                           lengths=[_length(r) for r in rows],
+                           probabilities=probs and not spec.kind.is_regression)
     if spec.kind.head == "ranking":
-        width = max((len(o) for o in outputs), default=0)
-        fill = 0.0 if probs else -np.inf
-        result = np.full((len(outputs), width), fill, dtype=np.float32)
-        for i, o in enumerate(outputs):
-            result[i, : len(o)] = o
-        return result
+        return pad_rows(outputs, fill=0.0 if probs else PAD_SCORE)
     if not outputs:
         return np.zeros((0, spec.num_outputs) if not spec.kind.is_regression else (0,),
                         dtype=np.float32)

@@ -1,6 +1,7 @@
 """Average ensemble members' outputs into soft targets, per uid, and check the result.
 
-Shapes: M members, N examples, K classes (or candidates, padded with -inf for ranking).
+Shapes: M members, N examples, K classes (or candidates, padded with
+:data:`mtkd.padding.PAD_SCORE` for ranking; padded candidates get probability 0).
 """
 
 from __future__ import annotations
@@ -11,29 +12,20 @@ from dataclasses import dataclass
 import numpy as np
 
 from mtkd.errors import DataError
+from mtkd.padding import PAD_SCORE, log_softmax, softmax
+
+__all__ = ["SoftTargets", "aggregate", "check_targets", "softmax", "stack_members"]
 
 PROB_TOLERANCE = 1e-3
-
-
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    """log softmax over the last axis; -inf entries (padding) stay -inf."""
-    top = np.max(np.where(np.isneginf(x), -np.inf, x), axis=-1, keepdims=True)
-    top = np.where(np.isfinite(top), top, 0.0)
-    shifted = x - top
-    with np.errstate(divide="ignore"):
-        return shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
-
-
-def softmax(x: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    return np.exp(_log_softmax(x / temperature))
 
 
 @dataclass
 class SoftTargets:
     """One task's aggregated targets, rows aligned with ``uids``.
 
-    probs: [N, K] (classification / ranking) or None; logits: [N, K] mean member logits
-    (-inf on padded candidates) or None; score: [N] mean member score (regression) or None.
+    probs: [N, K] (classification / ranking; 0 on padded candidates) or None; logits:
+    [N, K] mean member logits (PAD_SCORE on padded candidates) or None; score: [N] mean
+    member score (regression) or None.
     """
 
     uids: list[str]
@@ -45,13 +37,14 @@ class SoftTargets:
 
 def stack_members(outputs: Sequence[dict[str, np.ndarray]], uids: Sequence[str],
                   task: str) -> np.ndarray:
-    """[M, N, K] array of member outputs for ``uids`` (join by uid; -inf pads short rows).
+    """[M, N, K] float64 array of member outputs for ``uids`` (join by uid; short rows
+    padded with :data:`~mtkd.padding.PAD_SCORE`).
 
     Each element of ``outputs`` maps uid → that member's output vector. A uid missing
     from any member is an error naming the member and the uid.
     """
     width = max((len(v) for out in outputs for v in out.values()), default=1)
-    stacked = np.full((len(outputs), len(uids), width), -np.inf, dtype=np.float64)
+    stacked = np.full((len(outputs), len(uids), width), PAD_SCORE, dtype=np.float64)
     for m, out in enumerate(outputs):
         for n, uid in enumerate(uids):
             vector = out.get(uid)
@@ -70,13 +63,13 @@ def aggregate(stacked: np.ndarray, uids: list[str], *, regression: bool, method:
     members = stacked.shape[0]
     if regression:
         return SoftTargets(uids, None, None, stacked[:, :, 0].mean(axis=0), members)
-    scaled = stacked / temperature
+    # Padding is recognised before the temperature scales the scores (mtkd.padding).
     if method == "mean_prob":
-        probs = np.exp(_log_softmax(scaled)).mean(axis=0)
+        probs = softmax(stacked, temperature).mean(axis=0)
     elif method == "mean_logit":
-        probs = np.exp(_log_softmax(scaled.mean(axis=0)))
+        probs = softmax(stacked.mean(axis=0), temperature)
     elif method == "geometric":
-        probs = np.exp(_log_softmax(_log_softmax(scaled).mean(axis=0)))
+        probs = softmax(log_softmax(stacked, temperature).mean(axis=0))
     else:
         raise ValueError(f"unknown aggregation {method!r}")
     return SoftTargets(uids, probs, stacked.mean(axis=0), None, members)

@@ -15,12 +15,11 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from mtkd.data.collate import collate
+from mtkd.model.infer import predict_rows
 from mtkd.model.remote import load_model_from
-from mtkd.precision import autocast, resolve_here
+from mtkd.precision import resolve_here
 from mtkd.resources import work_device
 from mtkd.storage import Storage
-from mtkd.training.evaluate import model_inputs
 
 OUTPUT_SCHEMA = pa.schema([("task", pa.string()), ("split", pa.string()),
                            ("uid", pa.string()), ("logits", pa.list_(pa.float32()))])
@@ -43,17 +42,12 @@ class MemberPredictor:
                                         Path(self._tmp.name) / "model", device=self.device)
         self.model.eval()
 
-    @torch.no_grad()
     def _predict(self, task: str, rows: list[dict[str, Any]]) -> list[np.ndarray]:
-        batch = collate(rows)
-        with autocast(self.device, self.precision):
-            out = self.model(task, **model_inputs(batch, self.device)).float().cpu().numpy()
-        if out.ndim == 1:  # regression: one score per row
-            return [np.array([v], dtype=np.float32) for v in out]
-        if self.model.specs[task].kind.head == "ranking":  # drop padded candidates
-            counts = [len(r["input_ids"]) for r in rows]
-            return [o[:k].astype(np.float32) for o, k in zip(out, counts, strict=True)]
-        return [o.astype(np.float32) for o in out]
+        """One batch (``rows`` arrive length-sorted) through the inference core: per row its
+        logits [C], its score as [1], or its own candidates' scores [k]."""
+        outputs = predict_rows(self.model, task, rows, batch_size=max(1, len(rows)),
+                               device=self.device, precision=self.precision)
+        return [o.reshape(-1) for o in outputs]
 
     def __call__(self, table: pa.Table) -> pa.Table:
         columns = table.to_pydict()

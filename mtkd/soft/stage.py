@@ -46,6 +46,7 @@ from mtkd.experiment import (
     soft_targets_record,
 )
 from mtkd.metrics import average_score, compute_task_metrics, labelled, task_score
+from mtkd.padding import PAD_SCORE, real_candidates
 from mtkd.precision import Resolved, stage_precision
 from mtkd.progress import Progress
 from mtkd.raycluster import ensure_ray, probe_work_device
@@ -342,6 +343,16 @@ def _stacked(outputs: dict[str, pa.Table], split: str, uids: Any, task: str) -> 
     return stack_members(per_member, uids, task)
 
 
+def _aggregated(outputs: dict[str, pa.Table], split: str, uids: Any, spec: Any,
+                soft: SoftTargetsConfig) -> tuple[np.ndarray, Any]:
+    """The members' outputs of ``split`` stacked [M, N, K] and their checked aggregate."""
+    stacked = _stacked(outputs, split, uids, spec.name)
+    targets = aggregate(stacked, list(uids), regression=spec.kind.is_regression,
+                        method=soft.aggregation, temperature=soft.temperature)
+    check_targets(targets, uids, spec.name, split)
+    return stacked, targets
+
+
 def _task_targets(config: ExperimentConfig, store: Storage, task: str,
                   members: list[MemberRecord], apart: bool = False
                   ) -> tuple[dict[str, Any], dict[str, str]]:
@@ -365,18 +376,12 @@ def _task_targets(config: ExperimentConfig, store: Storage, task: str,
         uids, labels = prepared["uid"], np.asarray(prepared["label"])
         if split == "test" and not labelled(spec, labels).any():
             continue
-        stacked = _stacked(outputs, split, uids, task)
-        targets = aggregate(stacked, list(uids), regression=spec.kind.is_regression,
-                            method=soft.aggregation, temperature=soft.temperature)
-        check_targets(targets, uids, task, split)
+        stacked, targets = _aggregated(outputs, split, uids, spec, soft)
         if split in TARGET_SPLITS:
             files[f"{split}.parquet"] = _write_targets(store, task, split, targets, labels)
         if split in SCORING_SPLITS:
             if apart:
-                stacked = _stacked(scoring, split, uids, task)
-                targets = aggregate(stacked, list(uids), regression=spec.kind.is_regression,
-                                    method=soft.aggregation, temperature=soft.temperature)
-                check_targets(targets, uids, task, split)
+                stacked, targets = _aggregated(scoring, split, uids, spec, soft)
             scored = metrics if split == "dev" else metrics.setdefault("test", {"members": {}})
             for name, member_out in zip(outputs, stacked, strict=True):
                 scored["members"][name] = compute_task_metrics(spec, _outputs(member_out,
@@ -391,21 +396,20 @@ def _task_targets(config: ExperimentConfig, store: Storage, task: str,
 
 def _outputs(member_out: np.ndarray, spec: Any) -> np.ndarray:
     """One member's [N, K] output block as the metrics expect it ([N] for regression)."""
-    return member_out[:, 0] if spec.kind.is_regression else np.where(
-        np.isneginf(member_out), np.finfo(np.float32).min / 2, member_out)
+    return member_out[:, 0] if spec.kind.is_regression else member_out
 
 
 def _ensemble_outputs(targets: Any, spec: Any) -> np.ndarray:
     """The ensemble's outputs as the metrics take them: the mean score (regression), the
     probabilities (classification), or the log-probabilities of the candidates (ranking:
-    the same order as the probabilities, and padded candidates, probability 0, become -inf,
-    which the metrics read as padding, see :data:`mtkd.metrics.PADDING_BELOW`)."""
+    the same order as the probabilities; padded candidates, probability 0, get
+    :data:`~mtkd.padding.PAD_SCORE`)."""
     if targets.probs is None:
         return targets.score
     if spec.kind.head != "ranking":
         return targets.probs
     with np.errstate(divide="ignore"):
-        return np.log(targets.probs)
+        return np.where(real_candidates(targets.logits), np.log(targets.probs), PAD_SCORE)
 
 
 def _write_targets(store: Storage, task: str, split: str, targets: Any,
@@ -414,7 +418,7 @@ def _write_targets(store: Storage, task: str, split: str, targets: Any,
         soft = [[float(s)] for s in targets.score]
         logits = soft
     else:
-        keep = np.isfinite(targets.logits)
+        keep = real_candidates(targets.logits)
         soft = [p[k].tolist() for p, k in zip(targets.probs, keep, strict=True)]
         logits = [x[k].tolist() for x, k in zip(targets.logits, keep, strict=True)]
     table = pa.table({"uid": targets.uids, "label": labels,

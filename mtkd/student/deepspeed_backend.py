@@ -9,6 +9,7 @@ up the process group (gloo on CPU, NCCL on GPU), which DeepSpeed joins.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -199,14 +200,17 @@ class DeepSpeedBackend:
                 return float(scale)
         return None
 
-    def save(self, folder: str, client_state: dict[str, Any]) -> None:
-        """This rank's DeepSpeed shard (every rank must call it)."""
-        self.engine.save_checkpoint(folder, tag=CHECKPOINT_TAG, client_state=client_state)
+    def save_state(self, folder: Path, rank: int = 0) -> None:
+        """This rank's DeepSpeed checkpoint (model, optimizer and ZeRO shard, schedule, loss
+        scaler) under ``folder/ds`` (every rank must call it: a collective)."""
+        self.engine.save_checkpoint(str(folder), tag=CHECKPOINT_TAG)
 
-    def load(self, folder: str) -> dict[str, Any]:
-        """Restore model, optimizer and schedule from a checkpoint folder; client state."""
-        _, client_state = self.engine.load_checkpoint(folder, tag=CHECKPOINT_TAG)
-        return client_state or {}
+    def load_state(self, folder: Path, rank: int = 0) -> None:
+        """Restore model, optimizer and schedule from a checkpoint folder (all ranks'
+        shards); RuntimeError when DeepSpeed finds no checkpoint there."""
+        path, _ = self.engine.load_checkpoint(str(folder), tag=CHECKPOINT_TAG)
+        if path is None:
+            raise RuntimeError(f"no DeepSpeed checkpoint (tag {CHECKPOINT_TAG!r}) in {folder}")
 
 
 CHECKPOINT_TAG = "ds"

@@ -3,9 +3,10 @@
 Reads only its ``loop_config`` (experiment config as plain data, run, storage uri).
 Each rank trains on its own shard of the multi-task sampler. Every
 ``checkpoint_every`` steps, and every ``checkpoint_minutes`` of wall time (rank 0's clock
-decides for all ranks), each rank saves its DeepSpeed shard, its RNG state and (rank
-0) the loop state into a local folder and calls ``ray.train.report`` with it; Ray merges
-the ranks' files into one checkpoint in storage. A restarted or re-run worker group
+decides for all ranks), each rank writes its part of mtkd's one checkpoint format
+(:mod:`mtkd.training.checkpoint`: its DeepSpeed shard, its RNG state and, rank 0, the loop
+state) into a local folder and calls ``ray.train.report`` with it; Ray merges the ranks'
+files into one checkpoint in storage. A restarted or re-run worker group
 resumes from the latest checkpoint at the same step and batch.
 """
 
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import logging
 import os
 import tempfile
@@ -27,10 +27,12 @@ import torch
 from mtkd.config import ExperimentConfig, config_from_dict
 from mtkd.data.prepared import encoder_tokenization
 from mtkd.experiment import experiment_store
+from mtkd.padding import pad_rows
 from mtkd.resources import ray_resources, work_device
 from mtkd.storage import Storage
 from mtkd.student.deepspeed_backend import DeepSpeedBackend, mixed_precision
 from mtkd.tracking import Tracker
+from mtkd.training.checkpoint import load_checkpoint, save_checkpoint
 from mtkd.training.data import TeacherArrays, align_by_uid
 from mtkd.training.evaluate import predict_outputs
 from mtkd.training.loop import (
@@ -38,7 +40,6 @@ from mtkd.training.loop import (
     LoopHooks,
     LoopState,
     TrainingLoop,
-    capture_rng,
     chain_hooks,
     total_optimizer_steps,
 )
@@ -52,7 +53,6 @@ from mtkd.training.recipe import (
 )
 
 log = logging.getLogger("mtkd")
-STATE_FILE = "loop_state.json"
 BEST_DIR = "best"
 
 
@@ -99,11 +99,8 @@ def teacher_arrays(store: Storage, data: PreparedTasks,
             arrays[task] = align_by_uid(data.train[task]["uid"], uids, task, temperature,
                                         score=np.asarray([s[0] for s in soft], np.float32))
         else:
-            width = max(len(s) for s in soft)  # ranking rows have different widths
-            probs = np.zeros((len(soft), width), np.float32)
-            mean_logits = np.full((len(soft), width), np.finfo(np.float32).min / 2, np.float32)
-            for i, (p, z) in enumerate(zip(soft, logits, strict=True)):
-                probs[i, : len(p)], mean_logits[i, : len(z)] = p, z
+            # ranking rows have different widths: absent candidates get probability 0
+            probs, mean_logits = pad_rows(soft, fill=0.0), pad_rows(logits)
             arrays[task] = align_by_uid(data.train[task]["uid"], uids, task, temperature,
                                         probs=probs, logits=mean_logits)
     return arrays
@@ -152,17 +149,16 @@ def student_worker(loop_config: dict[str, Any]) -> None:
                         score=rank0_score(backend.device) if world > 1 else None,
                         decide=rank0_decision(backend.device) if world > 1 else None)
 
-    state, rng, attempts = None, None, []
+    resume = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            backend.load(folder)
-            saved = json.loads((Path(folder) / STATE_FILE).read_text())
-            state, attempts = LoopState.from_json(saved["loop"]), saved["attempts"]
-            rng = torch.load(Path(folder) / f"rng_rank{rank}.pt", weights_only=True)
-        log.info("resumed from step %d (epoch %d, batch %d)", state.step, state.epoch,
-                 state.position)
-    attempts.append({"pid": os.getpid(), "start_step": state.step if state else 0})
+            resume = load_checkpoint(Path(folder), backend, rank)
+        log.info("resumed from step %d (epoch %d, batch %d)", resume.state.step,
+                 resume.state.epoch, resume.state.position)
+    attempts = resume.attempts if resume else []
+    start_step = resume.state.step if resume else 0
+    attempts.append({"pid": os.getpid(), "start_step": start_step})
     log.info("precision %s (%s), ZeRO-%d, %d steps", backend.resolved.describe(),
              mixed_precision(student, backend.precision) if backend.precision != "fp32"
              else "no mixed precision", student.zero_stage, loop.total_steps)
@@ -173,11 +169,7 @@ def student_worker(loop_config: dict[str, Any]) -> None:
             return  # the final call right after a periodic one
         last_saved["step"] = state.step
         with tempfile.TemporaryDirectory(prefix="mtkd-student-") as folder:
-            backend.save(folder, client_state={"step": state.step})
-            torch.save(capture_rng(), Path(folder) / f"rng_rank{rank}.pt")
-            if rank == 0:
-                (Path(folder) / STATE_FILE).write_text(json.dumps(
-                    {"loop": state.to_json(), "attempts": attempts}))
+            save_checkpoint(Path(folder), backend, state, rank=rank, attempts=attempts)
             metrics = {"step": state.step, "epoch": state.epoch}
             if state.history:
                 metrics.update(score=state.history[-1]["score"])
@@ -197,7 +189,7 @@ def student_worker(loop_config: dict[str, Any]) -> None:
     if rank == 0:  # curves under tensorboard/<Ray Train run name> (<run>-<lineage>)
         tracker = Tracker.open(
             config.tracking, store, context.get_experiment_name(), experiment=config.name,
-            start_step=state.step if state else 0,
+            start_step=start_step,
             params={"run": run, "training": dataclasses.asdict(training),
                     "kd": dataclasses.asdict(student.kd), "num_layers": student.num_layers,
                     "encoder": student.encoder or config.encoder.path, "workers": world})
@@ -207,7 +199,8 @@ def student_worker(loop_config: dict[str, Any]) -> None:
                   on_best=keep_best if student.keep == "best" else None),
         tracker.hooks() if tracker else None)
     try:
-        final = loop.run(state, rng=rng, seed=run["seed"])
+        final = loop.run(resume.state if resume else None,
+                         rng=resume.rng if resume else None, seed=run["seed"])
     finally:
         if tracker:
             tracker.close()

@@ -21,7 +21,6 @@ writes the model and ``member.json`` exactly as a single-process member does.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -54,7 +53,13 @@ from mtkd.teachers.plan import Member
 from mtkd.tokenizations import member_reads_encoder
 from mtkd.tracking import Tracker
 from mtkd.training.backend import sum_over_ranks
-from mtkd.training.loop import LoopHooks, LoopState, TrainingLoop, capture_rng, chain_hooks
+from mtkd.training.checkpoint import (
+    load_checkpoint,
+    save_checkpoint,
+    stored_step,
+    verify_checkpoint,
+)
+from mtkd.training.loop import LoopHooks, LoopState, TrainingLoop, chain_hooks
 from mtkd.training.recipe import (
     TrainResult,
     build_training_loop,
@@ -63,7 +68,6 @@ from mtkd.training.recipe import (
 )
 
 log = logging.getLogger("mtkd")
-CHECKPOINT_FILE, STATE_FILE = "backend.pt", "state.json"
 DRIVER_MEMORY = 256 * 2**20
 """What the Tune trial of a multi-worker member reserves: it only drives the TorchTrainer,
 whose workers ask for the member's resources. Tune refuses an all-zero request, so the
@@ -91,15 +95,9 @@ def earlier_checkpoints(store: Storage, member: Member, lineage: str) -> list[tu
                 continue
             for name in store.list(f"{TEACHER_TUNE_RUNS}/{run}/{trial}"):
                 rel = f"{TEACHER_TUNE_RUNS}/{run}/{trial}/{name}"
-                if not name.startswith("checkpoint_") or not store.exists(
-                        f"{rel}/{CHECKPOINT_FILE}"):
-                    continue
-                try:
-                    state = json.loads(store.read_text(f"{rel}/{STATE_FILE}"))
-                    step = int(state["loop"]["step"])
-                except (MtkdError, ValueError, KeyError, TypeError):
-                    continue  # an upload cut short
-                found.append((step, rel))
+                step = stored_step(store, rel) if name.startswith("checkpoint_") else None
+                if step is not None:  # else not a checkpoint, or an upload cut short
+                    found.append((step, rel))
     return [(Checkpoint(path=store.full_path(rel), filesystem=store.filesystem), step)
             for step, rel in sorted(found, reverse=True)]
 
@@ -109,8 +107,9 @@ def _first_loadable(candidates: list[tuple[Any, int]]) -> Any | None:
     kill may leave a truncated one)."""
     for checkpoint, step in candidates:
         try:
-            _restore(checkpoint)
-        except (OSError, RuntimeError, ValueError, KeyError, EOFError) as exc:
+            with checkpoint.as_directory() as folder:
+                verify_checkpoint(Path(folder))
+        except (MtkdError, OSError, RuntimeError, ValueError, KeyError, EOFError) as exc:
             log.warning("skipping the checkpoint at step %d an earlier run left: %s", step, exc)
             continue
         # the progress logger: shown on the console even without teachers.verbose
@@ -234,36 +233,6 @@ def _flat_metrics(record: dict[str, Any], evaluations: int) -> dict[str, float]:
     return flat
 
 
-def _save(folder: Path, loop: TrainingLoop, state: LoopState, attempts: list[dict],
-          rank: int = 0) -> None:
-    """One rank's part of a checkpoint: rank 0 the backend (identical on all ranks), loop
-    state and its RNG; other ranks their RNG."""
-    if rank:
-        torch.save(capture_rng(), folder / f"rng_rank{rank}.pt")
-        return
-    # The best weights travel with the checkpoint when they are not the current ones, so a
-    # resumed member still saves the model its member.json metrics describe.
-    best = loop.best_weights if state.best_step not in (None, state.step) else None
-    torch.save({"backend": loop.backend.state_dict(), "rng": capture_rng(), "best": best},
-               folder / CHECKPOINT_FILE)
-    (folder / STATE_FILE).write_text(json.dumps({"loop": state.to_json(),
-                                                 "attempts": attempts}))
-
-
-def _restore(checkpoint: Any, rank: int = 0) -> tuple[tuple[dict, LoopState, dict],
-                                                     list[dict], dict | None]:
-    """(backend state, loop state, RNG) to resume from, the attempts so far, and the best
-    weights when the checkpoint was not taken at the best evaluation."""
-    with checkpoint.as_directory() as folder:
-        backend = torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=True,
-                             map_location="cpu")
-        saved = json.loads((Path(folder) / STATE_FILE).read_text())
-        rng = backend["rng"] if rank == 0 else torch.load(
-            Path(folder) / f"rng_rank{rank}.pt", weights_only=True)
-    resume = (backend["backend"], LoopState.from_json(saved["loop"]), rng)
-    return resume, saved["attempts"], backend.get("best")
-
-
 def train_member_trial(tune_config: dict[str, Any]) -> None:
     """Ray Tune function trainable for one member (see module docstring).
 
@@ -319,14 +288,15 @@ def _train_with_checkpoints(job: MemberJob, loop: TrainingLoop, checkpoint: Any,
     """Run ``loop`` from ``checkpoint`` (or the start), reporting a checkpoint at every
     evaluation and every ``teachers.checkpoint_minutes`` through ``report`` (Tune's or Ray
     Train's); the result and the attempts. ``run``: the tracking name (rank 0 tracks)."""
-    resume, attempts, best = None, [], None
+    resume = None
     if checkpoint is not None:
-        resume, attempts, best = _restore(checkpoint, rank)
-        loop_state = resume[1]
+        with checkpoint.as_directory() as folder:
+            resume = load_checkpoint(Path(folder), loop.backend, rank)
         logging.getLogger("mtkd.progress").info(
-            "resumed from step %d (epoch %d, batch %d)", loop_state.step, loop_state.epoch,
-            loop_state.position)
-    attempts.append({"pid": os.getpid(), "start_step": resume[1].step if resume else 0,
+            "resumed from step %d (epoch %d, batch %d)", resume.state.step,
+            resume.state.epoch, resume.state.position)
+    attempts = resume.attempts if resume else []
+    attempts.append({"pid": os.getpid(), "start_step": resume.state.step if resume else 0,
                      "started_at": started_at})
     if rank == 0:
         logging.getLogger("mtkd.progress").info("precision %s, %d steps",
@@ -338,8 +308,12 @@ def _train_with_checkpoints(job: MemberJob, loop: TrainingLoop, checkpoint: Any,
     def save_and_report(state: LoopState, metrics: dict[str, float],
                         record: dict[str, Any]) -> None:
         saved_at["step"] = state.step
+        # The best weights travel with the checkpoint when they are not the current ones, so
+        # a resumed member still saves the model its member.json metrics describe.
+        best = loop.best_weights if state.best_step not in (None, state.step) else None
         with tempfile.TemporaryDirectory(prefix="mtkd-ckpt-") as folder:
-            _save(Path(folder), loop, state, attempts, rank)
+            save_checkpoint(Path(folder), loop.backend, state, rank=rank, attempts=attempts,
+                            best=best)
             report(metrics, checkpoint=as_checkpoint(folder))
         if rank == 0:
             job.write_progress(state, record, len(attempts))
@@ -358,14 +332,14 @@ def _train_with_checkpoints(job: MemberJob, loop: TrainingLoop, checkpoint: Any,
                                 "evaluations": len(state.history), "time_checkpoint": 1},
                         {"score": None if math.isnan(score) else score})
 
-    tracker = job.open_tracker(run, resume[1].step if resume else 0) if rank == 0 else None
+    tracker = job.open_tracker(run, resume.state.step if resume else 0) if rank == 0 else None
     loop.hooks = chain_hooks(
         LoopHooks(on_eval=on_eval, on_checkpoint=on_checkpoint, eval_checkpoints=True,
                   checkpoint_minutes=job.config.teachers.checkpoint_minutes),
         tracker.hooks() if tracker else None)
     try:
         # Each rank its own dropout stream; rank 0's is the single-process one.
-        result = run_training(loop, job.reads_encoder, job.member.seed + rank, resume, best)
+        result = run_training(loop, job.reads_encoder, job.member.seed + rank, resume)
     finally:
         if tracker:
             tracker.close()

@@ -3,13 +3,16 @@ ranks with DDP), DeepSpeed in the student worker.
 
 The loop (:mod:`mtkd.training.loop`) only calls ``forward``, ``backward`` and ``step``;
 a backend owns the model on its device, the optimizer, the schedule, mixed precision,
-gradient accumulation and clipping. The DeepSpeed adapter implements the same four
-methods around ``deepspeed.initialize``'s engine, so no loop code is copied.
+gradient accumulation and clipping, and saves and loads that state for the one
+resumable-checkpoint format (:mod:`mtkd.training.checkpoint`: ``save_state`` /
+``load_state``). The DeepSpeed adapter implements the same methods around
+``deepspeed.initialize``'s engine, so no loop or checkpoint code is copied.
 """
 
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -42,6 +45,17 @@ class Backend(Protocol):
 
     def loss_scale(self) -> float | None:
         """The fp16 dynamic loss scale now (None when the precision needs none)."""
+
+    def save_state(self, folder: Path, rank: int) -> None:
+        """Write this rank's part of the resumable state (weights, optimizer, schedule,
+        loss scaler) into the local checkpoint ``folder`` (every rank calls it)."""
+
+    def load_state(self, folder: Path, rank: int) -> None:
+        """Restore that state from a checkpoint ``folder`` (the ranks' files merged)."""
+
+
+TORCH_STATE_FILE = "torch_state.pt"
+"""TorchBackend's state in a checkpoint folder (rank 0's; the ranks' states are equal)."""
 
 
 def warmup_steps(config: TrainingConfig, total_steps: int) -> int:
@@ -129,6 +143,17 @@ class TorchBackend:
         if self.scaler and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
 
+    def save_state(self, folder: Path, rank: int = 0) -> None:
+        """Rank 0 writes :meth:`state_dict` to ``TORCH_STATE_FILE`` (data-parallel ranks
+        hold the same state; the others write nothing)."""
+        if rank == 0:
+            torch.save(self.state_dict(), Path(folder) / TORCH_STATE_FILE)
+
+    def load_state(self, folder: Path, rank: int = 0) -> None:
+        """Every rank loads rank 0's ``TORCH_STATE_FILE`` (weights_only)."""
+        self.load_state_dict(torch.load(Path(folder) / TORCH_STATE_FILE, weights_only=True,
+                                        map_location="cpu"))
+
 
 class DataParallelBackend:
     """:class:`TorchBackend` over a ``torch.distributed`` process group (PyTorch DDP).
@@ -183,6 +208,12 @@ class DataParallelBackend:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.inner.load_state_dict(state)
+
+    def save_state(self, folder: Path, rank: int) -> None:
+        self.inner.save_state(folder, rank)
+
+    def load_state(self, folder: Path, rank: int) -> None:
+        self.inner.load_state(folder, rank)
 
 
 def from_rank0(value: float, device: torch.device) -> float:

@@ -9,67 +9,39 @@ import datasets
 import numpy as np
 import torch
 
-from mtkd.data.collate import collate
 from mtkd.data.columns import random_access_columns
 from mtkd.metrics import average_score, compute_task_metrics, labelled
-from mtkd.precision import autocast
+from mtkd.model.infer import model_inputs as model_inputs  # re-exported for the loop
+from mtkd.model.infer import predict_rows
+from mtkd.padding import pad_rows
 from mtkd.progress import EVERY_SECONDS, Progress
 from mtkd.tasks.spec import TaskSpec
 
 
-def model_inputs(batch: Mapping[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
-    """The collated tensors the model's forward takes, moved to ``device``."""
-    names = ("input_ids", "attention_mask", "token_type_ids", "candidate_mask")
-    return {k: batch[k].to(device, non_blocking=True) for k in names if k in batch}
-
-
-def _pad_candidates(chunks: list[np.ndarray]) -> np.ndarray:
-    """Ranking outputs of different widths K → one [N, K_max] array (padding very negative)."""
-    width = max(c.shape[1] for c in chunks)
-    fill = np.finfo(np.float32).min / 2
-    return np.concatenate([np.pad(c, ((0, 0), (0, width - c.shape[1])), constant_values=fill)
-                           for c in chunks])
-
-
-@torch.no_grad()
 def predict_outputs(model: torch.nn.Module, spec: TaskSpec, split: datasets.Dataset, *,
                     batch_size: int = 64, device: torch.device | str = "cpu",
                     precision: str = "fp32", pad_id: int = 0,
                     progress: str | None = None) -> np.ndarray:
-    """Model outputs for every row of a tokenized split, in the split's row order.
+    """Model outputs for every row of a tokenized split, in the split's row order, from
+    :func:`mtkd.model.infer.predict_rows` over length-sorted batches.
 
     ``precision`` is a resolved one (fp32, bf16, fp16; see :mod:`mtkd.precision`).
     ``progress`` names the work in progress lines, logged when it runs longer than 30 s.
     Returns float32 [N, C] logits (classification), [N] scores (regression) or [N, K]
-    candidate scores (ranking).
+    candidate scores (ranking, K the most candidates of any row, absent ones
+    :data:`mtkd.padding.PAD_SCORE`).
     """
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
     columns = random_access_columns(split, ("uid", "input_ids", "token_type_ids", "length"))
-    uids, ids, types = columns["uid"], columns["input_ids"], columns["token_type_ids"]
-    order = np.argsort(np.asarray(columns["length"]), kind="stable")
-    chunks: list[np.ndarray] = []
-    watch = Progress(f"{progress} {spec.name}", len(order), "ex",
+    rows = [{"uid": u, "input_ids": i, "token_type_ids": t} for u, i, t in
+            zip(columns["uid"], columns["input_ids"], columns["token_type_ids"], strict=True)]
+    watch = Progress(f"{progress} {spec.name}", len(rows), "ex",
                      first_after=EVERY_SECONDS) if progress else None
-    try:
-        for start in range(0, len(order), batch_size):
-            rows = [{"uid": uids[i], "input_ids": ids[i], "token_type_ids": types[i]}
-                    for i in order[start:start + batch_size]]
-            batch = collate(rows, pad_id)
-            with autocast(device, precision):
-                out = model(spec.name, **model_inputs(batch, device))
-            chunks.append(out.float().cpu().numpy())
-            if watch:
-                watch.update(min(start + batch_size, len(order)))
-    finally:
-        model.train(was_training)
-    if not chunks:
+    outputs = predict_rows(model, spec.name, rows, batch_size=batch_size, device=device,
+                           precision=precision, pad_id=pad_id, lengths=columns["length"],
+                           on_batch=watch.update if watch else None)
+    if not outputs:
         return np.zeros((0,), dtype=np.float32)
-    merged = _pad_candidates(chunks) if spec.kind.head == "ranking" else np.concatenate(chunks)
-    result = np.empty_like(merged)
-    result[order] = merged
-    return result
+    return pad_rows(outputs) if spec.kind.head == "ranking" else np.stack(outputs)
 
 
 def evaluate(model: torch.nn.Module, specs: Mapping[str, TaskSpec],

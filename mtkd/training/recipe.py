@@ -26,6 +26,7 @@ from mtkd.pretrained import resolve_encoder_dir
 from mtkd.storage import Storage
 from mtkd.tasks.spec import TaskSpec
 from mtkd.training.backend import DataParallelBackend, TorchBackend, from_rank0
+from mtkd.training.checkpoint import Resume
 from mtkd.training.data import TeacherArrays
 from mtkd.training.loop import (
     LoopData,
@@ -148,18 +149,16 @@ def _rank0_flag(flag: bool, device: torch.device) -> bool:
 
 
 def run_training(loop: TrainingLoop, tokenized_with: str, seed: int,
-                 resume: tuple[dict, LoopState, dict] | None = None,
-                 best_weights: dict[str, torch.Tensor] | None = None) -> TrainResult:
-    """Run ``loop``; ``resume`` = (backend state, loop state, RNG state) from a checkpoint
-    continues at its exact batch, ``best_weights`` are the checkpoint's best weights when
-    they differ from its current ones. The returned model holds the best dev weights and
-    comes with the tokenizer of ``tokenized_with`` (the encoder path whose tokenizer made
-    the training inputs: the model's own encoder), which a saved model must ship."""
+                 resume: Resume | None = None) -> TrainResult:
+    """Run ``loop``; ``resume`` (from :func:`mtkd.training.checkpoint.load_checkpoint`,
+    which loaded the backend's state) continues at the checkpoint's exact batch with its
+    RNG and best weights. The returned model holds the best dev weights and comes with the
+    tokenizer of ``tokenized_with`` (the encoder path whose tokenizer made the training
+    inputs: the model's own encoder), which a saved model must ship."""
     state, rng = None, None
     if resume is not None:
-        backend_state, state, rng = resume
-        loop.backend.load_state_dict(backend_state)
-        loop.restore_best_weights(state, best_weights)
+        state, rng = resume.state, resume.rng
+        loop.restore_best_weights(state, resume.best)
     final = loop.run(state, rng=rng, seed=seed)
     tokenizer = load_tokenizer(resolve_encoder_dir(tokenized_with))
     return TrainResult(loop.backend.model, tokenizer, final, loop)

@@ -268,7 +268,7 @@ def test_interrupted_driver_resumes_members_from_their_checkpoints(experiment: d
         # the newest checkpoint in storage (progress.json is written just after each one,
         # so a stop between the two leaves it one checkpoint behind)
         states = Path(data["storage_path"], "cut", "teachers", "_tune").glob(
-            "*/m000-*/checkpoint_*/state.json")
+            "*/m000-*/checkpoint_*/checkpoint.json")
         newest = max(json.loads(p.read_text())["loop"]["step"] for p in states)
         assert newest - json.loads(last)["step"] in (0, 15)
         stops[number] = (sig, attempt, newest)

@@ -15,6 +15,7 @@ import yaml
 from tiny import toy_files_task
 
 import mtkd
+from mtkd.padding import PAD_SCORE
 
 REPO = Path(__file__).resolve().parents[2]
 TEXTS = ["good film", "the plot was very bad and the movie was awful", "fine", "not good",
@@ -82,7 +83,7 @@ def test_predict_equals_predict_texts_with_labels(student: mtkd.Student,
     scores = predict_texts(model, tokenizer, "qa", ["what is good", "which film"],
                            qa_candidates)
     np.testing.assert_allclose(qa.values, scores, atol=1e-6)
-    assert qa.values.shape == (2, 3) and np.isneginf(qa.values[0, 2])
+    assert qa.values.shape == (2, 3) and qa.values[0, 2] == PAD_SCORE
     assert list(qa.best_candidate) == list(scores.argmax(axis=1))
 
     empty = student.predict("sent", [], precision="fp32")
@@ -97,11 +98,11 @@ def test_auto_precision_matches_mtkd_predict_rule(student: mtkd.Student,
     from mtkd.precision import resolve_here
 
     resolved = resolve_here("auto", "cpu")
-    dtype = None if resolved.precision == "fp32" else resolved.dtype
     model, tokenizer = load_mtdnn(model_dir)
     np.testing.assert_allclose(
         student.predict("sent", TEXTS).values,
-        predict_texts(model, tokenizer, "sent", TEXTS, probs=True, autocast_dtype=dtype),
+        predict_texts(model, tokenizer, "sent", TEXTS, probs=True,
+                      precision=resolved.precision),
         atol=1e-6)
 
 

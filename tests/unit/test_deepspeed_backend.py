@@ -172,7 +172,7 @@ def test_checkpoint_round_trip_continues_the_same_run(
     data = batches(4)
     whole = DeepSpeedBackend(fresh_model(tiny_encoder_dir), config, 4, 1)
     train(whole, data[:2])
-    whole.save(str(tmp_path), client_state={"step": 2})
+    whole.save_state(tmp_path)
     saved = {k: v.float().clone() for k, v in whole.model.state_dict().items()}
     expected = train(whole, data[2:])
     # The export path reads the same weights back from the checkpoint (ZeRO shards or, at
@@ -185,7 +185,7 @@ def test_checkpoint_round_trip_continues_the_same_run(
 
     resumed = DeepSpeedBackend(build_mtdnn(tiny_encoder_dir, SPECS, dropout=0.0, seed=1),
                                config, 4, 1)
-    assert resumed.load(str(tmp_path))["step"] == 2
+    resumed.load_state(tmp_path)
     assert resumed.learning_rate() == pytest.approx(whole_lr_after(2, config))
     assert train(resumed, data[2:]) == expected
     if mixed == "half_weights":

@@ -22,7 +22,6 @@ from mtkd.model import (
     build_mtdnn,
     load_encoder,
     load_mtdnn,
-    masked_value,
     non_embedding_parameters,
     num_parameters,
     pool,
@@ -31,6 +30,7 @@ from mtkd.model import (
     save_mtdnn,
 )
 from mtkd.model.encoder import find_layers
+from mtkd.padding import PAD_SCORE
 from mtkd.tasks.spec import TaskSpec
 
 _TEXT = ("the a an cat dog bird sat ran flew on in under mat tree house is was good bad great "
@@ -212,10 +212,10 @@ def test_ranking_masks_padded_candidates(bert_dir: Path, tokenizer: BertTokenize
         alone = model.forward_batch("qa", _single(batch, 1))  # row with 1 candidate
     assert scores.shape == (4, 3)
     pad = ~batch["candidate_mask"]
-    assert torch.all(scores[pad] == masked_value(scores.dtype))
+    assert torch.all(scores[pad] == PAD_SCORE)
     assert torch.isfinite(scores).all() and torch.all(scores[~pad] > -1e6)
     assert torch.allclose(scores[1, :1], alone[0], atol=1e-6)  # padding changes nothing
-    all_masked = scores.masked_fill(torch.ones_like(pad), masked_value(scores.dtype))
+    all_masked = scores.masked_fill(torch.ones_like(pad), PAD_SCORE)
     assert not torch.softmax(all_masked, -1).isnan().any()
     # The head also accepts every slot's pooled vector ([B*K, H]).
     head = model.heads["qa"]
@@ -379,7 +379,7 @@ def test_predict_texts_restores_order(bert_dir: Path, tokenizer: BertTokenizer) 
     np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
     assert predict_texts(model, tokenizer, "sts", SENTENCES, PAIRS).shape == (4,)
     ranks = predict_texts(model, tokenizer, "qa", SENTENCES, CANDIDATES, batch_size=2)
-    assert ranks.shape == (4, 3) and np.isneginf(ranks[1, 1:]).all()
+    assert ranks.shape == (4, 3) and (ranks[1, 1:] == PAD_SCORE).all()
     np.testing.assert_allclose(ranks[1, :1], predict_texts(model, tokenizer, "qa", [SENTENCES[1]],
                                                            [CANDIDATES[1]])[0], atol=1e-5)
     with pytest.raises(MtkdError, match="give text_pairs"):

@@ -18,7 +18,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from mtkd.precision import resolve_here
 
@@ -91,14 +90,12 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def auto_here() -> tuple[torch.dtype | None, float]:
+def auto_here() -> tuple[str, float]:
     """What ``--precision auto`` (the CLI default) resolves to on this CPU, and the
-    tolerance for comparing its outputs: fp32 (no autocast) where bf16 is emulated, bf16
-    autocast where it is native, whose outputs move with batch shapes in the 3rd digit."""
+    tolerance for comparing its outputs: fp32 where bf16 is emulated, bf16 autocast where
+    it is native, whose outputs move with batch shapes in the 3rd digit."""
     resolved = resolve_here("auto", "cpu")
-    if resolved.precision == "fp32":
-        return None, 1e-5
-    return resolved.dtype, 2e-2
+    return resolved.precision, 1e-5 if resolved.precision == "fp32" else 2e-2
 
 
 def direct(model_dir: Path, task: str, texts: list[str], pairs: list[str] | None = None,
@@ -110,9 +107,9 @@ def direct(model_dir: Path, task: str, texts: list[str], pairs: list[str] | None
 
     model, tokenizer = load_mtdnn(model_dir)
     probs = model.specs[task].kind.head != "ranking"
-    dtype = auto_here()[0] if precision_of_cli else None
+    precision = auto_here()[0] if precision_of_cli else "fp32"
     return predict_texts(model, tokenizer, task, texts, pairs, probs=probs,
-                         autocast_dtype=dtype)
+                         precision=precision)
 
 
 def succeeded(result: subprocess.CompletedProcess[str], n: int, out: Path) -> None:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from mtkd.errors import DataError
+from mtkd.padding import PAD_SCORE
 from mtkd.soft.aggregate import (
     SoftTargets,
     aggregate,
@@ -179,7 +180,7 @@ def test_regression_mean_score() -> None:
 
 
 def ranking_stack() -> np.ndarray:
-    # a has 3 candidates, b has 2 -> b padded with -inf at position 2
+    # a has 3 candidates, b has 2 -> b padded with PAD_SCORE at position 2
     outputs = [
         {"a": np.array([0.0, LN2, LN5]), "b": np.array([0.0, LN3])},
         {"a": np.array([0.0, 0.0, 0.0]), "b": np.array([LN3, 0.0])},
@@ -187,10 +188,10 @@ def ranking_stack() -> np.ndarray:
     return stack_members(outputs, UIDS, "qnli")
 
 
-def test_stack_members_pads_with_neg_inf() -> None:
+def test_stack_members_pads_with_the_padding_score() -> None:
     stacked = ranking_stack()
     assert stacked.shape == (2, 2, 3)
-    assert np.isneginf(stacked[:, 1, 2]).all()
+    assert (stacked[:, 1, 2] == PAD_SCORE).all()
     assert np.isfinite(stacked[:, 0, :]).all()
     assert np.isfinite(stacked[:, 1, :2]).all()
 
@@ -206,8 +207,8 @@ def test_ranking_padding_gets_zero_probability(method: str) -> None:
     # b: members [0.25, 0.75] and [0.75, 0.25]; mean_prob -> [0.5, 0.5];
     # mean logits [ln3 / 2, ln3 / 2] -> [0.5, 0.5]; geometric sqrt(.1875) each -> [0.5, 0.5]
     close(t.probs[1], [0.5, 0.5, 0.0])
-    # padded logit stays -inf, real ones are the mean
-    assert np.isneginf(t.logits[1, 2])
+    # padded logit stays PAD_SCORE, real ones are the mean
+    assert t.logits[1, 2] == PAD_SCORE
     close(t.logits[1, :2], [LN3 / 2, LN3 / 2])
 
 

@@ -6,6 +6,7 @@ import copy
 import datetime
 import gc
 import itertools
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -408,3 +409,116 @@ def test_resume_from_a_time_checkpoint_matches_uninterrupted_run(tiny_encoder_di
     assert state.step == full.total_steps
     for key, value in weights(full).items():
         assert torch.allclose(value, weights(resumed)[key], atol=1e-6), key
+
+
+# ------------------------------------------------------------------------ checkpoint files
+
+
+def _best_at_step_2(tiny_encoder_dir: Path, tmp_path: Path, save: Callable[..., None]
+                    ) -> tuple[TrainingConfig, dict[str, torch.Tensor]]:
+    """A run whose best evaluation is step 2 and which ``save``s a checkpoint at step 4
+    (its loop, state); the weights of step 2."""
+    config = TrainingConfig(epochs=2, batch_size=16, learning_rate=1e-3, eval_every=2,
+                            dropout=0.1)
+    captured: dict[str, torch.Tensor] = {}
+    scores = iter([9.0, 1.0] + [0.0] * 20)
+    first = make_loop(tiny_encoder_dir, config, score=lambda result: next(scores),
+                      hooks=LoopHooks(on_checkpoint=lambda state: state.step == 4 and save(
+                          first, state), checkpoint_every=4))
+    first.hooks.on_best = lambda state, record: captured.update(weights(first))
+    first.run(seed=0)
+    return config, captured
+
+
+def _resume_ends_on(tiny_encoder_dir: Path, config: TrainingConfig, folder: Path,
+                    expected: dict[str, torch.Tensor]) -> None:
+    from mtkd.training.checkpoint import load_checkpoint
+    from mtkd.training.recipe import run_training
+
+    resumed = make_loop(tiny_encoder_dir, config, score=lambda result: 0.0)
+    resume = load_checkpoint(folder, resumed.backend)
+    assert resume.state.step == 4 and resume.state.best_step == 2
+    assert resume.attempts == [{"pid": 1, "start_step": 0}]
+    final = run_training(resumed, str(tiny_encoder_dir), seed=0, resume=resume).state
+    assert final.best_step == 2 and final.step > 4
+    for key, value in weights(resumed).items():
+        assert torch.equal(value, expected[key]), key
+
+
+def test_resume_from_checkpoint_files_ends_on_the_best_weights(tiny_encoder_dir: Path,
+                                                               tmp_path: Path) -> None:
+    """The one format through the files: backend state, RNG, loop state and the best
+    weights written at step 4 bring a fresh loop to the same end as the uninterrupted
+    run's (its best, step 2's, weights)."""
+    from mtkd.training.checkpoint import BEST_FILE, META_FILE, save_checkpoint
+
+    def save(loop: TrainingLoop, state: LoopState) -> None:
+        save_checkpoint(tmp_path, loop.backend, state, attempts=[{"pid": 1, "start_step": 0}],
+                        best=loop.best_weights)
+
+    config, captured = _best_at_step_2(tiny_encoder_dir, tmp_path, save)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [BEST_FILE, META_FILE, "rng_rank0.pt", "torch_state.pt"])
+    _resume_ends_on(tiny_encoder_dir, config, tmp_path, captured)
+
+
+def test_checkpoints_of_the_earlier_teacher_format_still_resume(tiny_encoder_dir: Path,
+                                                                tmp_path: Path) -> None:
+    """What a teacher member wrote before the one format (backend.pt with backend state,
+    rank 0's RNG and the best weights; state.json) resumes the same way."""
+    import json
+
+    def save(loop: TrainingLoop, state: LoopState) -> None:
+        torch.save({"backend": loop.backend.state_dict(), "rng": capture_rng(),
+                    "best": loop.best_weights}, tmp_path / "backend.pt")
+        (tmp_path / "state.json").write_text(json.dumps(
+            {"loop": state.to_json(), "attempts": [{"pid": 1, "start_step": 0}]}))
+
+    config, captured = _best_at_step_2(tiny_encoder_dir, tmp_path, save)
+    _resume_ends_on(tiny_encoder_dir, config, tmp_path, captured)
+
+
+def test_each_rank_keeps_its_own_rng_and_rank0_writes_the_rest(tiny_encoder_dir: Path,
+                                                               tmp_path: Path) -> None:
+    from mtkd.training.checkpoint import load_checkpoint, save_checkpoint
+
+    loop = make_loop(tiny_encoder_dir, TrainingConfig(epochs=1, batch_size=16))
+    state = LoopState(step=3, epoch=0, position=3)
+    torch.manual_seed(11)
+    save_checkpoint(tmp_path, loop.backend, state, rank=1)
+    assert [p.name for p in tmp_path.iterdir()] == ["rng_rank1.pt"]  # no backend, no loop
+    torch.manual_seed(22)
+    save_checkpoint(tmp_path, loop.backend, state, rank=0)
+    torch.manual_seed(33)
+    for rank, seed in ((0, 22), (1, 11)):
+        resume = load_checkpoint(tmp_path, loop.backend, rank)
+        assert torch.equal(resume.rng["torch"], torch.manual_seed(seed).get_state())
+        assert resume.state.step == 3 and resume.best is None
+
+
+def test_what_is_not_a_checkpoint_is_a_clear_error(tiny_encoder_dir: Path,
+                                                   tmp_path: Path) -> None:
+    import json
+
+    from mtkd.training.checkpoint import (
+        META_FILE,
+        CheckpointError,
+        load_checkpoint,
+        save_checkpoint,
+        verify_checkpoint,
+    )
+
+    loop = make_loop(tiny_encoder_dir, TrainingConfig(epochs=1, batch_size=16))
+    with pytest.raises(CheckpointError, match=rf"{tmp_path} holds no checkpoint.*--force"):
+        load_checkpoint(tmp_path, loop.backend)
+    save_checkpoint(tmp_path, loop.backend, LoopState(step=5))
+    assert verify_checkpoint(tmp_path) == 5
+    meta = json.loads((tmp_path / META_FILE).read_text())
+    (tmp_path / META_FILE).write_text(json.dumps({**meta, "version": 99}))
+    with pytest.raises(CheckpointError, match="newer mtkd"):
+        verify_checkpoint(tmp_path)
+    (tmp_path / META_FILE).write_text(json.dumps(meta))
+    data = (tmp_path / "torch_state.pt").read_bytes()
+    (tmp_path / "torch_state.pt").write_bytes(data[: len(data) // 2])  # an upload cut short
+    with pytest.raises((OSError, RuntimeError)):  # what the member's search skips
+        verify_checkpoint(tmp_path)
