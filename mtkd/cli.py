@@ -17,6 +17,7 @@ from mtkd import __version__
 from mtkd.errors import ConfigError, MtkdError
 
 if TYPE_CHECKING:
+    from mtkd.config import ExperimentConfig
     from mtkd.storage import Storage
 
 EXIT_USER_ERROR = 2
@@ -187,8 +188,23 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     if args.print_config:
         print(config_to_yaml(config), end="")
     print(f"OK: {args.config} is a valid experiment config ({len(config.tasks)} task(s), "
-          f"{config.teachers.size} teacher member(s), storage {config.storage_path})")
+          f"{_members_line(config)}, storage {config.storage_path})")
     return 0
+
+
+def _members_line(config: ExperimentConfig) -> str:
+    """How many teacher members the config trains, as the teacher stage plans them: per_task
+    trains ``size`` members for every task with a teacher (plus the shared multi-task model
+    they start from, if any)."""
+    from mtkd.teachers.plan import init_member, plan_members
+
+    members = len(plan_members(config))
+    if config.teachers.shape == "multitask":
+        return f"{members} teacher member(s)"
+    tasks = sum(1 for t in config.tasks if t.teacher)
+    shared = " + the shared multi-task model they start from" if init_member(config) else ""
+    return (f"{members} teacher member(s): {config.teachers.size} per task x {tasks} "
+            f"task(s){shared}")
 
 
 def _cmd_estimate(args: argparse.Namespace) -> int:

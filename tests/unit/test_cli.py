@@ -29,6 +29,24 @@ def test_validate_print_shows_resolved_config() -> None:
     assert "size: 7" in result.stdout
 
 
+@pytest.mark.parametrize(("overrides", "expected"), [
+    # quickstart: 3 tasks with a teacher
+    (["teachers.size=7"], "7 teacher member(s)"),
+    (["teachers.shape=per_task", "teachers.size=2"],
+     "6 teacher member(s): 2 per task x 3 task(s)"),
+    (["teachers.shape=per_task", "teachers.size=2", "tasks.1.teacher=false"],
+     "4 teacher member(s): 2 per task x 2 task(s)"),
+    (["teachers.shape=per_task", "teachers.size=3", "teachers.init_from_multitask=true"],
+     "9 teacher member(s): 3 per task x 3 task(s) + the shared multi-task model"),
+])
+def test_validate_counts_the_members_the_stage_trains(overrides: list[str],
+                                                      expected: str) -> None:
+    # per_task trains size members for each task with a teacher (the old line said size)
+    result = mtkd("validate", str(QUICKSTART), *overrides)
+    assert result.returncode == 0, result.stderr
+    assert expected in result.stdout
+
+
 def test_bad_config_names_all_three_key_paths_exit_2(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: demo\ntasks:\n  - name: trec\nteachers:\n  sise: 3\n"
