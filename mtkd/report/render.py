@@ -91,15 +91,21 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {label} | " + " | ".join(cells) + f" | {row['average']:.2f} |")
     lines += _spread_lines(report)
     lines += _gain_lines(report)
-    lines += ["", "## Size and inference speed", "", "| model | parameters | examples/s |",
-              "|---|---|---|"]
+    lines += ["", "## Size and inference speed", ""]
+    rows = []
     if report.get("ensemble") and "examples_per_s" in report["ensemble"]:
-        lines.append(f"| ensemble ({report['ensemble']['size']} members) | "
-                     f"{report['ensemble']['params']:,} | "
-                     f"{report['ensemble']['examples_per_s']:.1f} |")
+        rows.append(f"| ensemble ({report['ensemble']['size']} members) | "
+                    f"{report['ensemble']['params']:,} | "
+                    f"{report['ensemble']['examples_per_s']:.1f} |")
     student = report.get("student") or report.get("baseline")
     if student and "examples_per_s" in student:
-        lines.append(f"| student | {student['params']:,} | {student['examples_per_s']:.1f} |")
+        rows.append(f"| student | {student['params']:,} | {student['examples_per_s']:.1f} |")
+    if rows:
+        lines += ["| model | parameters | examples/s |", "|---|---|---|", *rows]
+    else:  # mtkd report --no-speed, or no student
+        size = f" The student has {student['params']:,} parameters." if student else ""
+        lines.append(f"Inference speed was not measured (`mtkd report --no-speed`, or no "
+                     f"student).{size}")
     if report.get("speedup"):
         lines.append(f"\nThe student predicts {report['speedup']:.1f}x faster than the "
                      f"ensemble (same dev examples, {report.get('speed_precision', 'fp32')}, "

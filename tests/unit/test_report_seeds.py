@@ -340,3 +340,12 @@ def test_report_markdown_blocks_are_set_apart(reported: tuple, encoders: bool) -
         assert "## Encoders" in markdown
     assert "Distillation: student" in markdown
     assert _blocks_are_separated(markdown) == []
+
+
+def test_unmeasured_speed_is_said_not_left_as_an_empty_table(reported: tuple) -> None:
+    # measure=False (mtkd report --no-speed): no header row without rows under it
+    _, report, markdown = reported
+    section = markdown.split("## Size and inference speed", 1)[1].split("\n## ", 1)[0]
+    assert "| model | parameters | examples/s |" not in section
+    assert "not measured" in section
+    assert f"{report['student']['params']:,} parameters" in section
