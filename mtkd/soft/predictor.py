@@ -50,10 +50,9 @@ class MemberPredictor:
             out = self.model(task, **model_inputs(batch, self.device)).float().cpu().numpy()
         if out.ndim == 1:  # regression: one score per row
             return [np.array([v], dtype=np.float32) for v in out]
-        if self.model.specs[task].kind.head == "ranking":  # drop padded candidates
-            counts = [len(r["input_ids"]) for r in rows]
-            return [o[:k].astype(np.float32) for o, k in zip(out, counts, strict=True)]
-        return [o.astype(np.float32) for o in out]
+        layout = self.model.specs[task].kind.layout  # without padded candidates
+        return [layout.real_outputs(o, r["input_ids"]).astype(np.float32)
+                for o, r in zip(out, rows, strict=True)]
 
     def __call__(self, table: pa.Table) -> pa.Table:
         columns = table.to_pydict()
@@ -67,12 +66,11 @@ class MemberPredictor:
                 end += 1
             index = order[start:end]
             # Token columns hold one sequence per candidate; plain tasks have exactly one.
-            unwrap = self.model.specs[task].kind.head != "ranking"
+            layout = self.model.specs[task].kind.layout
             rows = [{"uid": columns["uid"][i],
-                     "input_ids": columns["input_ids"][i][0] if unwrap
-                     else columns["input_ids"][i],
-                     "token_type_ids": columns["token_type_ids"][i][0] if unwrap
-                     else columns["token_type_ids"][i]} for i in index]
+                     "input_ids": layout.from_sequences(columns["input_ids"][i]),
+                     "token_type_ids": layout.from_sequences(columns["token_type_ids"][i])}
+                    for i in index]
             logits += self._predict(task, rows)
             tasks += [task] * len(index)
             splits += [columns["split"][i] for i in index]

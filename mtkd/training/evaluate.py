@@ -23,12 +23,9 @@ def model_inputs(batch: Mapping[str, Any], device: torch.device) -> dict[str, to
     return {k: batch[k].to(device, non_blocking=True) for k in names if k in batch}
 
 
-def _pad_candidates(chunks: list[np.ndarray]) -> np.ndarray:
-    """Ranking outputs of different widths K → one [N, K_max] array (padding very negative)."""
-    width = max(c.shape[1] for c in chunks)
-    fill = np.finfo(np.float32).min / 2
-    return np.concatenate([np.pad(c, ((0, 0), (0, width - c.shape[1])), constant_values=fill)
-                           for c in chunks])
+CANDIDATE_FILL = float(np.finfo(np.float32).min / 2)
+"""The score of a missing candidate when ranking outputs of different widths K are merged
+into one [N, K_max] array (very negative, finite)."""
 
 
 @torch.no_grad()
@@ -66,7 +63,7 @@ def predict_outputs(model: torch.nn.Module, spec: TaskSpec, split: datasets.Data
         model.train(was_training)
     if not chunks:
         return np.zeros((0,), dtype=np.float32)
-    merged = _pad_candidates(chunks) if spec.kind.head == "ranking" else np.concatenate(chunks)
+    merged = spec.kind.layout.concat(chunks, CANDIDATE_FILL)
     result = np.empty_like(merged)
     result[order] = merged
     return result
