@@ -7,7 +7,7 @@ with fresh heads for both tasks, saved at ``teachers/m000/model`` as the teacher
 would. Variants, measured side by side in one run, interleaved round by round (medians over
 ``--rounds``):
 
-* ``soft``: ``mtkd.soft.stage._infer_member`` itself (rows from storage, Ray Data
+* ``soft``: ``mtkd.soft.stage.infer_member`` itself (rows from storage, Ray Data
   ``map_batches`` with the ``MemberPredictor`` actor pool: every actor loads the model from
   storage), ``soft_targets.precision: bf16``, ``resources_per_actor: {cpu: 0.5}`` (2 actors
   with one torch thread each on 2 CPUs), ``batch_size`` ``--batch-size``. The stage also
@@ -25,7 +25,7 @@ the bf16 matmul FLOP/s of the same run. The soft targets (probabilities) of the 
 are compared with those of the fp32 naive loop.
 
 ``--investigate`` adds, to explain the gap between ``soft`` and ``best``: a single-thread
-``best`` (one actor's ideal), the model load of one actor, and replicas of ``_infer_member``
+``best`` (one actor's ideal), the model load of one actor, and replicas of ``infer_member``
 with one knob changed at a time (start-up only; more blocks; longest blocks first; token-
 budget sub-batches), with Ray Data's per-operator stats.
 
@@ -247,11 +247,11 @@ def local_variant(setup: Setup, *, precision: str, sort: bool, pad_to_max: bool,
 
 
 def soft_variant(setup: Setup) -> Callable[[], Measurement]:
-    """mtkd's own ``_infer_member`` (Ray Data actor pool), timed from the call to the table."""
+    """mtkd's own ``infer_member`` (Ray Data actor pool), timed from the call to the table."""
     tasks = list(MAX_LENGTHS)
 
     def run() -> Measurement:
-        table, timing = timed(lambda: soft_stage._infer_member(setup.config, setup.store,
+        table, timing = timed(lambda: soft_stage.infer_member(setup.config, setup.store,
                                                                 MEMBER, tasks,
                                                                 splits=TRAIN_ONLY))
         return Measurement(timing, setup.examples, 0, table_outputs(table))
@@ -318,11 +318,11 @@ class TokenBudgetPredictor(soft_stage.MemberPredictor):
 def replica(setup: Setup, *, blocks: int | None = None, batch_size: int | None = None,
             longest_first: bool = False, limit: int | None = None,
             predictor: type = soft_stage.MemberPredictor) -> tuple[Measurement, str]:
-    """``_infer_member`` rebuilt here with one knob changed; also returns Ray Data's stats."""
+    """``infer_member`` rebuilt here with one knob changed; also returns Ray Data's stats."""
     import ray
 
     soft = setup.config.soft_targets
-    rows = soft_stage._member_rows(setup.store, list(MAX_LENGTHS), TRAIN_ONLY)
+    rows = soft_stage.member_rows(setup.store, list(MAX_LENGTHS), TRAIN_ONLY)
     if limit:
         rows = pa.concat_tables([rows.filter(pa.compute.equal(rows["task"], t)).slice(0, limit)
                                  for t in MAX_LENGTHS])
@@ -409,7 +409,7 @@ def investigate(setup: Setup, soft_median: float, best_median: float) -> None:
         print(f"  {name}: {m.timing.wall:.1f} s, {m.examples_per_s:.1f} ex/s", flush=True)
         if args.stats and name == "as mtkd (replica)":
             print("\nRay Data stats of the replica:\n" + stats + "\n")
-    print(markdown_table(["replica of _infer_member", "blocks", "batch", "examples", "wall s",
+    print(markdown_table(["replica of infer_member", "blocks", "batch", "examples", "wall s",
                           "ex/s"], rows))
 
 
