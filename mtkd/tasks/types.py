@@ -17,9 +17,13 @@ Canonical example columns (every loader produces these, see ``mtkd.tasks.example
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from mtkd.tasks.layout import ONE_SEQUENCE, QUERY_CANDIDATES, OneSequence, QueryCandidates
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -86,9 +90,14 @@ TASK_TYPES: dict[str, TaskType] = {t.name: t for t in (
 )}
 
 
+def lookup(table: Mapping[str, T], name: str, what: str) -> T:
+    """``table[name]``; KeyError naming ``what`` was unknown and listing the valid names."""
+    try:
+        return table[name]
+    except KeyError:
+        raise KeyError(f"unknown {what} {name!r}; valid: {', '.join(table)}") from None
+
+
 def task_type(name: str) -> TaskType:
     """The task type called ``name``; KeyError lists the valid names."""
-    try:
-        return TASK_TYPES[name]
-    except KeyError:
-        raise KeyError(f"unknown task type {name!r}; valid: {', '.join(TASK_TYPES)}") from None
+    return lookup(TASK_TYPES, name, "task type")
