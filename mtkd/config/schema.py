@@ -101,7 +101,11 @@ class Resources:
     gpu: float = 0.0
     """GPUs; > 0 places the work on a GPU node and runs it on CUDA."""
     memory_gb: float | None = None
-    """Memory reserved in GiB (null: no reservation)."""
+    """Memory reserved in GiB (null: no reservation): Ray places the work only where this
+    much is free. Measured peak of one teacher member training at batch 32 x 128 tokens
+    (bench/member_memory.py, docs/BENCHMARKS.md): all-MiniLM-L6-v2 about 2.4 GiB fp32 /
+    2.2 bf16, all-mpnet-base-v2 about 7.3 GiB fp32 / 5.3 bf16; so {memory_gb: 8} for an
+    mpnet member on CPU."""
 
     def problems(self, path: str) -> list[Problem]:
         found: list[Problem] = []

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 import logging
 import time
 from typing import Any
@@ -67,8 +68,8 @@ predict every prepared split (test too, scored where labelled)."""
 
 
 def actor_pool_size(config: SoftTargetsConfig, resources: dict[str, float]) -> int:
-    """Actors the cluster can hold. On CPU one core is left for Ray Data's own tasks
-    (two whole-CPU actors on a 2-CPU machine starve the pipeline and hang it)."""
+    """Actors the cluster can hold. On CPU one core is left for the driver, which collects
+    the actors' outputs and writes them (one actor at least, however large its request)."""
     if config.num_actors:
         return config.num_actors
     per = config.resources_per_actor
@@ -148,7 +149,12 @@ def infer_member(config: ExperimentConfig, store: Storage, member: MemberRecord,
     ray.data.DataContext.get_current().enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
-    dataset = ray.data.from_arrow(rows).repartition(blocks)
+    # The blocks are cut here, not by Dataset.repartition: that runs Ray tasks that need
+    # a CPU of their own, and actors asking for every CPU of the cluster (e.g.
+    # resources_per_actor {cpu: 2} on a 2-CPU machine) starved them: a silent hang.
+    # From a list of tables Ray Data starts with these blocks and runs no task before
+    # the actors.
+    dataset = ray.data.from_arrow(_blocks(rows, blocks))
     outputs = dataset.map_batches(
         MemberPredictor, batch_size=soft.batch_size, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=actors),
@@ -168,6 +174,14 @@ def infer_member(config: ExperimentConfig, store: Storage, member: MemberRecord,
             progress = Progress(what, len(rows), "ex", start_done=done)
         progress.update(done)
     return pa.concat_tables(tables) if tables else OUTPUT_SCHEMA.empty_table()
+
+
+def _blocks(rows: pa.Table, count: int) -> list[pa.Table]:
+    """``rows`` cut into ``count`` contiguous blocks of near-equal size (zero-copy slices),
+    in order; fewer when there are fewer rows. Never an empty list."""
+    count = max(1, min(count, rows.num_rows))
+    bounds = np.linspace(0, rows.num_rows, count + 1).round().astype(int)
+    return [rows.slice(int(a), int(b - a)) for a, b in itertools.pairwise(bounds)]
 
 
 def _write_parquet(store: Storage, rel: str, table: pa.Table) -> str:

@@ -104,8 +104,12 @@ def test_soft_targets_average_members_and_grow_incrementally(experiment: dict) -
     assert outcomes["soft"].manifest["ensemble_average"] == ensemble["ensemble_average"]
 
     # A 4th member: only its own inference runs; the other members' predictions are reused.
+    # Its actor asks for every CPU of the 2-CPU Ray: that hung the stage while Ray Data cut
+    # the blocks with tasks of their own (now the stage cuts them; the timeout would fail).
     done = {m: store.read_text(f"soft_targets/_members/{m}/done.json") for m in members}
-    bigger = config_from_dict({**experiment, "teachers": {**experiment["teachers"], "size": 4}})
+    whole = {**experiment["soft_targets"], "resources_per_actor": {"cpu": 2}}
+    bigger = config_from_dict({**experiment, "soft_targets": whole,
+                               "teachers": {**experiment["teachers"], "size": 4}})
     run_pipeline(bigger, to_stage="soft")
     assert {m: store.read_text(f"soft_targets/_members/{m}/done.json") for m in members} == done
     assert store.exists("soft_targets/_members/m003/done.json")
