@@ -1,26 +1,190 @@
-"""Helpers shared by the benchmarks in ``bench/``: threads, timing, the matmul ceiling, the
-machine's description, interleaved repeats and Markdown tables.
+"""Helpers shared by the benchmarks in ``bench/``: the preamble (environment, logging, the
+header lines, shared command-line options, ``RESULT`` lines), threads, timing, the matmul
+ceiling, the machine's description, interleaved repeats and Markdown tables.
 
 Every benchmark measures its variants side by side in one run, interleaved round by round,
 and reports medians (this machine is small and shared: absolute numbers drift, ratios of
-neighbouring measurements much less).
+neighbouring measurements much less). A benchmark imports this module before anything
+that loads transformers, datasets or Ray, so that the environment below is in place.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import datetime
+import logging
 import os
 import platform
+import shutil
 import statistics
 import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # bundled assets only, never the hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")  # silences DeepSpeed's accelerator notice
 
 import torch
 
 T = TypeVar("T")
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------ preamble
+
+
+def private_ray() -> None:
+    """A private local Ray for the benchmark even if someone ran ``ray start`` here."""
+    os.environ["RAY_ADDRESS"] = "local"
+
+
+def tests_on_path() -> None:
+    """``tests/`` importable (``s3server``: the SeaweedFS helper of the tests)."""
+    if str(REPO / "tests") not in sys.path:
+        sys.path.insert(0, str(REPO / "tests"))
+
+
+def bench_parser(doc: str) -> argparse.ArgumentParser:
+    """An argument parser described by the first paragraph of the script's docstring."""
+    return argparse.ArgumentParser(description=doc.split("\n\n")[0])
+
+
+def add_quiet_options(parser: argparse.ArgumentParser, *, max_busy: float,
+                      quiet_timeout: float, min_cpu_share: float = 0.9,
+                      retries: int = 2) -> None:
+    """``--max-busy``, ``--quiet-timeout``, ``--min-cpu-share``, ``--retries``: waiting for
+    a quiet machine and measuring a contended run again."""
+    parser.add_argument("--max-busy", type=float, default=max_busy,
+                        help="before each measurement wait until other processes use at most "
+                        "this fraction of the CPUs (1: never wait)")
+    parser.add_argument("--quiet-timeout", type=float, default=quiet_timeout,
+                        help="longest wait for a quiet machine per measurement, seconds")
+    parser.add_argument("--min-cpu-share", type=float, default=min_cpu_share,
+                        help="a measurement whose CPU seconds / (wall × threads) is below "
+                        "this was contended and is measured again")
+    parser.add_argument("--retries", type=int, default=retries,
+                        help="re-measurements of a contended measurement")
+
+
+def add_matmul_options(parser: argparse.ArgumentParser) -> None:
+    """``--matmul-n`` and ``--matmul-seconds`` of the matmul ceiling."""
+    parser.add_argument("--matmul-n", type=int, default=2048)
+    parser.add_argument("--matmul-seconds", type=float, default=2.0)
+
+
+def add_precision_option(parser: argparse.ArgumentParser, of: str) -> None:
+    """``--precision auto|fp32|bf16`` (``of``: what it sets); see :func:`resolve_precision`."""
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help=f"of {of} (auto: bf16 where this CPU has native bf16, else fp32)")
+
+
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``parser``'s arguments; a ``--precision`` of "auto" becomes
+    :func:`bench_precision`'s answer (with a note where bf16 is only emulated)."""
+    args = parser.parse_args(argv)
+    if getattr(args, "precision", None) == "auto":
+        args.precision = bench_precision()
+        if args.precision != "bf16":
+            print(emulated_bf16_note(), flush=True)
+    return args
+
+
+def config_parser(doc: str, default_config: str) -> argparse.ArgumentParser:
+    """A parser for a benchmark over an experiment config: the whole docstring as its
+    description, ``--config`` (default ``default_config`` under the repository) and
+    ``key=value`` overrides."""
+    parser = argparse.ArgumentParser(description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(REPO / default_config))
+    parser.add_argument("overrides", nargs="*")
+    return parser
+
+
+def run_mtkd(*args: str) -> None:
+    """``python -m mtkd ARGS`` in the caller's folder (relative paths in the config and in
+    what is read afterwards mean the same); CalledProcessError when it fails."""
+    subprocess.run([sys.executable, "-m", "mtkd", *args], check=True)
+
+
+@contextlib.contextmanager
+def scratch(prefix: str, keep: bool = False) -> Iterator[Path]:
+    """A fresh temporary folder, deleted at the end unless ``keep``."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield root
+    finally:
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def python_processes(code: str, processes: int) -> list[float]:
+    """Run ``code`` in ``processes`` fresh Pythons at once (one torch/OpenMP thread each,
+    ``bench/`` importable); the number each printed last."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO / "bench"), os.environ.get("PYTHONPATH", "")])}
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=env,
+                              text=True) for _ in range(processes)]
+    return [float(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+
+
+def import_seconds(modules: str, concurrent: int) -> list[float]:
+    """Wall seconds of a fresh Python importing ``modules`` (comma-separated, as in an
+    import statement), ``concurrent`` processes at once."""
+    return python_processes("import time; t = time.perf_counter(); "
+                            f"import {modules}; print(time.perf_counter() - t)", concurrent)
+
+
+def begin(script: str, argv: Sequence[str] | None = None, *, threads: int | None = 2,
+          mtkd_level: int = logging.WARNING) -> dict[str, Any]:
+    """The start of every benchmark: warnings-only logging (mtkd's at ``mtkd_level``),
+    ``threads`` torch threads, no ``datasets`` progress bars, then the header: the command
+    line and the machine. Returns :func:`machine`'s description."""
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("mtkd").setLevel(mtkd_level)
+    if threads:
+        set_threads(threads)
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+    except ImportError:
+        pass
+    info = machine()
+    args = " ".join(sys.argv[1:] if argv is None else argv)
+    print(f"# bench/{script}  {args or '(defaults)'}")
+    print(f"machine: {describe_machine(info)}", flush=True)
+    return info
+
+
+def result(name: str, value: float | str, note: str = "", digits: int = 3) -> None:
+    """One ``RESULT <name> <value> (<note>)`` line (the note, e.g. the target, only when
+    given), what docs/BENCHMARKS.md quotes; a float with ``digits`` decimals."""
+    shown = value if isinstance(value, str) else f"{value:.{digits}f}"
+    print(f"RESULT {name} {shown}" + (f" ({note})" if note else ""), flush=True)
+
+
+def quiet_wait(args: argparse.Namespace) -> tuple[Callable[[], None], list[tuple[float, float]]]:
+    """A ``before`` for :func:`interleave`: wait for a quiet machine (``--max-busy``,
+    ``--quiet-timeout``) and say so when it took over a second; and the list of (seconds
+    waited, others' CPU use) it fills."""
+    waits: list[tuple[float, float]] = []
+
+    def before() -> None:
+        if args.max_busy < 1.0:
+            waited, busy = wait_for_quiet(args.max_busy, args.quiet_timeout)
+            waits.append((waited, busy))
+            if waited > 1.0:
+                print(f"  (waited {waited:.0f} s for other processes to leave the CPUs; "
+                      f"others' use now {busy:.0%})", flush=True)
+
+    return before, waits
 
 
 def set_threads(n: int = 2) -> int:
@@ -66,6 +230,27 @@ def matmul_gflops(n: int = 2048, dtype: torch.dtype = torch.float32,
         torch.mm(a, b, out=out)
         calls.append(time.perf_counter() - start)
     return 2 * n**3 / statistics.median(calls) / 1e9
+
+
+@dataclass
+class Ceiling:
+    """One matmul-ceiling measurement: GFLOP/s and its timing."""
+
+    gflops: float
+    timing: Timing
+
+    def cpu_share(self) -> float:
+        return self.timing.cpu_share()
+
+
+def matmul_variant(args: Any, dtype: torch.dtype) -> Callable[[], Ceiling]:
+    """A variant for :func:`interleave`: the matmul ceiling in ``dtype`` (``--matmul-n``,
+    ``--matmul-seconds``)."""
+    def run() -> Ceiling:
+        gflops, timing = timed(lambda: matmul_gflops(args.matmul_n, dtype, args.matmul_seconds))
+        return Ceiling(gflops, timing)
+
+    return run
 
 
 def _cpu_times() -> tuple[float, float]:

@@ -16,8 +16,8 @@ timed with the wall clock around ``run_pipeline(config, only="teachers")``
 trials. Per run the members' own ``wall_seconds`` (from ``teachers/teachers.json``), their
 training throughput and the time around training are printed, and the excess of wall(N)
 over ceil(N/k) × wall(1) is split into its parts. Unless ``--no-levers``, every round also
-times size N with Tune's ``reuse_actors=True`` (mtkd passes False; the bench swaps it in for
-that run only) to price the per-trial worker start-up. ``--diagnose`` adds micro-measurements of
+times size N with Tune's ``reuse_actors=True`` (``teachers.reuse_actors``, false by
+default) to price the per-trial worker start-up. ``--diagnose`` adds micro-measurements of
 the per-trial fixed costs (worker imports alone and two at once, data load, model build,
 evaluation, checkpoint, model upload).
 
@@ -30,38 +30,31 @@ Ends with ``RESULT ensemble_scaling <ratio> (target <= 1.15)``.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import logging
 import math
 import os
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# A private local Ray even if someone ran `ray start` on this machine.
-os.environ["RAY_ADDRESS"] = "local"
-
-import datasets
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     _cpu_times,
-    describe_machine,
-    machine,
+    begin,
+    bench_parser,
+    import_seconds,
     markdown_table,
     median,
     other_load,
     paired_ratio,
-    set_threads,
+    parse,
+    private_ray,
+    python_processes,
+    result,
+    scratch,
     timed,
 )
 
@@ -76,7 +69,8 @@ TASK = "rotten_tomatoes"
 # ------------------------------------------------------------------------------ config
 
 
-def experiment(args: argparse.Namespace, root: Path, name: str, size: int) -> ExperimentConfig:
+def experiment(args: argparse.Namespace, root: Path, name: str, size: int,
+               reuse: bool = False) -> ExperimentConfig:
     return config_from_dict({
         "name": name, "storage_path": str(root / "runs"), "seed": 0,
         "ray": {"num_cpus": args.cpus},
@@ -84,6 +78,7 @@ def experiment(args: argparse.Namespace, root: Path, name: str, size: int) -> Ex
         "tasks": [{"name": TASK, "max_length": args.max_length,
                    "max_train_examples": args.train, "max_dev_examples": args.dev}],
         "teachers": {"size": size, "max_concurrent": args.slots, "max_failures": 0,
+                     "reuse_actors": reuse,
                      "resources_per_member": {"cpu": args.cpu_per_member},
                      "training": {"epochs": args.epochs, "batch_size": args.batch_size}},
     })
@@ -141,26 +136,6 @@ class Run:
         return [starts[i] - ends[i - slots] for i in range(slots, len(starts))]
 
 
-@contextlib.contextmanager
-def reuse_actors() -> Iterator[None]:
-    """Lever (not mtkd's setting): Tune's ``reuse_actors=True``, so a slot's next trial runs
-    in the finished trial's worker process (no new process, no imports). mtkd builds its
-    ``tune.TuneConfig`` inside ``_run_trials``; the bench swaps the class for that call."""
-    from ray import tune
-
-    original = tune.TuneConfig
-
-    def patched(*a: Any, **kw: Any) -> Any:
-        kw["reuse_actors"] = True
-        return original(*a, **kw)
-
-    tune.TuneConfig = patched
-    try:
-        yield
-    finally:
-        tune.TuneConfig = original
-
-
 def _steal_seconds() -> float:
     """Steal time of all CPUs since boot (/proc/stat), seconds."""
     try:
@@ -174,7 +149,7 @@ def _steal_seconds() -> float:
 def run_teachers(args: argparse.Namespace, root: Path, name: str, size: int,
                  reuse: bool = False) -> Run:
     """Prepare (untimed), then time the teachers stage of a fresh experiment."""
-    config = experiment(args, root, name, size)
+    config = experiment(args, root, name, size, reuse)
     run_pipeline(config, only="prepare")
     store = experiment_store(config)
     train_rows = read_manifest(store, "prepare")["tasks"][TASK]["splits"]["train"]["rows"]
@@ -183,8 +158,7 @@ def run_teachers(args: argparse.Namespace, root: Path, name: str, size: int,
     steal0 = _steal_seconds()
     cpu0 = time.process_time()
     started = time.time()
-    with reuse_actors() if reuse else contextlib.nullcontext():
-        _, timing = timed(lambda: run_pipeline(config, only="teachers"))
+    _, timing = timed(lambda: run_pipeline(config, only="teachers"))
     busy1, total1 = _cpu_times()
     steal = (_steal_seconds() - steal0) / max(total1 - total0, 1e-9)
     report = store.read_json("teachers/teachers.json")
@@ -219,27 +193,8 @@ def print_run(run: Run, slots: int, label: str) -> None:
 # ------------------------------------------------------------------------------ diagnosis
 
 
-def _import_seconds(concurrent: int) -> list[float]:
-    """Wall seconds of a fresh Python importing what a trial worker imports, ``concurrent``
-    processes at once (one torch thread each)."""
-    code = ("import time; t = time.perf_counter(); import torch, ray.tune, "
-            "mtkd.teachers.member, mtkd.training.recipe; print(time.perf_counter() - t)")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=env,
-                              text=True) for _ in range(concurrent)]
-    return [float(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
-
-
-def _parallel_matmul(processes: int, seconds: float = 3.0) -> list[float]:
-    """GFLOP/s of one-thread fp32 matmuls (n = 1024) in ``processes`` processes at once."""
-    here = str(Path(__file__).resolve().parent)
-    code = (f"import sys; sys.path.insert(0, {here!r}); import torch; "
-            "torch.set_num_threads(1); from common import matmul_gflops; "
-            f"print(matmul_gflops(1024, torch.float32, {seconds}))")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=env,
-                              text=True) for _ in range(processes)]
-    return [float(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+TRIAL_IMPORTS = "torch, ray.tune, mtkd.teachers.member, mtkd.training.recipe"
+"""What a trial worker imports."""
 
 
 def diagnose(args: argparse.Namespace, root: Path, name: str) -> None:
@@ -253,12 +208,14 @@ def diagnose(args: argparse.Namespace, root: Path, name: str) -> None:
     from mtkd.training.recipe import build_training_loop, load_prepared_tasks
 
     print("\n### Per-trial fixed costs (one torch thread, this process; medians of 3)")
-    solo = [_import_seconds(1)[0] for _ in range(3)]
-    pair = [max(_import_seconds(2)) for _ in range(3)]
+    solo = [import_seconds(TRIAL_IMPORTS, 1)[0] for _ in range(3)]
+    pair = [max(import_seconds(TRIAL_IMPORTS, 2)) for _ in range(3)]
     print(f"fresh worker imports (torch, ray.tune, mtkd trial modules): alone "
           f"{median(solo):.1f} s, two at once {median(pair):.1f} s")
-    alone = [_parallel_matmul(1)[0] for _ in range(2)]
-    both = [_parallel_matmul(2) for _ in range(2)]
+    matmul = ("import torch; torch.set_num_threads(1); from common import matmul_gflops; "
+              "print(matmul_gflops(1024, torch.float32, 3.0))")  # one thread, n = 1024
+    alone = [python_processes(matmul, 1)[0] for _ in range(2)]
+    both = [python_processes(matmul, 2) for _ in range(2)]
     print(f"one-thread fp32 matmul (n 1024): one process alone {median(alone):.1f} GFLOP/s; "
           f"two processes at once {median(sum(b) for b in both) / 2:.1f} GFLOP/s each "
           f"(two cores give {median(sum(b) for b in both) / median(alone):.2f}× one core)")
@@ -314,7 +271,7 @@ def diagnose(args: argparse.Namespace, root: Path, name: str) -> None:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--members", type=int, default=4, help="ensemble size N")
     parser.add_argument("--slots", type=int, default=2, help="teachers.max_concurrent k")
     parser.add_argument("--cpus", type=int, default=2, help="ray.num_cpus")
@@ -328,115 +285,118 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--no-warmup", dest="warmup", action="store_false")
     parser.add_argument("--no-levers", dest="levers", action="store_false",
-                        help="skip the size-N run with Tune's reuse_actors=True")
+                        help="skip the size-N run with teachers.reuse_actors: true")
     parser.add_argument("--diagnose", action="store_true",
                         help="also measure the per-trial fixed costs")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 64/32 examples, 1 layer, 1 epoch, 1 round")
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     if args.quick:
         args.train, args.dev, args.layers = min(args.train, 64), min(args.dev, 32), 1
         args.epochs, args.rounds = 1.0, 1
     return args
 
 
+@dataclass
+class Runs:
+    """The timed runs of every round: size 1, size N, and size N with reused actors."""
+
+    ones: list[Run] = field(default_factory=list)
+    manys: list[Run] = field(default_factory=list)
+    reused: list[Run] = field(default_factory=list)
+
+
+def run_rounds(args: argparse.Namespace, root: Path) -> Runs:
+    """Per round size 1, size N (and the reuse_actors lever), order alternating."""
+    runs = Runs()
+    for r in range(args.rounds):
+        order = [1, args.members] + ([-args.members] if args.levers else [])
+        for size in order if r % 2 == 0 else reversed(order):
+            run = run_teachers(args, root, f"r{r}-n{size}".replace("-n-", "-reuse-n"),
+                               abs(size), reuse=size < 0)
+            (runs.ones if size == 1 else runs.manys if size > 0 else runs.reused).append(run)
+            print_run(run, args.slots, f"round {r + 1}"
+                      + (" (lever: reuse_actors=True)" if size < 0 else ""))
+    return runs
+
+
+def summary(args: argparse.Namespace, runs: Runs) -> float:
+    """The summary table and the split of the excess, printed; the ratio."""
+    waves = math.ceil(args.members / args.slots)
+    ones, manys = runs.ones, runs.manys
+    print("\n### Summary (medians over rounds)")
+    one_m = [m for run in ones for m in run.members]
+    many_m = [m for run in manys for m in run.members]
+
+    def gap(rs: list[Run]) -> float:
+        return median(g for r in rs for g in r.gaps(args.slots)) if waves > 1 else 0.0
+
+    def row(label: str, fmt: str, one: Any, many: Any) -> list[str]:
+        return [label, format(median(one), fmt), format(median(many), fmt)]
+
+    rows = [
+        row("stage wall s", ".1f", (r.wall for r in ones), (r.wall for r in manys)),
+        row("member wall_seconds", ".1f", (m.wall for m in one_m), (m.wall for m in many_m)),
+        row("  training s", ".1f", (m.train for m in one_m), (m.train for m in many_m)),
+        row("  around training s", ".1f", (m.around for m in one_m),
+            (m.around for m in many_m)),
+        row("train ex/s per member", ".1f", (m.examples_per_s for m in one_m),
+            (m.examples_per_s for m in many_m)),
+        row("launch s", ".1f", (r.launch() for r in ones), (r.launch() for r in manys)),
+        ["slot hand-over gap s", "-", f"{gap(manys):.1f}"],
+        row("tail s", ".1f", (r.tail() for r in ones), (r.tail() for r in manys)),
+        row("driver CPU s", ".1f", (r.driver_cpu for r in ones), (r.driver_cpu for r in manys)),
+        row("machine busy", ".0%", (r.machine_busy for r in ones),
+            (r.machine_busy for r in manys)),
+        row("steal (hypervisor)", ".1%", (r.steal for r in ones), (r.steal for r in manys)),
+    ]
+    print(markdown_table(["", "size 1", f"size {args.members}"], rows))
+    w1, wn = median(r.wall for r in ones), median(r.wall for r in manys)
+    m1, mn = median(m.wall for m in one_m), median(m.wall for m in many_m)
+    tr1, trn = median(m.train for m in one_m), median(m.train for m in many_m)
+    print(f"\nexcess of wall(N) over ceil(N/k)·wall(1) = {wn:.1f} − {waves}×{w1:.1f} = "
+          f"{wn - waves * w1:+.1f} s, of which (approximately, per wave on the critical path):")
+    print(f"  member slowdown while sharing the machine: {waves} × ({mn:.1f} − {m1:.1f}) "
+          f"= {waves * (mn - m1):+.1f} s (training part {waves * (trn - tr1):+.1f} s: "
+          f"per-member train ex/s {median(m.examples_per_s for m in many_m):.1f} vs "
+          f"{median(m.examples_per_s for m in one_m):.1f} alone)")
+    l1 = median(r.launch() + r.tail() for r in ones)
+    ln = median(r.launch() + r.tail() for r in manys)
+    print(f"  trial start-up of k trials at once vs one alone: first wave ({ln:.1f} − "
+          f"{l1:.1f}) + {waves - 1} later wave(s) × (hand-over gap {gap(manys):.1f} − "
+          f"{l1:.1f}) = {ln - l1 + (waves - 1) * (gap(manys) - l1):+.1f} s")
+    ratios = [m.wall / (waves * o.wall) for m, o in zip(manys, ones, strict=True)]
+    print(f"  per round ratios: {', '.join(f'{x:.3f}' for x in ratios)}")
+    if runs.reused:
+        lever = paired_ratio([m.wall for m in runs.reused], [waves * o.wall for o in ones])
+        print(f"\nlever teachers.reuse_actors: true (default false): size {args.members} in "
+              f"{median(r.wall for r in runs.reused):.1f} s (vs {wn:.1f} s); hand-over gaps "
+              f"{gap(runs.reused):.1f} s; ratio with it {lever:.3f}")
+    return paired_ratio([m.wall for m in manys], [waves * o.wall for o in ones])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    logging.getLogger("mtkd").setLevel(logging.WARNING)
-    set_threads(2)
-    datasets.disable_progress_bars()
-    info = machine()
+    private_ray()
+    begin("ensemble_scaling.py", argv)
     began = time.perf_counter()
-    print(f"# bench/ensemble_scaling.py  {' '.join(sys.argv[1:]) or '(defaults)'}")
-    print(f"machine: {describe_machine(info)}")
     print(f"task {TASK}: {args.train} train / {args.dev} dev examples, max_length "
           f"{args.max_length}; encoder all-MiniLM-L6-v2 first {args.layers} layer(s); "
           f"{args.epochs:g} epoch(s), batch {args.batch_size}; N = {args.members} members, "
           f"k = {args.slots} slots, {args.cpu_per_member:g} CPU each, ray.num_cpus {args.cpus}")
-    root = Path(tempfile.mkdtemp(prefix="mtkd-bench-ens-"))
-    try:
-        first = experiment(args, root, "warmup", 1)
-        _, t = timed(lambda: ensure_ray(first.ray))
+    with scratch("mtkd-bench-ens-", args.keep) as root:
+        _, t = timed(lambda: ensure_ray(experiment(args, root, "warmup", 1).ray))
         print(f"Ray started in {t.wall:.1f} s (excluded from the timings)")
         if args.warmup:
             warm = run_teachers(args, root, "warmup", 1)
             print(f"warm-up run (untimed for the ratio): size 1 in {warm.wall:.1f} s")
-        waves = math.ceil(args.members / args.slots)
-        ones: list[Run] = []
-        manys: list[Run] = []
-        reused: list[Run] = []
-        for r in range(args.rounds):
-            order = [1, args.members] + ([-args.members] if args.levers else [])
-            for size in order if r % 2 == 0 else reversed(order):
-                run = run_teachers(args, root, f"r{r}-n{size}".replace("-n-", "-reuse-n"),
-                                   abs(size), reuse=size < 0)
-                (ones if size == 1 else manys if size > 0 else reused).append(run)
-                print_run(run, args.slots, f"round {r + 1}"
-                          + (" (lever: reuse_actors=True)" if size < 0 else ""))
-        ratios = [m.wall / (waves * o.wall) for m, o in zip(manys, ones, strict=True)]
-        ratio = paired_ratio([m.wall for m in manys], [waves * o.wall for o in ones])
-
-        print("\n### Summary (medians over rounds)")
-        one_m = [m for run in ones for m in run.members]
-        many_m = [m for run in manys for m in run.members]
-        rows = [
-            ["stage wall s", f"{median(r.wall for r in ones):.1f}",
-             f"{median(r.wall for r in manys):.1f}"],
-            ["member wall_seconds", f"{median(m.wall for m in one_m):.1f}",
-             f"{median(m.wall for m in many_m):.1f}"],
-            ["  training s", f"{median(m.train for m in one_m):.1f}",
-             f"{median(m.train for m in many_m):.1f}"],
-            ["  around training s", f"{median(m.around for m in one_m):.1f}",
-             f"{median(m.around for m in many_m):.1f}"],
-            ["train ex/s per member", f"{median(m.examples_per_s for m in one_m):.1f}",
-             f"{median(m.examples_per_s for m in many_m):.1f}"],
-            ["launch s", f"{median(r.launch() for r in ones):.1f}",
-             f"{median(r.launch() for r in manys):.1f}"],
-            ["slot hand-over gap s", "-",
-             f"{median(g for r in manys for g in r.gaps(args.slots)) if waves > 1 else 0:.1f}"],
-            ["tail s", f"{median(r.tail() for r in ones):.1f}",
-             f"{median(r.tail() for r in manys):.1f}"],
-            ["driver CPU s", f"{median(r.driver_cpu for r in ones):.1f}",
-             f"{median(r.driver_cpu for r in manys):.1f}"],
-            ["machine busy", f"{median(r.machine_busy for r in ones):.0%}",
-             f"{median(r.machine_busy for r in manys):.0%}"],
-            ["steal (hypervisor)", f"{median(r.steal for r in ones):.1%}",
-             f"{median(r.steal for r in manys):.1%}"],
-        ]
-        print(markdown_table(["", "size 1", f"size {args.members}"], rows))
-        w1, wn = median(r.wall for r in ones), median(r.wall for r in manys)
-        excess = wn - waves * w1
-        m1, mn = median(m.wall for m in one_m), median(m.wall for m in many_m)
-        tr1, trn = median(m.train for m in one_m), median(m.train for m in many_m)
-        gap = median(g for r in manys for g in r.gaps(args.slots)) if waves > 1 else 0.0
-        print(f"\nexcess of wall(N) over ceil(N/k)·wall(1) = {wn:.1f} − {waves}×{w1:.1f} = "
-              f"{excess:+.1f} s, of which (approximately, per wave on the critical path):")
-        print(f"  member slowdown while sharing the machine: {waves} × ({mn:.1f} − {m1:.1f}) "
-              f"= {waves * (mn - m1):+.1f} s (training part {waves * (trn - tr1):+.1f} s: "
-              f"per-member train ex/s {median(m.examples_per_s for m in many_m):.1f} vs "
-              f"{median(m.examples_per_s for m in one_m):.1f} alone)")
-        l1 = median(r.launch() + r.tail() for r in ones)
-        ln = median(r.launch() + r.tail() for r in manys)
-        print(f"  trial start-up of k trials at once vs one alone: first wave ({ln:.1f} − "
-              f"{l1:.1f}) + {waves - 1} later wave(s) × (hand-over gap {gap:.1f} − {l1:.1f}) = "
-              f"{ln - l1 + (waves - 1) * (gap - l1):+.1f} s")
-        print(f"  per round ratios: {', '.join(f'{x:.3f}' for x in ratios)}")
-        if reused:
-            lever = paired_ratio([m.wall for m in reused], [waves * o.wall for o in ones])
-            print(f"\nlever reuse_actors=True (mtkd sets False): size {args.members} in "
-                  f"{median(r.wall for r in reused):.1f} s (vs {wn:.1f} s); hand-over gaps "
-                  f"{median(g for r in reused for g in r.gaps(args.slots)) if waves > 1 else 0:.1f}"
-                  f" s; ratio with it {lever:.3f}")
+        ratio = summary(args, run_rounds(args, root))
         if args.diagnose:
             diagnose(args, root, "r0-n1")
         print(f"\ntotal bench time {time.perf_counter() - began:.0f} s; data under {root}"
               + ("" if args.keep else " (deleted)"))
-        print(f"RESULT ensemble_scaling {ratio:.3f} (target <= 1.15)")
-    finally:
-        if not args.keep:
-            shutil.rmtree(root, ignore_errors=True)
+        result("ensemble_scaling", ratio, "target <= 1.15")
     return 0
 
 

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import describe_machine, markdown_table
+from common import describe_machine, markdown_table, result
 
 CAPPED = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 
@@ -73,9 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(markdown_table(["setting", "ATen", "fp32", "bf16", "fp16", "bf16 / fp32",
                           "mtkd probe: bf16", "auto ->"], rows))
     as_is, capped = results.values()
-    print(f"RESULT bf16_vs_fp32_matmul {as_is['gflops']['bf16'] / as_is['gflops']['fp32']:.3f}")
-    print(f"RESULT bf16_vs_fp32_matmul_avx2 "
-          f"{capped['gflops']['bf16'] / capped['gflops']['fp32']:.3f}")
+    result("bf16_vs_fp32_matmul", as_is["gflops"]["bf16"] / as_is["gflops"]["fp32"])
+    result("bf16_vs_fp32_matmul_avx2", capped["gflops"]["bf16"] / capped["gflops"]["fp32"])
     return 0
 
 

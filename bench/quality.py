@@ -17,14 +17,13 @@ Usage: python bench/quality.py [--config jobs/configs/benchmark.yaml] [overrides
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import config_parser, result, run_mtkd
 
 
 def with_test_averages(report: dict) -> dict:
@@ -65,17 +64,13 @@ def figures(report: dict, split: str = "test") -> dict[str, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(REPO / "jobs/configs/benchmark.yaml"))
+    parser = config_parser(__doc__, "jobs/configs/benchmark.yaml")
     parser.add_argument("--report", help="read an existing report.json instead of running")
-    parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     if args.report:
         report_path = Path(args.report)
     else:
-        command = [sys.executable, "-m", "mtkd", "run", args.config, *args.overrides]
-        subprocess.run(command, check=True)  # in the caller's folder, like the paths read below
+        run_mtkd("run", args.config, *args.overrides)
         from mtkd.config import load_config
         from mtkd.storage import Storage
 
@@ -90,10 +85,10 @@ def main() -> int:
     print(f"test: kd gain per seed {[round(g, 2) for g in test['kd_gain_per_seed']]}; 95% "
           f"interval [{test['kd_gain_ci_low']:+.2f}, {test['kd_gain_ci_high']:+.2f}] (paired "
           f"bootstrap over test examples and seeds): {test['verdict']}")
-    print(f"RESULT kd_gain {test['kd_gain']:.2f} (target >= 1.0)")
-    print(f"RESULT kd_gain_ci_low {test['kd_gain_ci_low']:.2f} (target > 0)")
-    print(f"RESULT ensemble_gain {test['ensemble_gain']:.2f} (target > 0)")
-    print(f"RESULT student_speedup {test['student_speedup']:.2f} (target >= 3)")
+    result("kd_gain", test["kd_gain"], "target >= 1.0", 2)
+    result("kd_gain_ci_low", test["kd_gain_ci_low"], "target > 0", 2)
+    result("ensemble_gain", test["ensemble_gain"], "target > 0", 2)
+    result("student_speedup", test["student_speedup"], "target >= 3", 2)
     return 0
 
 

@@ -20,11 +20,8 @@ import argparse
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-from common import describe_machine, interleave, median
-
-REPO = Path(__file__).resolve().parents[1]
+from common import REPO, describe_machine, interleave, median, result
 
 
 def _cli(*args: str) -> str:
@@ -65,9 +62,9 @@ def main() -> None:
     times = interleave({"validate": lambda: timed_cli("validate", args.config),
                         "rerun": lambda: timed_cli("run", args.config)}, args.rounds)
     rerun, validate = median(times["rerun"]), median(times["validate"])
-    print(f"RESULT rerun_s {rerun:.2f}")
-    print(f"RESULT validate_s {validate:.2f}")
-    print(f"RESULT rerun_minus_validate_s {rerun - validate:.2f}")
+    result("rerun_s", rerun, digits=2)
+    result("validate_s", validate, digits=2)
+    result("rerun_minus_validate_s", rerun - validate, digits=2)
 
 
 if __name__ == "__main__":

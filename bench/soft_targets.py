@@ -7,7 +7,7 @@ with fresh heads for both tasks, saved at ``teachers/m000/model`` as the teacher
 would. Variants, measured side by side in one run, interleaved round by round (medians over
 ``--rounds``):
 
-* ``soft``: ``mtkd.soft.stage._infer_member`` itself (rows from storage, Ray Data
+* ``soft``: ``mtkd.soft.stage.infer_member`` itself (rows from storage, Ray Data
   ``map_batches`` with the ``MemberPredictor`` actor pool: every actor loads the model from
   storage), ``soft_targets.precision: bf16``, ``resources_per_actor: {cpu: 0.5}`` (2 actors
   with one torch thread each on 2 CPUs), ``batch_size`` ``--batch-size``. The stage also
@@ -25,7 +25,7 @@ the bf16 matmul FLOP/s of the same run. The soft targets (probabilities) of the 
 are compared with those of the fp32 naive loop.
 
 ``--investigate`` adds, to explain the gap between ``soft`` and ``best``: a single-thread
-``best`` (one actor's ideal), the model load of one actor, and replicas of ``_infer_member``
+``best`` (one actor's ideal), the model load of one actor, and replicas of ``infer_member``
 with one knob changed at a time (start-up only; more blocks; longest blocks first; token-
 budget sub-batches), with Ray Data's per-operator stats.
 
@@ -40,11 +40,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -52,28 +48,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# A private local Ray even if someone ran `ray start` on this machine.
-os.environ["RAY_ADDRESS"] = "local"
-
-import datasets
 import numpy as np
 import pyarrow as pa
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
+    Ceiling,
     Timing,
-    bench_precision,
-    describe_machine,
-    emulated_bf16_note,
+    add_matmul_options,
+    add_precision_option,
+    add_quiet_options,
+    begin,
+    bench_parser,
+    import_seconds,
     interleave,
-    machine,
     markdown_table,
-    matmul_gflops,
+    matmul_variant,
     median,
     paired_ratio,
+    parse,
+    private_ray,
+    quiet_wait,
+    result,
+    scratch,
     set_threads,
     timed,
     wait_for_quiet,
@@ -240,11 +236,11 @@ def local_variant(setup: Setup, *, precision: str, sort: bool, pad_to_max: bool,
 
 
 def soft_variant(setup: Setup) -> Callable[[], Measurement]:
-    """mtkd's own ``_infer_member`` (Ray Data actor pool), timed from the call to the table."""
+    """mtkd's own ``infer_member`` (Ray Data actor pool), timed from the call to the table."""
     tasks = list(MAX_LENGTHS)
 
     def run() -> Measurement:
-        table, timing = timed(lambda: soft_stage._infer_member(setup.config, setup.store,
+        table, timing = timed(lambda: soft_stage.infer_member(setup.config, setup.store,
                                                                 MEMBER, tasks,
                                                                 splits=TRAIN_ONLY))
         return Measurement(timing, setup.examples, 0, table_outputs(table))
@@ -256,23 +252,6 @@ def table_outputs(table: pa.Table) -> dict[Key, np.ndarray]:
     return {(t, u): np.asarray(v, dtype=np.float32) for t, u, v in
             zip(table["task"].to_pylist(), table["uid"].to_pylist(),
                 table["logits"].to_pylist(), strict=True)}
-
-
-@dataclass
-class Ceiling:
-    gflops: float
-    timing: Timing
-
-    def cpu_share(self) -> float:
-        return self.timing.cpu_share()
-
-
-def matmul_variant(args: argparse.Namespace, dtype: torch.dtype) -> Callable[[], Ceiling]:
-    def run() -> Ceiling:
-        gflops, timing = timed(lambda: matmul_gflops(args.matmul_n, dtype, args.matmul_seconds))
-        return Ceiling(gflops, timing)
-
-    return run
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -311,11 +290,11 @@ class TokenBudgetPredictor(soft_stage.MemberPredictor):
 def replica(setup: Setup, *, blocks: int | None = None, batch_size: int | None = None,
             longest_first: bool = False, limit: int | None = None,
             predictor: type = soft_stage.MemberPredictor) -> tuple[Measurement, str]:
-    """``_infer_member`` rebuilt here with one knob changed; also returns Ray Data's stats."""
+    """``infer_member`` rebuilt here with one knob changed; also returns Ray Data's stats."""
     import ray
 
     soft = setup.config.soft_targets
-    rows = soft_stage._member_rows(setup.store, list(MAX_LENGTHS), TRAIN_ONLY)
+    rows = soft_stage.member_rows(setup.store, list(MAX_LENGTHS), TRAIN_ONLY)
     if limit:
         rows = pa.concat_tables([rows.filter(pa.compute.equal(rows["task"], t)).slice(0, limit)
                                  for t in MAX_LENGTHS])
@@ -346,15 +325,8 @@ def replica(setup: Setup, *, blocks: int | None = None, batch_size: int | None =
                        extra={"blocks": nblocks, "batch": size}), stats
 
 
-def import_seconds(concurrent: int) -> list[float]:
-    """Wall seconds of a fresh Python importing what an inference actor imports,
-    ``concurrent`` processes at once (one torch thread each)."""
-    code = ("import time; t = time.perf_counter(); import torch, ray.data, "
-            "mtkd.soft.predictor; print(time.perf_counter() - t)")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=env,
-                              text=True) for _ in range(concurrent)]
-    return [float(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+ACTOR_IMPORTS = "torch, ray.data, mtkd.soft.predictor"
+"""What an inference actor imports."""
 
 
 def actor_load_seconds(setup: Setup) -> float:
@@ -377,10 +349,11 @@ def investigate(setup: Setup, soft_median: float, best_median: float) -> None:
           + ", ".join(f"{t} {s:.1f}" for t, s in single.per_task.items())
           + f"); two such actors at most {2 * single.examples_per_s:.1f} ex/s; best with 2 "
           f"threads {best_median:.1f} ex/s; soft {soft_median:.1f} ex/s")
+    alone = median(import_seconds(ACTOR_IMPORTS, 1)[0] for _ in range(3))
+    two = median(max(import_seconds(ACTOR_IMPORTS, 2)) for _ in range(3))
     print(f"one actor's model load (download from storage + load_mtdnn), in this process: "
-          f"{actor_load_seconds(setup):.2f} s; a fresh worker's imports (torch, ray.data, "
-          f"mtkd.soft.predictor): alone {median(import_seconds(1)[0] for _ in range(3)):.1f} s, "
-          f"two at once {median(max(import_seconds(2)) for _ in range(3)):.1f} s")
+          f"{actor_load_seconds(setup):.2f} s; a fresh worker's imports ({ACTOR_IMPORTS}): "
+          f"alone {alone:.1f} s, two at once {two:.1f} s")
     soft = setup.config.soft_targets
     cases: list[tuple[str, dict[str, Any]]] = [
         ("start-up only (one batch per task)", {"limit": soft.batch_size}),
@@ -402,7 +375,7 @@ def investigate(setup: Setup, soft_median: float, best_median: float) -> None:
         print(f"  {name}: {m.timing.wall:.1f} s, {m.examples_per_s:.1f} ex/s", flush=True)
         if args.stats and name == "as mtkd (replica)":
             print("\nRay Data stats of the replica:\n" + stats + "\n")
-    print(markdown_table(["replica of _infer_member", "blocks", "batch", "examples", "wall s",
+    print(markdown_table(["replica of infer_member", "blocks", "batch", "examples", "wall s",
                           "ex/s"], rows))
 
 
@@ -419,7 +392,7 @@ def quiet_ray_data() -> None:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--examples", type=int, default=2000, help="train examples per task")
     parser.add_argument("--batch-size", type=int, default=32, help="soft_targets.batch_size")
     parser.add_argument("--best-batch-rt", type=int, default=64)
@@ -428,30 +401,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cpu-per-actor", type=float, default=0.5)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--matmul-n", type=int, default=2048)
-    parser.add_argument("--matmul-seconds", type=float, default=2.0)
-    parser.add_argument("--max-busy", type=float, default=0.15,
-                        help="before each measurement wait until other processes use at most "
-                        "this fraction of the CPUs (1: never wait)")
-    parser.add_argument("--quiet-timeout", type=float, default=120.0)
-    parser.add_argument("--min-cpu-share", type=float, default=0.9,
-                        help="a single-process measurement whose CPU seconds / (wall × "
-                        "threads) is below this was contended and is measured again")
-    parser.add_argument("--retries", type=int, default=2)
+    add_matmul_options(parser)
+    add_quiet_options(parser, max_busy=0.15, quiet_timeout=120.0)
     parser.add_argument("--investigate", action="store_true")
     parser.add_argument("--stats", action="store_true",
                         help="with --investigate: print Ray Data's stats of the replica")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 200 examples per task, 1 round, short matmuls")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                        help="of the soft stage and the best single-process loop (auto: bf16 "
-                             "where this CPU has native bf16, else fp32)")
-    args = parser.parse_args(argv)
-    if args.precision == "auto":
-        args.precision = bench_precision()
-        if args.precision != "bf16":
-            print(emulated_bf16_note(), flush=True)
+    add_precision_option(parser, "the soft stage and the best single-process loop")
+    args = parse(parser, argv)
     if args.quick:
         args.examples, args.rounds = min(args.examples, 200), 1
         args.matmul_n, args.matmul_seconds = 1024, 0.5
@@ -459,113 +418,116 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def best_batches(args: argparse.Namespace) -> dict[str, int]:
+    return {"rotten_tomatoes": args.best_batch_rt, "boolq": args.best_batch_boolq}
+
+
+def describe(setup: Setup) -> None:
+    """Data, model, FLOPs and each variant's padding, printed."""
+    args = setup.args
+    sizes = ", ".join(f"{t} {len(d['uid'])} (max_length {MAX_LENGTHS[t]}, mean "
+                      f"{np.mean(d['length']):.0f} tokens)" for t, d in setup.data.items())
+    print(f"data: {sizes}; {setup.examples} examples, {setup.tokens:,} real tokens")
+    print(f"model: all-MiniLM-L6-v2 MT-DNN, {setup.layers} layers, hidden {setup.hidden}, "
+          f"N = {setup.non_embedding:,} non-embedding encoder parameters; useful FLOPs "
+          f"2·N·Σℓ + 4·L·h·Σℓ² = {setup.useful_flops / 1e9:.0f} GFLOP")
+    for name, (b, srt, pad) in {"naive": ({t: 32 for t in MAX_LENGTHS}, False, True),
+                                "best": (best_batches(args), True, False),
+                                "soft (rows of batch_size, sorted)":
+                                ({t: args.batch_size for t in MAX_LENGTHS}, True,
+                                 False)}.items():
+        padded = sum(setup.padded_tokens(t, b[t], srt, pad) for t in MAX_LENGTHS)
+        print(f"  padding of {name}: {1 - setup.tokens / padded:.1%} of computed positions")
+
+
+def measure(setup: Setup) -> dict[str, list[Any]]:
+    """soft, best, naive and the ceilings, rounds interleaved."""
+    args = setup.args
+    variants: dict[str, Callable[[], Any]] = {
+        "soft": soft_variant(setup),
+        "best": local_variant(setup, precision=args.precision, sort=True, pad_to_max=False,
+                              batch=best_batches(args), threads=args.threads),
+        "naive": local_variant(setup, precision="fp32", sort=False, pad_to_max=True,
+                               batch={t: 32 for t in MAX_LENGTHS}, threads=args.threads),
+        "matmul_fp32": matmul_variant(args, torch.float32),
+    }
+    if args.precision == "bf16":
+        variants["matmul_bf16"] = matmul_variant(args, torch.bfloat16)
+
+    def progress(r: int, name: str, result: Any, ok: bool) -> None:
+        share = result.cpu_share()
+        what = (f"{result.gflops:7.1f} GFLOP/s" if isinstance(result, Ceiling)
+                else f"{result.examples_per_s:7.1f} ex/s in {result.timing.wall:6.1f} s")
+        note = "" if ok else "  <- contended (cpu share too low), measuring again"
+        print(f"  round {r + 1} {name:<12} {what}  cpu share {share:.2f}{note}", flush=True)
+
+    print(f"\nmeasuring {len(variants)} variants × {args.rounds} rounds, interleaved:")
+    return interleave(variants, args.rounds, progress=progress, before=quiet_wait(args)[0],
+                      quality=lambda m: m.cpu_share(), good_enough=args.min_cpu_share,
+                      retries=args.retries)
+
+
+def report(setup: Setup, results: dict[str, list[Any]]) -> dict[str, float]:
+    """The results table and the ceilings, printed; the RESULT figures."""
+    args = setup.args
+    mm32 = median(c.gflops for c in results["matmul_fp32"])
+    # soft and best run in args.precision: their MFU is against that dtype's ceiling.
+    mm16 = (median(c.gflops for c in results["matmul_bf16"])
+            if args.precision == "bf16" else mm32)
+    flops = setup.useful_flops
+    rows = []
+    for name in ("soft", "best", "naive"):
+        ms = results[name]
+        gflops = flops / median(m.timing.wall for m in ms) / 1e9
+        per_task = ", ".join(f"{t} {median(m.per_task[t] for m in ms):.1f}"
+                             for t in MAX_LENGTHS) if ms[0].per_task else "-"
+        rows.append([name, f"{median(rate(results, name)):.1f}",
+                     f"{median(m.timing.wall for m in ms):.1f}", per_task, f"{gflops:.1f}",
+                     f"{gflops / (mm32 if name == 'naive' else mm16):.1%}",
+                     f"{median(m.cpu_share() for m in ms):.2f}" if ms[0].threads else "-"])
+    print("\n### Results (medians over rounds)\n")
+    print(markdown_table(["variant", "ex/s", "wall s", "s per task", "useful GFLOP/s",
+                          "MFU (same-dtype matmul)", "cpu share"], rows))
+    print(f"\nmatmul {args.matmul_n}² ceiling (2 threads): fp32 {mm32:.1f} GFLOP/s, "
+          + (f"bf16 {mm16:.1f} GFLOP/s" if args.precision == "bf16" else
+             "bf16 not timed (soft and best run in fp32 here)"))
+    reference = results["naive"][0].outputs
+    diff_soft = max_prob_diff(results["soft"][0].outputs, reference)
+    diff_best = max_prob_diff(results["best"][0].outputs, reference)
+    print(f"max |p_{args.precision} - p_fp32| over {len(reference)} examples: soft stage "
+          f"{diff_soft:.2e}, best loop {diff_best:.2e} (fresh heads: probabilities near 0.5)")
+    return {"soft_vs_naive": paired_ratio(rate(results, "soft"), rate(results, "naive")),
+            "soft_vs_best": paired_ratio(rate(results, "soft"), rate(results, "best")),
+            "soft_mfu": flops / median(m.timing.wall for m in results["soft"]) / (mm16 * 1e9),
+            "diff_soft": diff_soft}
+
+
+def rate(results: dict[str, list[Any]], name: str) -> list[float]:
+    return [m.examples_per_s for m in results[name]]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    logging.getLogger("mtkd").setLevel(logging.WARNING)
-    datasets.disable_progress_bars()
-    set_threads(args.threads)
-    info = machine()
+    private_ray()
+    begin("soft_targets.py", argv, threads=args.threads)
     began = time.perf_counter()
-    print(f"# bench/soft_targets.py  {' '.join(sys.argv[1:]) or '(defaults)'}")
-    print(f"machine: {describe_machine(info)}")
-    root = Path(tempfile.mkdtemp(prefix="mtkd-bench-soft-"))
-    try:
+    with scratch("mtkd-bench-soft-", args.keep) as root:
         setup = load_setup(args, root)
-        sizes = ", ".join(f"{t} {len(d['uid'])} (max_length {MAX_LENGTHS[t]}, mean "
-                          f"{np.mean(d['length']):.0f} tokens)" for t, d in setup.data.items())
-        print(f"data: {sizes}; {setup.examples} examples, {setup.tokens:,} real tokens")
-        print(f"model: all-MiniLM-L6-v2 MT-DNN, {setup.layers} layers, hidden {setup.hidden}, "
-              f"N = {setup.non_embedding:,} non-embedding encoder parameters; useful FLOPs "
-              f"2·N·Σℓ + 4·L·h·Σℓ² = {setup.useful_flops / 1e9:.0f} GFLOP")
-        bs = {"rotten_tomatoes": args.best_batch_rt, "boolq": args.best_batch_boolq}
-        for name, (b, srt, pad) in {"naive": ({t: 32 for t in MAX_LENGTHS}, False, True),
-                                    "best": (bs, True, False),
-                                    "soft (rows of batch_size, sorted)":
-                                    ({t: args.batch_size for t in MAX_LENGTHS}, True,
-                                     False)}.items():
-            real = setup.tokens
-            padded = sum(setup.padded_tokens(t, b[t], srt, pad) for t in MAX_LENGTHS)
-            print(f"  padding of {name}: {1 - real / padded:.1%} of computed positions")
+        describe(setup)
         _, t = timed(lambda: ensure_ray(setup.config.ray))
         quiet_ray_data()
         print(f"Ray started in {t.wall:.1f} s (excluded); soft stage: {args.precision}, "
               f"{args.cpu_per_actor:g} CPU per actor, batch_size {args.batch_size}")
-
-        variants: dict[str, Callable[[], Any]] = {
-            "soft": soft_variant(setup),
-            "best": local_variant(setup, precision=args.precision, sort=True, pad_to_max=False,
-                                  batch=bs, threads=args.threads),
-            "naive": local_variant(setup, precision="fp32", sort=False, pad_to_max=True,
-                                   batch={t: 32 for t in MAX_LENGTHS}, threads=args.threads),
-            "matmul_fp32": matmul_variant(args, torch.float32),
-        }
-        if args.precision == "bf16":
-            variants["matmul_bf16"] = matmul_variant(args, torch.bfloat16)
-
-        def progress(r: int, name: str, result: Any, ok: bool) -> None:
-            share = result.cpu_share()
-            what = (f"{result.gflops:7.1f} GFLOP/s" if isinstance(result, Ceiling)
-                    else f"{result.examples_per_s:7.1f} ex/s in {result.timing.wall:6.1f} s")
-            note = "" if ok else "  <- contended (cpu share too low), measuring again"
-            print(f"  round {r + 1} {name:<12} {what}  cpu share {share:.2f}{note}", flush=True)
-
-        def before() -> None:
-            if args.max_busy < 1.0:
-                waited, busy = wait_for_quiet(args.max_busy, args.quiet_timeout)
-                if waited > 1.0:
-                    print(f"  (waited {waited:.0f} s for other processes to leave the CPUs; "
-                          f"others' use now {busy:.0%})", flush=True)
-
-        print(f"\nmeasuring {len(variants)} variants × {args.rounds} rounds, interleaved:")
-        results = interleave(variants, args.rounds, progress=progress, before=before,
-                             quality=lambda m: m.cpu_share(), good_enough=args.min_cpu_share,
-                             retries=args.retries)
-        mm32 = median(c.gflops for c in results["matmul_fp32"])
-        # soft and best run in args.precision: their MFU is against that dtype's ceiling.
-        mm16 = (median(c.gflops for c in results["matmul_bf16"])
-                if args.precision == "bf16" else mm32)
-
-        def rate(name: str) -> list[float]:
-            return [m.examples_per_s for m in results[name]]
-
-        flops = setup.useful_flops
-        rows = []
-        for name in ("soft", "best", "naive"):
-            ms = results[name]
-            ex = median(rate(name))
-            gflops = flops / median(m.timing.wall for m in ms) / 1e9
-            ceiling = mm32 if name == "naive" else mm16
-            per_task = ", ".join(f"{t} {median(m.per_task[t] for m in ms):.1f}"
-                                 for t in MAX_LENGTHS) if ms[0].per_task else "-"
-            rows.append([name, f"{ex:.1f}", f"{median(m.timing.wall for m in ms):.1f}",
-                         per_task, f"{gflops:.1f}", f"{gflops / ceiling:.1%}",
-                         f"{median(m.cpu_share() for m in ms):.2f}" if ms[0].threads else "-"])
-        print("\n### Results (medians over rounds)\n")
-        print(markdown_table(["variant", "ex/s", "wall s", "s per task", "useful GFLOP/s",
-                              "MFU (same-dtype matmul)", "cpu share"], rows))
-        print(f"\nmatmul {args.matmul_n}² ceiling (2 threads): fp32 {mm32:.1f} GFLOP/s, "
-              + (f"bf16 {mm16:.1f} GFLOP/s" if args.precision == "bf16" else
-                 "bf16 not timed (soft and best run in fp32 here)"))
-        soft_vs_naive = paired_ratio(rate("soft"), rate("naive"))
-        soft_vs_best = paired_ratio(rate("soft"), rate("best"))
-        soft_mfu = flops / median(m.timing.wall for m in results["soft"]) / (mm16 * 1e9)
-        reference = results["naive"][0].outputs
-        diff_soft = max_prob_diff(results["soft"][0].outputs, reference)
-        diff_best = max_prob_diff(results["best"][0].outputs, reference)
-        print(f"max |p_{args.precision} - p_fp32| over {len(reference)} examples: soft stage "
-              f"{diff_soft:.2e}, best loop {diff_best:.2e} (fresh heads: probabilities near 0.5)")
+        results = measure(setup)
+        figures = report(setup, results)
         if args.investigate:
-            investigate(setup, median(rate("soft")), median(rate("best")))
+            investigate(setup, median(rate(results, "soft")), median(rate(results, "best")))
         print(f"\ntotal bench time {time.perf_counter() - began:.0f} s")
-        print(f"RESULT soft_vs_naive {soft_vs_naive:.3f} (target >= 3.5)")
-        print(f"RESULT soft_vs_best_single {soft_vs_best:.3f} (target >= 0.9)")
-        print(f"RESULT soft_mfu {soft_mfu:.3f} (target >= 0.5)")
-        print(f"RESULT soft_{args.precision}_vs_fp32_max_prob_diff {diff_soft:.2e} "
-              "(target <= 0.02)")
-    finally:
-        if not args.keep:
-            shutil.rmtree(root, ignore_errors=True)
+        result("soft_vs_naive", figures["soft_vs_naive"], "target >= 3.5")
+        result("soft_vs_best_single", figures["soft_vs_best"], "target >= 0.9")
+        result("soft_mfu", figures["soft_mfu"], "target >= 0.5")
+        result(f"soft_{args.precision}_vs_fp32_max_prob_diff", f"{figures['diff_soft']:.2e}",
+               "target <= 0.02")
     return 0
 
 

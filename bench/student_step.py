@@ -21,9 +21,9 @@ Variants, each its own experiment (own name, own prepare, nothing reused):
   10⁹ (only the final checkpoint, after the timed loop);
 * ``ds_ckpt``: the same with ``checkpoint_every: K`` (``--checkpoint-every``): every K steps
   each rank saves its DeepSpeed shard and ``ray.train.report``s it to S3;
-* ``ds_ckpt_async`` (unless ``--no-async``): a proposal priced without touching mtkd: the
-  same, with the reported folder hard-linked aside and uploaded by Ray in the background
-  (``checkpoint_upload_mode=ASYNC``), see :func:`make_worker`;
+* ``ds_ckpt_async`` (unless ``--no-async``): the same with ``student.checkpoint_upload:
+  async`` (the reported folder hard-linked aside and uploaded by Ray in the background,
+  ``checkpoint_upload_mode=ASYNC``);
 * ``ds_zero2`` (unless ``--no-zero2``): ``ds`` with ``zero_stage: 2`` forced, for comparison
   (ZeRO-2 partitions over one rank: its flat buffers only add copies).
 
@@ -34,16 +34,16 @@ the steady window is measured again (``--retries``) and the least contended atte
 DeepSpeed ZeRO-0 / 1 / 2, torch_autocast / DeepSpeed's bf16 mode (half weights), fp32, and
 bf16 weights without autocast, per phase.
 
-Steady state: the worker function is wrapped (``mtkd.student.stage.student_worker`` is
-replaced in this process by a wrapper that Ray pickles by value; ``mtkd/`` is unchanged) so
-that every optimizer step records a timestamp, its examples and its forward / backward /
-step seconds; checkpoint hooks, ``engine.save_checkpoint`` and ``ray.train.report`` are
-timed too. The steady rate is examples of steps K+1..N over the time from the end of step K
-to the end of step N: Ray/DeepSpeed start-up, the first K steps (warm-up), the final
-evaluation and the final checkpoint are outside; the periodic checkpoints at steps K, 2K, ...,
-N-K are inside (exactly one per K steps when N is a multiple of K). The loop's own figure,
-``examples / train_seconds`` (``student/baseline/train_state.json``: ``examples_per_s``), is
-printed next to it; the
+Steady state: every run sets ``student.step_timing`` (``mtkd.training.steptiming``: the
+worker records every optimizer step's end time, examples and forward / backward / step
+seconds, and times its checkpoint hooks, ``engine.save_checkpoint`` and
+``ray.train.report``, into ``student/<run>/step_timing/rank0.json``); the plain loop records
+the same through ``build_training_loop(step_times=...)``. The steady rate is examples of
+steps K+1..N over the time from the end of step K to the end of step N: Ray/DeepSpeed
+start-up, the first K steps (warm-up), the final evaluation and the final checkpoint are
+outside; the periodic checkpoints at steps K, 2K, ..., N-K are inside (exactly one per K
+steps when N is a multiple of K). The loop's own figure, ``examples / train_seconds``
+(``student/baseline/train_state.json``: ``examples_per_s``), is printed next to it; the
 loop's ``train_seconds`` includes the ``on_checkpoint`` hook time (the hook runs after the
 throughput window was restarted and before the next step) and excludes evaluations.
 
@@ -63,213 +63,52 @@ import logging
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("DS_ACCELERATOR", "cpu")
-os.environ.pop("RAY_ADDRESS", None)  # always a fresh local Ray, never someone else's cluster
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-sys.path.insert(0, str(ROOT / "tests"))  # s3server.py: the SeaweedFS helper of the tests
-
-import torch  # noqa: E402
-from common import (  # noqa: E402
-    bench_precision,
+import torch
+from common import (
+    add_precision_option,
+    add_quiet_options,
+    begin,
+    bench_parser,
     bf16_native,
-    describe_machine,
-    emulated_bf16_note,
-    machine,
     markdown_table,
     matmul_gflops,
     median,
     other_load,
     paired_ratio,
-    set_threads,
+    parse,
+    private_ray,
+    result,
+    tests_on_path,
     wait_for_quiet,
 )
+
+tests_on_path()
 from s3server import S3Server, start_seaweedfs  # noqa: E402
 
 from mtkd.config import ExperimentConfig, RayConfig, config_from_dict  # noqa: E402
 from mtkd.config.schema import StudentConfig  # noqa: E402
 from mtkd.pipeline import experiment_store, run_pipeline  # noqa: E402
+from mtkd.student.worker import STEP_TIMING_DIR  # noqa: E402
+from mtkd.training.steptiming import StepTimes, TimedBackend  # noqa: E402
 
 ENCODER = "bundled:all-MiniLM-L6-v2"
 NEVER = 10**9
-TIMING_FILE = "bench_timing.json"
-
-
-# ------------------------------------------------------------------ step instrumentation
-# Everything in this section runs inside the Ray Train worker too: Ray pickles these
-# functions by value (they live in __main__), so they use nothing from bench/common.py.
-
-
-def new_record() -> dict[str, Any]:
-    return {"t": [], "cpu": [], "ex": [], "tok": [], "fwd": [], "bwd": [], "opt": [],
-            "checkpoints": [], "saves": [], "reports": [], "info": {}}
-
-
-def patch_backend(cls: type, rec: dict[str, Any]) -> Callable[[], None]:
-    """Wrap ``cls.forward/backward/step`` (and ``save_state`` if present) to record per-step
-    timestamps, examples, tokens and phase seconds into ``rec``; returns an undo function."""
-    import time as _time
-
-    names = ("forward", "backward", "step", "save_state")
-    originals = {name: getattr(cls, name) for name in names if hasattr(cls, name)}
-    pending = {"ex": 0, "tok": 0, "fwd": 0.0, "bwd": 0.0}
-
-    def forward(self: Any, task: str, inputs: dict[str, Any]) -> Any:
-        if not rec["info"]:
-            params = list(self.model.parameters())
-            engine = getattr(self, "engine", None)
-            optimizer = engine.optimizer if engine is not None else self.optimizer
-            rec["info"] = {"backend": type(self).__name__,
-                           "optimizer": type(optimizer).__name__,
-                           "param_dtype": str(params[0].dtype),
-                           "params": sum(p.numel() for p in params),
-                           "torch_threads": torch.get_num_threads(),
-                           "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
-        start = _time.perf_counter()
-        out = originals["forward"](self, task, inputs)
-        pending["fwd"] += _time.perf_counter() - start
-        pending["ex"] += int(inputs["input_ids"].shape[0])
-        pending["tok"] += int(inputs["attention_mask"].sum())
-        return out
-
-    def backward(self: Any, loss: Any) -> None:
-        start = _time.perf_counter()
-        originals["backward"](self, loss)
-        pending["bwd"] += _time.perf_counter() - start
-
-    def step(self: Any) -> bool:
-        start = _time.perf_counter()
-        stepped = originals["step"](self)
-        end = _time.perf_counter()
-        if stepped:
-            rec["t"].append(end)
-            rec["cpu"].append(_time.process_time())
-            rec["opt"].append(end - start)
-            for key in ("ex", "tok", "fwd", "bwd"):
-                rec[key].append(pending[key])
-            pending.update(ex=0, tok=0, fwd=0.0, bwd=0.0)
-        return stepped
-
-    def save_state(self: Any, folder: Any, rank: int = 0) -> None:
-        start = _time.perf_counter()
-        originals["save_state"](self, folder, rank)
-        seconds = _time.perf_counter() - start
-        size = sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
-        engine = getattr(self, "engine", None)  # DeepSpeed's counts the optimizer steps
-        rec["saves"].append({"step": int(engine.global_steps) if engine else None,
-                             "seconds": seconds, "bytes": size})
-
-    patched = {"forward": forward, "backward": backward, "step": step,
-               "save_state": save_state}
-    for name in originals:
-        setattr(cls, name, patched[name])
-
-    def undo() -> None:
-        for name, fn in originals.items():
-            setattr(cls, name, fn)
-
-    return undo
-
-
-def patch_checkpoint_hook(rec: dict[str, Any]) -> Callable[[], None]:
-    """Time every ``on_checkpoint`` call of ``TrainingLoop.run`` (step, seconds)."""
-    import time as _time
-
-    import mtkd.training.loop as loop_module
-
-    original = loop_module.TrainingLoop.run
-
-    def run(self: Any, *args: Any, **kwargs: Any) -> Any:
-        hook = self.hooks.on_checkpoint
-        if hook is not None:
-            def timed_hook(state: Any) -> None:
-                start = _time.perf_counter()
-                hook(state)
-                rec["checkpoints"].append({"step": state.step,
-                                           "seconds": _time.perf_counter() - start,
-                                           "at": _time.perf_counter()})
-            self.hooks.on_checkpoint = timed_hook
-        return original(self, *args, **kwargs)
-
-    loop_module.TrainingLoop.run = run
-
-    def undo() -> None:
-        loop_module.TrainingLoop.run = original
-
-    return undo
-
-
-def make_worker(async_upload: bool) -> Callable[[dict[str, Any]], None]:
-    """``mtkd.student.worker.student_worker`` with the instrumentation above; the record goes
-    to ``student/<run>/bench_timing.json`` in the experiment's storage.
-
-    ``async_upload`` prices a proposal without touching mtkd: every checkpoint folder the
-    worker reports is hard-linked into a folder of its own (the worker's TemporaryDirectory
-    is deleted as soon as ``report`` returns) and reported with
-    ``checkpoint_upload_mode=ASYNC``: Ray uploads it from a background thread, deletes it,
-    and waits for the last upload when the training function returns."""
-
-    def timed_student_worker(loop_config: dict[str, Any]) -> None:
-        import shutil as _shutil
-        import tempfile as _tempfile
-        import time as _time
-
-        import ray.train
-
-        from mtkd.config import config_from_dict as _from_dict
-        from mtkd.storage import Storage
-        from mtkd.student import worker as worker_module
-        from mtkd.student.deepspeed_backend import DeepSpeedBackend
-
-        rec = new_record()
-        undo = [patch_backend(DeepSpeedBackend, rec), patch_checkpoint_hook(rec)]
-        original_report = ray.train.report
-
-        def report(metrics: dict[str, Any], checkpoint: Any = None, **kwargs: Any) -> Any:
-            start = _time.perf_counter()
-            if async_upload and checkpoint is not None:
-                folder = _tempfile.mkdtemp(prefix="mtkd-bench-async-")
-                _shutil.copytree(checkpoint.path, folder, copy_function=os.link,
-                                 dirs_exist_ok=True)
-                checkpoint = ray.train.Checkpoint.from_directory(folder)
-                kwargs.update(checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC,
-                              delete_local_checkpoint_after_upload=True)
-            result = original_report(metrics, checkpoint=checkpoint, **kwargs)
-            rec["reports"].append({"seconds": _time.perf_counter() - start,
-                                   "checkpoint": checkpoint is not None})
-            return result
-
-        ray.train.report = report
-        try:
-            worker_module.student_worker(loop_config)
-        finally:
-            ray.train.report = original_report
-            for fn in undo:
-                fn()
-            config = _from_dict(loop_config["experiment"])
-            store = Storage.from_uri(loop_config["storage"]).child(config.name)
-            store.child("student", loop_config["run"]["name"]).write_json_atomic(TIMING_FILE,
-                                                                                rec)
-
-    return timed_student_worker
 
 
 # ------------------------------------------------------------------ variants
 
 
 def experiment(args: argparse.Namespace, name: str, storage: str,
-               checkpoint_every: int, zero_stage: int | str = "auto") -> ExperimentConfig:
+               checkpoint_every: int, zero_stage: int | str = "auto",
+               upload: str = "sync") -> ExperimentConfig:
     task = {"max_train_examples": None, "max_dev_examples": args.dev_examples,
             "teacher": False}
     # Enough epochs over the subsets for --steps (max_steps stops the run there).
@@ -281,7 +120,8 @@ def experiment(args: argparse.Namespace, name: str, storage: str,
                   {**task, "name": "trec", "max_train_examples": args.trec_examples}],
         "student": {"num_layers": 3, "distill": False, "num_workers": 1,
                     "resources_per_worker": {"cpu": 2}, "checkpoint_every": checkpoint_every,
-                    "keep_checkpoints": 2, "max_failures": 0,
+                    "keep_checkpoints": 2, "max_failures": 0, "step_timing": True,
+                    "checkpoint_upload": upload,
                     "deepspeed": {"zero_stage": zero_stage},
                     "training": {"epochs": epochs, "max_steps": args.steps, "batch_size": 32,
                                  "precision": args.precision, "eval_every": NEVER,
@@ -303,35 +143,26 @@ def run_plain(config: ExperimentConfig) -> dict[str, Any]:
     store = experiment_store(config)
     data = load_prepared_tasks(store, [t.name for t in config.tasks])
     training = config.student.training
+    times = StepTimes()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         loop = build_training_loop(config, data, encoder=config.student.encoder or ENCODER,
                                    num_layers=config.student.num_layers, training=training,
-                                   seed=config.student.seeds[0], name="plain", log_every=50)
-    assert isinstance(loop.backend, TorchBackend)
-    rec = new_record()
-    undo = patch_backend(TorchBackend, rec)
-    try:
-        state = loop.run(seed=config.student.seeds[0])
-    finally:
-        undo()
+                                   seed=config.student.seeds[0], name="plain", log_every=50,
+                                   step_times=times)
+    assert isinstance(loop.backend.inner, TorchBackend)
+    state = loop.run(seed=config.student.seeds[0])
+    rec = times.to_json()
     rec["loop_examples_per_s"] = state.examples / max(state.train_seconds, 1e-9)
     rec["steps"] = state.step
     return rec
 
 
-def run_ds(config: ExperimentConfig, async_upload: bool = False) -> dict[str, Any]:
-    """The student stage (TorchTrainer + DeepSpeed) with the instrumented worker."""
-    import mtkd.student.stage as stage_module
-
-    original = stage_module.student_worker
-    stage_module.student_worker = make_worker(async_upload)
-    try:
-        run_pipeline(config, only="student")
-    finally:
-        stage_module.student_worker = original
+def run_ds(config: ExperimentConfig) -> dict[str, Any]:
+    """The student stage (TorchTrainer + DeepSpeed), its worker recording step timing."""
+    run_pipeline(config, only="student")
     run_store = experiment_store(config).child("student", "baseline")
-    rec = run_store.read_json(TIMING_FILE)
+    rec = run_store.read_json(f"{STEP_TIMING_DIR}/rank0.json")
     state = run_store.read_json("train_state.json")
     rec["loop_examples_per_s"] = state["examples_per_s"]
     rec["steps"] = state["steps"]
@@ -378,7 +209,7 @@ def init_single_process_group() -> None:
     dist.init_process_group("gloo", rank=0, world_size=1)
 
 
-def investigate(args: argparse.Namespace) -> int:
+def investigate(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
     import copy
     import dataclasses
 
@@ -387,10 +218,7 @@ def investigate(args: argparse.Namespace) -> int:
     from mtkd.training.loop import LoopData, LoopState, TrainingLoop
     from mtkd.training.recipe import build_model, load_prepared_tasks, make_sampler
 
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    set_threads(2)
-    print(f"# bench/student_step.py --investigate  {' '.join(sys.argv[1:])}")
-    print(f"machine: {describe_machine()}", flush=True)
+    begin("student_step.py", argv)
     work = Path(tempfile.mkdtemp(prefix="mtkd-bench-student-inv-"))
     try:
         config = experiment(args, "inv", str(work / "runs"), NEVER)
@@ -408,45 +236,27 @@ def investigate(args: argparse.Namespace) -> int:
         total = args.steps
 
         def run(name: str) -> dict[str, Any]:
-            import mtkd.student.deepspeed_backend as ds_module
-
             kind, precision, zero, cast, extra, mixed = INVESTIGATE[name]
-            original_config = ds_module.deepspeed_config
-
-            def with_extra(student_config: Any, world_size: int,
-                           precision: str | None = None) -> dict[str, Any]:
-                config = original_config(student_config, world_size, precision)
-                config["zero_optimization"].update(extra)
-                return config
-
             training = dataclasses.replace(student.training, precision=precision)
             model = copy.deepcopy(template).train()
             if cast:
                 model = model.to(torch.bfloat16)
             if kind == "torch":
-                backend = TorchBackend(model, training, total)
-                cls: type = TorchBackend
+                backend: Any = TorchBackend(model, training, total)
             else:
                 cfg = dataclasses.replace(
                     student, training=training,
                     deepspeed=dataclasses.replace(student.deepspeed, zero_stage=zero,
                                                   mixed_precision=mixed))
-                ds_module.deepspeed_config = with_extra
-                try:
-                    backend = DeepSpeedBackend(model, cfg, total, 1)
-                finally:
-                    ds_module.deepspeed_config = original_config
-                cls = DeepSpeedBackend
-            loop = TrainingLoop(backend, LoopData(data.specs, data.train, {}), training,
+                backend = DeepSpeedBackend(model, cfg, total, 1, zero_overrides=extra)
+            times = StepTimes()
+            loop = TrainingLoop(TimedBackend(backend, times),
+                                LoopData(data.specs, data.train, {}), training,
                                 sampler=sampler, name=name, log_every=NEVER,
                                 keep_best_in_memory=False)
-            rec = new_record()
-            undo = patch_backend(cls, rec)
-            try:
-                loop.total_steps = warm + steps
-                loop.run(LoopState(), seed=0)
-            finally:
-                undo()
+            loop.total_steps = warm + steps
+            loop.run(LoopState(), seed=0)
+            rec = times.to_json()
             result = steady(rec, warm)
             result["info"] = rec["info"]
             return result
@@ -559,7 +369,8 @@ def measure(args: argparse.Namespace, variant: str, name: str, storage: str, eve
             runner: Callable[[ExperimentConfig], dict[str, Any]], prepare_s: list[float],
             waits: list[float]) -> dict[str, Any]:
     """Prepare a fresh experiment ``name``, wait for a quiet machine, run one variant."""
-    config = experiment(args, name, storage, every, 2 if variant == "ds_zero2" else "auto")
+    config = experiment(args, name, storage, every, 2 if variant == "ds_zero2" else "auto",
+                        "async" if variant == "ds_ckpt_async" else "sync")
     prepare_s.append(prepare(config))
     if args.max_busy < 1:
         waited, busy = wait_for_quiet(args.max_busy, args.quiet_timeout)
@@ -582,7 +393,7 @@ def measure(args: argparse.Namespace, variant: str, name: str, storage: str, eve
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--steps", type=int, default=None,
                         help="optimizer steps per run, a multiple of K (the steady window, steps "
                         "K+1..N, then holds exactly one checkpoint per K steps; default 2K)")
@@ -599,19 +410,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=1,
                         help="rounds of the variants (order reversed on odd rounds)")
     parser.add_argument("--no-async", dest="async_variant", action="store_false",
-                        help="skip ds_ckpt_async (the ASYNC-upload proposal)")
+                        help="skip ds_ckpt_async (student.checkpoint_upload: async)")
     parser.add_argument("--no-zero2", dest="zero2_variant", action="store_false",
                         help="skip ds_zero2 (one worker forced to ZeRO-2, for comparison)")
-    parser.add_argument("--max-busy", type=float, default=0.3,
-                        help="before each variant wait until other processes use at most this "
-                        "fraction of the CPUs (1: never wait)")
-    parser.add_argument("--quiet-timeout", type=float, default=60.0,
-                        help="longest wait for a quiet machine per variant, seconds")
-    parser.add_argument("--min-cpu-share", type=float, default=0.9,
-                        help="a run whose training process got less than this share of its 2 "
-                        "cores in the steady window was contended and is measured again")
-    parser.add_argument("--retries", type=int, default=1,
-                        help="re-measurements of a contended run (fresh experiment each)")
+    add_quiet_options(parser, max_busy=0.3, quiet_timeout=60.0, retries=1)
     parser.add_argument("--investigate", action="store_true",
                         help="instead: in one process (no Ray, no S3) plain vs DeepSpeed "
                         "ZeRO-0/1/2, autocast/half weights, fp32 and pure-bf16 weights, per "
@@ -626,14 +428,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "fp32 variants where bf16 is emulated)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 30 steps, K=10, small subsets (about 3 min)")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                        help="of the student runs (auto: bf16 where this CPU has native bf16, "
-                             "else fp32)")
-    args = parser.parse_args(argv)
-    if args.precision == "auto":
-        args.precision = bench_precision()
-        if args.precision != "bf16":
-            print(emulated_bf16_note(), flush=True)
+    add_precision_option(parser, "the student runs")
+    args = parse(parser, argv)
     if args.quick:
         args.steps, args.checkpoint_every = 30, 10
         args.rt_examples, args.trec_examples, args.dev_examples = 1500, 600, 100
@@ -657,88 +453,88 @@ def bucket_env(server: S3Server) -> str:
     return f"s3://{server.create_bucket('mtkd-bench-student')}/bench"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.investigate:
-        return investigate(args)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    logging.getLogger("mtkd").setLevel(logging.INFO)
-    set_threads(2)
-    info = machine()
-    started = time.perf_counter()
-    print(f"# bench/student_step.py  {' '.join(sys.argv[1:]) or '(defaults)'}")
-    print(f"machine: {describe_machine(info)}", flush=True)
-    K = args.checkpoint_every
-    work = Path(tempfile.mkdtemp(prefix="mtkd-bench-student-"))
-    server = start_seaweedfs(work / "s3")
-    runners: dict[str, Callable[[ExperimentConfig], dict[str, Any]]] = {
-        "plain": run_plain, "ds": run_ds, "ds_ckpt": run_ds,
-        "ds_ckpt_async": lambda config: run_ds(config, async_upload=True), "ds_zero2": run_ds}
+@dataclass
+class Measured:
+    """Every variant's kept runs (one per round) and what it cost to get them."""
+
+    results: dict[str, list[dict[str, Any]]]
+    waits: list[float] = field(default_factory=list)
+    contended: dict[str, int] = field(default_factory=dict)
+    prepare_s: list[float] = field(default_factory=list)
+    ceiling: tuple[float, float] = (0.0, 0.0)
+    """The matmul ceiling before and after, GFLOP/s in the runs' precision."""
+
+
+def runners(args: argparse.Namespace) -> dict[str, Callable[[ExperimentConfig], dict[str, Any]]]:
+    """The variants asked for; each variant's config says how it differs."""
+    chosen = {"plain": run_plain, "ds": run_ds, "ds_ckpt": run_ds, "ds_ckpt_async": run_ds,
+              "ds_zero2": run_ds}
     if not args.async_variant:
-        runners.pop("ds_ckpt_async")
+        chosen.pop("ds_ckpt_async")
     if not args.zero2_variant:
-        runners.pop("ds_zero2")
-    results: dict[str, list[dict[str, Any]]] = {name: [] for name in runners}
-    waits: list[float] = []
-    contended: dict[str, int] = {}
-    prepare_s: list[float] = []
-    try:
-        storage = bucket_env(server)
-        import ray
+        chosen.pop("ds_zero2")
+    return chosen
 
-        from mtkd.raycluster import ensure_ray
 
-        ray_start = time.perf_counter()
-        ensure_ray(RayConfig(num_cpus=2))
-        print(f"Ray started in {time.perf_counter() - ray_start:.1f} s "
-              f"({ray.cluster_resources().get('CPU', 0):.0f} CPU); S3 {server.endpoint_url}",
-              flush=True)
-        dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
-        mm_before = matmul_gflops(2048, dtype, 2.0)
-        print(f"{args.precision} matmul ceiling before: {mm_before:.0f} GFLOP/s", flush=True)
-        names = list(runners)
-        for r in range(args.rounds):
-            for variant in names if r % 2 == 0 else list(reversed(names)):
-                every = K if variant.startswith("ds_ckpt") else NEVER
-                attempts: list[dict[str, Any]] = []
-                for attempt in range(args.retries + 1):
-                    name = (f"{variant.replace('_', '-')}-r{r}" + (f"-k{K}" if every == K else "")
-                            + (f"-a{attempt}" if attempt else ""))
-                    rec = measure(args, variant, name, storage, every, runners[variant],
-                                  prepare_s, waits)
-                    attempts.append(rec)
-                    if rec["steady"]["cpu_share"] >= args.min_cpu_share:
-                        break
-                    contended[variant] = contended.get(variant, 0) + 1
-                    print(f"   (cpu share {rec['steady']['cpu_share']:.2f} < "
-                          f"{args.min_cpu_share}: contended, measuring again)", flush=True)
-                results[variant].append(max(attempts, key=lambda x: x["steady"]["cpu_share"]))
-        mm_after = matmul_gflops(2048, dtype, 2.0)
-    finally:
-        try:
-            import ray
+def run_variants(args: argparse.Namespace, storage: str, server: S3Server) -> Measured:
+    """Ray once, the matmul ceiling, then every variant per round (order alternating), a
+    contended attempt measured again and the least contended one kept."""
+    import ray
 
-            if ray.is_initialized():
-                ray.shutdown()
-        finally:
-            server.stop()
-            shutil.rmtree(work, ignore_errors=True)
+    from mtkd.raycluster import ensure_ray
 
+    K, chosen = args.checkpoint_every, runners(args)
+    measured = Measured({name: [] for name in chosen})
+    ray_start = time.perf_counter()
+    ensure_ray(RayConfig(num_cpus=2))
+    print(f"Ray started in {time.perf_counter() - ray_start:.1f} s "
+          f"({ray.cluster_resources().get('CPU', 0):.0f} CPU); S3 {server.endpoint_url}",
+          flush=True)
+    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    before = matmul_gflops(2048, dtype, 2.0)
+    print(f"{args.precision} matmul ceiling before: {before:.0f} GFLOP/s", flush=True)
+    names = list(chosen)
+    for r in range(args.rounds):
+        for variant in names if r % 2 == 0 else list(reversed(names)):
+            every = K if variant.startswith("ds_ckpt") else NEVER
+            attempts: list[dict[str, Any]] = []
+            for attempt in range(args.retries + 1):
+                name = (f"{variant.replace('_', '-')}-r{r}" + (f"-k{K}" if every == K else "")
+                        + (f"-a{attempt}" if attempt else ""))
+                rec = measure(args, variant, name, storage, every, chosen[variant],
+                              measured.prepare_s, measured.waits)
+                attempts.append(rec)
+                if rec["steady"]["cpu_share"] >= args.min_cpu_share:
+                    break
+                measured.contended[variant] = measured.contended.get(variant, 0) + 1
+                print(f"   (cpu share {rec['steady']['cpu_share']:.2f} < "
+                      f"{args.min_cpu_share}: contended, measuring again)", flush=True)
+            measured.results[variant].append(max(attempts,
+                                                 key=lambda x: x["steady"]["cpu_share"]))
+    measured.ceiling = (before, matmul_gflops(2048, dtype, 2.0))
+    return measured
+
+
+def print_table(args: argparse.Namespace, measured: Measured) -> None:
+    """The steady rates per variant, the batches check and the ceilings."""
+    results, K = measured.results, args.checkpoint_every
     for plain, ds in zip(results["plain"], results["ds"], strict=True):
         same = check_same_batches(plain, ds)
+    columns = ("examples_per_s", "loop", "tokens_per_s", "mean_step_ms", "median_step_ms",
+               "fwd_ms", "bwd_ms", "opt_ms", "cpu_share", "wall")
     rows = []
     for variant, recs in results.items():
-        st = [rec["steady"] for rec in recs]
-        rows.append([variant, f"{median(s['examples_per_s'] for s in st):.1f}",
-                     f"{median(r['loop_examples_per_s'] for r in recs):.1f}",
-                     f"{median(s['tokens_per_s'] for s in st):.0f}",
-                     f"{median(s['mean_step_ms'] for s in st):.0f}",
-                     f"{median(s['median_step_ms'] for s in st):.0f}",
-                     f"{median(s['fwd_ms'] for s in st):.0f}",
-                     f"{median(s['bwd_ms'] for s in st):.0f}",
-                     f"{median(s['opt_ms'] for s in st):.0f}",
-                     f"{median(s['cpu_share'] for s in st):.2f}",
-                     f"{median(r['wall_s'] for r in recs):.0f}"])
+        cells = [variant]
+        for column in columns:
+            if column in ("loop", "wall"):
+                value = median(r["loop_examples_per_s" if column == "loop" else "wall_s"]
+                               for r in recs)
+            else:
+                value = median(r["steady"][column] for r in recs)
+            fmt = ".1f" if column in ("examples_per_s", "loop") else (
+                ".2f" if column == "cpu_share" else ".0f")
+            cells.append(format(value, fmt))
+        rows.append(cells)
     n_steps = results["plain"][0]["steady"]["steps"]
     print(f"\n### Results: steps {K + 1}..{args.steps} ({n_steps} steps), medians over "
           f"{args.rounds} round(s)\n")
@@ -747,9 +543,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                           "step ms", "cpu share", "wall s (incl. start-up, export)"], rows))
     print(f"\nbatches: {same}; info: plain {results['plain'][0]['info']}; "
           f"ds {results['ds'][0]['info']}")
-    print(f"{args.precision} matmul ceiling: {mm_before:.0f} GFLOP/s before, {mm_after:.0f} "
-          f"after; prepare stage {median(prepare_s):.1f} s per experiment (untimed)")
+    print(f"{args.precision} matmul ceiling: {measured.ceiling[0]:.0f} GFLOP/s before, "
+          f"{measured.ceiling[1]:.0f} after; prepare stage {median(measured.prepare_s):.1f} s "
+          "per experiment (untimed)")
 
+
+def print_checkpoints(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]]
+                      ) -> None:
+    """Per checkpointing run: the periodic checkpoints and what each cost, by part."""
+    K = args.checkpoint_every
     for rec in results["ds_ckpt"] + results.get("ds_ckpt_async", []):
         periodic, seen = [], set()
         for c in rec["checkpoints"]:  # the final call right after step N's save is a no-op
@@ -774,28 +576,56 @@ def main(argv: Sequence[str] | None = None) -> int:
               + ("" if "async" in rec["name"] else
                  f" ({size / 2**20 / max(upload, 1e-9):.0f} MiB/s upload)"))
 
-    plain_rates = [r["steady"]["examples_per_s"] for r in results["plain"]]
-    ds_rates = [r["steady"]["examples_per_s"] for r in results["ds"]]
-    ckpt_rates = [r["steady"]["examples_per_s"] for r in results["ds_ckpt"]]
-    loop_ratio = paired_ratio([r["loop_examples_per_s"] for r in results["ds"]],
-                              [r["loop_examples_per_s"] for r in results["plain"]])
-    loop_ckpt = paired_ratio([r["loop_examples_per_s"] for r in results["ds_ckpt"]],
-                             [r["loop_examples_per_s"] for r in results["ds"]])
+
+def print_ratios(args: argparse.Namespace, measured: Measured, started: float) -> None:
+    """The loop's own ratios, the async proposal, contention, then the RESULT lines."""
+    results = measured.results
+
+    def rates(variant: str, key: str = "steady") -> list[float]:
+        return [r["steady"]["examples_per_s"] if key == "steady" else r[key]
+                for r in results[variant]]
+
+    loop = "loop_examples_per_s"
     print(f"\nfrom the loop's own examples/train_seconds (all {args.steps} steps, first steps "
-          f"included): student_vs_plain {loop_ratio:.3f}, checkpoint_overhead {loop_ckpt:.3f}")
+          f"included): student_vs_plain {paired_ratio(rates('ds', loop), rates('plain', loop)):.3f}"
+          f", checkpoint_overhead {paired_ratio(rates('ds_ckpt', loop), rates('ds', loop)):.3f}")
     if "ds_ckpt_async" in results:
-        async_rates = [r["steady"]["examples_per_s"] for r in results["ds_ckpt_async"]]
-        print(f"proposal, ASYNC checkpoint upload (bench-side patch, mtkd unchanged): "
-              f"checkpoint_overhead {paired_ratio(async_rates, ds_rates):.3f}")
-    if contended:
+        print(f"student.checkpoint_upload: async: checkpoint_overhead "
+              f"{paired_ratio(rates('ds_ckpt_async'), rates('ds')):.3f}")
+    if measured.contended:
         print("contended attempts measured again: "
-              + ", ".join(f"{n} ×{c}" for n, c in contended.items())
+              + ", ".join(f"{n} ×{c}" for n, c in measured.contended.items())
               + "; kept the attempt with the highest cpu share")
-    print(f"total {time.perf_counter() - started:.0f} s (of which {sum(waits):.0f} s waiting "
-          f"for a quiet machine); load avg now {os.getloadavg()[0]:.2f}")
-    print(f"RESULT student_vs_plain {paired_ratio(ds_rates, plain_rates):.3f} (target >= 0.9)")
-    print(f"RESULT checkpoint_overhead {paired_ratio(ckpt_rates, ds_rates):.3f} "
-          f"(target >= 0.95; K={K}, S3)")
+    print(f"total {time.perf_counter() - started:.0f} s (of which {sum(measured.waits):.0f} s "
+          f"waiting for a quiet machine); load avg now {os.getloadavg()[0]:.2f}")
+    result("student_vs_plain", paired_ratio(rates("ds"), rates("plain")), "target >= 0.9")
+    result("checkpoint_overhead", paired_ratio(rates("ds_ckpt"), rates("ds")),
+           f"target >= 0.95; K={args.checkpoint_every}, S3")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.investigate:
+        return investigate(args, argv)
+    private_ray()  # always a fresh local Ray, never someone else's cluster
+    begin("student_step.py", argv, mtkd_level=logging.INFO)
+    started = time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix="mtkd-bench-student-"))
+    server = start_seaweedfs(work / "s3")
+    try:
+        measured = run_variants(args, bucket_env(server), server)
+    finally:
+        try:
+            import ray
+
+            if ray.is_initialized():
+                ray.shutdown()
+        finally:
+            server.stop()
+            shutil.rmtree(work, ignore_errors=True)
+    print_table(args, measured)
+    print_checkpoints(args, measured.results)
+    print_ratios(args, measured, started)
     return 0
 
 

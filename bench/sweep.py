@@ -15,33 +15,24 @@ Usage: python bench/sweep.py [--config C] [--sizes 1,2,4] [overrides...]
 
 from __future__ import annotations
 
-import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import describe_machine
-
-REPO = Path(__file__).resolve().parents[1]
+from common import config_parser, describe_machine, result, run_mtkd
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(REPO / "jobs/configs/quickstart.yaml"))
+    parser = config_parser(__doc__, "jobs/configs/quickstart.yaml")
     parser.add_argument("--sizes", default="1,2,4")
     parser.add_argument("--sweep", help="read an existing sweep.json instead of running")
-    parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     print(describe_machine())
     if args.sweep:
         path = Path(args.sweep)
     else:
-        command = [sys.executable, "-m", "mtkd", "sweep", args.config, "--sizes", args.sizes,
-                   *args.overrides]
-        subprocess.run(command, check=True)  # in the caller's folder, like the paths read below
+        run_mtkd("sweep", args.config, "--sizes", args.sizes, *args.overrides)
         from mtkd.config import load_config
         from mtkd.experiment import experiment_store
 
@@ -53,11 +44,10 @@ def main() -> int:
     rows = {r["size"]: r for r in summary["rows"]}
     first, last = rows[min(rows)], rows[max(rows)]
     gain = last["student"][split]["mean"] - first["student"][split]["mean"]
-    print(f"RESULT sweep_sizes {len(rows)}")
-    print(f"RESULT sweep_plateau {summary['plateau']}")
-    print(f"RESULT sweep_student_gain {gain:.2f} ({split}, size {max(rows)} minus size "
-          f"{min(rows)})")
-    print(f"RESULT sweep_cost_ratio {last['cost']['usd'] / max(first['cost']['usd'], 1e-12):.2f}")
+    result("sweep_sizes", str(len(rows)))
+    result("sweep_plateau", str(summary["plateau"]))
+    result("sweep_student_gain", gain, f"{split}, size {max(rows)} minus size {min(rows)}", 2)
+    result("sweep_cost_ratio", last["cost"]["usd"] / max(first["cost"]["usd"], 1e-12), "", 2)
     return 0
 
 

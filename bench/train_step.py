@@ -38,36 +38,31 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import logging
 import os
-import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-import datasets
 import torch
 import torch.nn.functional as F
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     Timing,
+    add_matmul_options,
+    add_quiet_options,
+    begin,
+    bench_parser,
     bf16_native,
-    describe_machine,
     emulated_bf16_note,
     interleave,
-    machine,
     markdown_table,
-    matmul_gflops,
+    matmul_variant,
     median,
     paired_ratio,
-    set_threads,
+    parse,
+    quiet_wait,
+    result,
     timed,
     wait_for_quiet,
 )
@@ -83,6 +78,9 @@ from mtkd.tasks.spec import TaskSpec
 from mtkd.training.backend import TorchBackend, warmup_steps
 from mtkd.training.data import CollateFn, MultiTaskRows, epoch_loader
 from mtkd.training.loop import LoopData, LoopState, TrainingLoop, total_optimizer_steps
+
+if TYPE_CHECKING:
+    import datasets
 
 ENCODER = "bundled:all-MiniLM-L6-v2"
 MAX_LENGTH = 128
@@ -148,7 +146,6 @@ def load_setup(args: argparse.Namespace) -> Setup:
     tokenizer = load_tokenizer(encoder_dir)
     wanted = {"rotten_tomatoes": args.examples, "trec": args.trec_examples}
     specs, train = {}, {}
-    datasets.disable_progress_bars()
     for name, count in wanted.items():
         if count <= 0:
             continue
@@ -339,20 +336,6 @@ def minimal_variant(setup: Setup, precision: str, *, freeze_word_embeddings: boo
     return run
 
 
-@dataclass
-class Ceiling:
-    gflops: float
-    timing: Timing
-
-
-def matmul_variant(args: argparse.Namespace, dtype: torch.dtype) -> Callable[[], Ceiling]:
-    def run() -> Ceiling:
-        gflops, timing = timed(lambda: matmul_gflops(args.matmul_n, dtype, args.matmul_seconds))
-        return Ceiling(gflops, timing)
-
-    return run
-
-
 LEVERS: list[tuple[str, dict[str, bool], str, bool]] = [
     # name, minimal_variant options, description, in the default run
     ("minimal_fp32_frozen_word_emb", {"freeze_word_embeddings": True},
@@ -421,7 +404,7 @@ def profile(setup: Setup, precision: str, steps: int = 6) -> None:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--examples", type=int, default=1200,
                         help="rotten_tomatoes train rows (first N by uid)")
     parser.add_argument("--trec-examples", type=int, default=400,
@@ -432,18 +415,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=12, help="timed steps per measurement")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--matmul-n", type=int, default=2048)
-    parser.add_argument("--matmul-seconds", type=float, default=2.0)
-    parser.add_argument("--max-busy", type=float, default=0.15,
-                        help="before each measurement wait until other processes use at most "
-                        "this fraction of the CPUs (1: never wait)")
-    parser.add_argument("--quiet-timeout", type=float, default=120.0,
-                        help="longest wait for a quiet machine per measurement, seconds")
-    parser.add_argument("--min-cpu-share", type=float, default=0.9,
-                        help="a measurement whose CPU seconds / (wall × threads) is below this "
-                        "was contended and is measured again")
-    parser.add_argument("--retries", type=int, default=2,
-                        help="re-measurements of a contended measurement")
+    add_matmul_options(parser)
+    add_quiet_options(parser, max_busy=0.15, quiet_timeout=120.0)
     parser.add_argument("--no-levers", dest="levers", action="store_false",
                         help="skip the lever variants (fused AdamW, frozen word embeddings)")
     parser.add_argument("--all-levers", action="store_true",
@@ -452,7 +425,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="also print a torch.profiler table of the minimal loop, fp32 and bf16")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: small data, 1 round, few steps, no levers")
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     if args.quick:
         args.examples, args.trec_examples = min(args.examples, 300), min(args.trec_examples, 100)
         args.warmup, args.steps, args.rounds = 1, 3, 1
@@ -461,20 +434,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _fmt_ratio(x: float) -> str:
-    return f"{x:.3f}"
+@dataclass
+class Plan:
+    """The variants to measure: name → run, and what each is compared with."""
+
+    variants: dict[str, Callable[[], Any]]
+    baselines: dict[str, str]
+    """mtkd variant → the minimal loop of its precision."""
+    levers: dict[str, tuple[str, str]]
+    """lever → (its baseline, description)."""
+    native: bool
+    """bf16 runs in hardware here (else bf16 variants are left out)."""
+
+    def base(self, name: str) -> str:
+        return self.levers.get(name, (self.baselines.get(name, ""), ""))[0]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.getLogger("mtkd").setLevel(logging.WARNING)
-    set_threads(args.threads)
-    info = machine()
-    started = time.perf_counter()
-    print(f"# bench/train_step.py  {' '.join(sys.argv[1:]) or '(defaults)'}")
-    print(f"machine: {describe_machine(info)}")
-    setup = load_setup(args)
-    timed_batches = setup.timed_batches
+def describe(setup: Setup) -> None:
+    """The data, model, timed window and FLOP count, printed."""
+    args, timed_batches = setup.args, setup.timed_batches
     padded, real = setup.padded_tokens(timed_batches), setup.tokens(timed_batches)
     sizes = ", ".join(f"{t} {len(d)}" for t, d in setup.train.items())
     print(f"data: {sizes} train rows, max_length {MAX_LENGTH}; batch {args.batch_size}, "
@@ -487,10 +465,12 @@ def main(argv: Sequence[str] | None = None) -> int:
           + ", ".join(f"{t} {sum(b.task == t for b in timed_batches)}" for t in setup.specs))
     print("useful FLOPs = 6·N·Σℓ + 12·L·h·Σℓ² (ℓ: real tokens per example) = "
           f"{setup.useful_flops(timed_batches) / 1e9:.1f} GFLOP over the window")
-    pipeline, pipeline_lazy = data_pipeline_ms(setup), data_pipeline_ms(setup, lazy_columns=True)
 
-    # bf16 variants only where bf16 is native: emulated, they run 4-65x slower than fp32.
-    native = bf16_native()
+
+def plan(setup: Setup) -> Plan:
+    """mtkd's loop, the minimal loop and the ceilings; bf16 variants only where bf16 is
+    native (emulated, they run 4-65x slower than fp32); the levers asked for."""
+    args, native = setup.args, bf16_native()
     if not native:
         print(emulated_bf16_note(), flush=True)
     variants: dict[str, Callable[[], Any]] = {
@@ -501,7 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if native:
         variants["mtkd_bf16"] = mtkd_variant(setup, "bf16")
         variants["matmul_bf16"] = matmul_variant(args, torch.bfloat16)
-    levers: dict[str, tuple[str, str]] = {}  # lever -> (baseline, description)
+    levers: dict[str, tuple[str, str]] = {}
     baselines = {"mtkd_fp32": "minimal_fp32"}
     if args.levers or args.all_levers:
         if native:
@@ -512,7 +492,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 precision = name.split("_")[1]
                 variants[name] = minimal_variant(setup, precision, **kwargs)
                 levers[name] = (f"minimal_{precision}", text)
+    return Plan(variants, baselines, levers, native)
 
+
+def measure(args: argparse.Namespace, the_plan: Plan
+            ) -> tuple[dict[str, list[Any]], dict[str, int], list[tuple[float, float]]]:
+    """Every variant, rounds interleaved; results, contended attempts per variant, waits."""
     rejected: dict[str, int] = {}
 
     def progress(r: int, name: str, result: Any, ok: bool) -> None:
@@ -524,52 +509,59 @@ def main(argv: Sequence[str] | None = None) -> int:
             rejected[name] = rejected.get(name, 0) + 1
         print(f"  round {r + 1} {name:<28} {what}  cpu share {share:.2f}{note}", flush=True)
 
-    waits: list[tuple[float, float]] = []
-
-    def before() -> None:
-        if args.max_busy < 1.0:
-            waited, busy = wait_for_quiet(args.max_busy, args.quiet_timeout)
-            waits.append((waited, busy))
-            if waited > 1.0:
-                print(f"  (waited {waited:.0f} s for other processes to leave the CPUs; "
-                      f"others' use now {busy:.0%})", flush=True)
-
-    print(f"\nmeasuring {len(variants)} variants × {args.rounds} rounds, interleaved:")
-    results = interleave(variants, args.rounds, progress=progress, before=before,
+    before, waits = quiet_wait(args)
+    print(f"\nmeasuring {len(the_plan.variants)} variants × {args.rounds} rounds, "
+          "interleaved:")
+    results = interleave(the_plan.variants, args.rounds, progress=progress, before=before,
                          quality=lambda m: m.timing.cpu_share(),
                          good_enough=args.min_cpu_share, retries=args.retries)
-    per_round_mm32 = [c.gflops for c in results["matmul_fp32"]]
-    mm32 = median(per_round_mm32)
-    mm16 = median(c.gflops for c in results["matmul_bf16"]) if native else float("nan")
+    return results, rejected, waits
 
-    def tok(name: str) -> list[float]:
-        return [m.tokens_per_s for m in results[name]]
 
-    def ceiling(name: str) -> float:
-        return mm16 if "bf16" in name else mm32
+class Figures:
+    """Per-round figures of the results: tokens/s, the ceilings."""
 
+    def __init__(self, results: dict[str, list[Any]], native: bool) -> None:
+        self.results = results
+        self.per_round_mm32 = [c.gflops for c in results["matmul_fp32"]]
+        self.mm32 = median(self.per_round_mm32)
+        self.mm16 = median(c.gflops for c in results["matmul_bf16"]) if native else float("nan")
+
+    def tok(self, name: str) -> list[float]:
+        return [m.tokens_per_s for m in self.results[name]]
+
+    def ceiling(self, name: str) -> float:
+        return self.mm16 if "bf16" in name else self.mm32
+
+    def mfu_fp32(self) -> list[float]:
+        return [m.gflops / c for m, c in zip(self.results["mtkd_fp32"], self.per_round_mm32,
+                                              strict=True)]
+
+
+def print_results(args: argparse.Namespace, the_plan: Plan, fig: Figures) -> None:
+    """The results table, the ceilings and the minimal loop's phases."""
     rows = []
-    for name, ms in results.items():
+    for name, ms in fig.results.items():
         if name.startswith("matmul"):
             continue
-        med = median(m.tokens_per_s for m in ms)
         step_ms = median(1000 * m.timing.wall / m.steps for m in ms)
         flops = median(m.gflops for m in ms)
-        base = levers.get(name, (baselines.get(name, ""), ""))[0]
-        vs = _fmt_ratio(paired_ratio(tok(name), tok(base))) if base else ""
-        rows.append([name, f"{med:.0f}", f"{median(m.examples_per_s for m in ms):.1f}",
-                     f"{step_ms:.0f}", f"{flops:.1f}", f"{flops / ceiling(name):.1%}", vs,
+        base = the_plan.base(name)
+        vs = f"{paired_ratio(fig.tok(name), fig.tok(base)):.3f}" if base else ""
+        rows.append([name, f"{median(m.tokens_per_s for m in ms):.0f}",
+                     f"{median(m.examples_per_s for m in ms):.1f}", f"{step_ms:.0f}",
+                     f"{flops:.1f}", f"{flops / fig.ceiling(name):.1%}", vs,
                      f"{median(m.timing.cpu_share() for m in ms):.2f}"])
     print("\n### Results (medians over rounds)\n")
     print(markdown_table(["variant", "tokens/s", "ex/s", "ms/step", "useful GFLOP/s",
                           "MFU (same-dtype matmul)", "vs its baseline", "cpu share"], rows))
-    bf16_text = (f"bf16 {mm16:.1f} GFLOP/s" if native else "bf16 emulated, not timed")
-    print(f"\nmatmul {args.matmul_n}² ceiling: fp32 {mm32:.1f} GFLOP/s, {bf16_text} "
-          f"(per round fp32 {', '.join(f'{c.gflops:.0f}' for c in results['matmul_fp32'])}; "
-          f"bf16 {', '.join(f'{c.gflops:.0f}' for c in results.get('matmul_bf16', []))})")
-
+    bf16_text = (f"bf16 {fig.mm16:.1f} GFLOP/s" if the_plan.native
+                 else "bf16 emulated, not timed")
+    print(f"\nmatmul {args.matmul_n}² ceiling: fp32 {fig.mm32:.1f} GFLOP/s, {bf16_text} "
+          f"(per round fp32 {', '.join(f'{c:.0f}' for c in fig.per_round_mm32)}; bf16 "
+          f"{', '.join(f'{c.gflops:.0f}' for c in fig.results.get('matmul_bf16', []))})")
     phase_rows = []
-    for name, ms in results.items():
+    for name, ms in fig.results.items():
         if not name.startswith("minimal"):
             continue
         step = median(m.timing.wall / m.steps for m in ms)
@@ -581,18 +573,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n### Minimal loop: ms/step by phase (share of the step)\n")
     print(markdown_table(["variant", "forward+loss", "backward", "clip", "AdamW+sched+zero"],
                          phase_rows))
-    if levers:
-        print("\nlevers: " + "; ".join(f"{n}: {text}" for n, (_, text) in levers.items()))
+    if the_plan.levers:
+        print("\nlevers: " + "; ".join(f"{n}: {text}"
+                                       for n, (_, text) in the_plan.levers.items()))
 
+
+def print_checks(args: argparse.Namespace, the_plan: Plan, fig: Figures,
+                 pipeline: tuple[float, float], rejected: dict[str, int]) -> None:
+    """The data path's share, contention, per-round ratios, bf16 / fp32 on the minimal loop."""
+    results, tok = fig.results, fig.tok
     fp32_step_ms = median(1000 * m.timing.wall / m.steps for m in results["mtkd_fp32"])
     print(f"\nmtkd data path alone (MultiTaskRows → DataLoader → CollateFn + bookkeeping): "
-          f"{pipeline:.2f} ms/batch = {pipeline / fp32_step_ms:.2%} of an fp32 step; with "
-          f"datasets' lazy Column objects instead (mtkd before 2026-11-21) {pipeline_lazy:.2f} "
-          f"ms/batch")
-
-    train_vs_minimal = paired_ratio(tok("mtkd_fp32"), tok("minimal_fp32"))
-    bf16_vs_fp32 = paired_ratio(tok("mtkd_bf16"), tok("mtkd_fp32")) if native else None
-    mfu = median(m.gflops / c for m, c in zip(results["mtkd_fp32"], per_round_mm32, strict=True))
+          f"{pipeline[0]:.2f} ms/batch = {pipeline[0] / fp32_step_ms:.2%} of an fp32 step; "
+          f"with datasets' lazy Column objects instead (mtkd before 2026-11-21) "
+          f"{pipeline[1]:.2f} ms/batch")
     low = {n: min(m.timing.cpu_share() for m in ms) for n, ms in results.items()}
     low = {n: x for n, x in low.items() if x < args.min_cpu_share}
     if rejected or low:
@@ -600,15 +594,13 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"({', '.join(f'{n} ×{k}' for n, k in rejected.items()) or 'none'}); kept "
               f"below cpu share {args.min_cpu_share} after {args.retries} retries: "
               f"{', '.join(f'{n} ({x:.2f})' for n, x in low.items()) or 'none'}")
-    print("\nper-round ratios: train_vs_minimal "
-          + ", ".join(f"{a / b:.3f}" for a, b in zip(tok("mtkd_fp32"), tok("minimal_fp32"),
-                                                      strict=True))
-          + "; bf16_vs_fp32 "
-          + (", ".join(f"{a / b:.3f}" for a, b in zip(tok("mtkd_bf16"), tok("mtkd_fp32"),
-                                                       strict=True)) if native else "emulated")
-          + "; mfu_fp32 "
-          + ", ".join(f"{m.gflops / c:.3f}" for m, c in zip(results["mtkd_fp32"], per_round_mm32,
-                                                             strict=True)))
+
+    def ratios(a: str, b: str) -> str:
+        return ", ".join(f"{x / y:.3f}" for x, y in zip(tok(a), tok(b), strict=True))
+
+    print(f"\nper-round ratios: train_vs_minimal {ratios('mtkd_fp32', 'minimal_fp32')}; "
+          f"bf16_vs_fp32 {ratios('mtkd_bf16', 'mtkd_fp32') if the_plan.native else 'emulated'}"
+          f"; mfu_fp32 {', '.join(f'{x:.3f}' for x in fig.mfu_fp32())}")
     cross = [("fused AdamW", "minimal_bf16", "minimal_fp32"),
              ("foreach AdamW", "minimal_bf16_foreach_adamw", "minimal_fp32_foreach_adamw"),
              ("fused AdamW + frozen word embeddings", "minimal_bf16_frozen_word_emb",
@@ -617,21 +609,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cross:
         print("bf16 / fp32 on the minimal loop: " + "; ".join(
             f"{text} {paired_ratio(tok(a), tok(b)):.3f}" for text, a, b in cross))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    begin("train_step.py", argv, threads=args.threads)
+    started = time.perf_counter()
+    setup = load_setup(args)
+    describe(setup)
+    pipeline = data_pipeline_ms(setup), data_pipeline_ms(setup, lazy_columns=True)
+    the_plan = plan(setup)
+    results, rejected, waits = measure(args, the_plan)
+    fig = Figures(results, the_plan.native)
+    print_results(args, the_plan, fig)
+    print_checks(args, the_plan, fig, pipeline, rejected)
     if args.profile:
-        for precision in ("fp32", "bf16") if native else ("fp32",):
+        for precision in ("fp32", "bf16") if the_plan.native else ("fp32",):
             profile(setup, precision)
     waited = sum(w for w, _ in waits)
     print(f"\ntotal {time.perf_counter() - started:.0f} s (of which {waited:.0f} s waiting for "
           f"a quiet machine; others' CPU use before measurements: median "
           f"{median(b for _, b in waits) if waits else 0:.0%}, max "
           f"{max((b for _, b in waits), default=0):.0%}); load avg now {os.getloadavg()[0]:.2f}")
-    print(f"RESULT train_vs_minimal {_fmt_ratio(train_vs_minimal)} (target >= 0.95)")
-    if bf16_vs_fp32 is None:
-        print("RESULT bf16_vs_fp32 emulated (bf16 not native on this CPU; not timed; "
-              "target >= 1.5 where it is native)")
+    result("train_vs_minimal", paired_ratio(fig.tok("mtkd_fp32"), fig.tok("minimal_fp32")),
+           "target >= 0.95")
+    if the_plan.native:
+        result("bf16_vs_fp32", paired_ratio(fig.tok("mtkd_bf16"), fig.tok("mtkd_fp32")),
+               "target >= 1.5")
     else:
-        print(f"RESULT bf16_vs_fp32 {_fmt_ratio(bf16_vs_fp32)} (target >= 1.5)")
-    print(f"RESULT train_mfu_fp32 {_fmt_ratio(mfu)} (target >= 0.5)")
+        result("bf16_vs_fp32", "emulated", "bf16 not native on this CPU; not timed; "
+               "target >= 1.5 where it is native")
+    result("train_mfu_fp32", median(fig.mfu_fp32()), "target >= 0.5")
     return 0
 
 

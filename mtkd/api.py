@@ -237,19 +237,18 @@ class Student:
         spec = self.spec(task)
         texts = _strings(texts, "texts")
         kind = spec.kind
-        ranking = kind.head == "ranking"
         if text_pairs is not None:
             if not isinstance(text_pairs, str | bytes) and isinstance(text_pairs, Iterable):
                 text_pairs = list(text_pairs)
             if isinstance(text_pairs, str | bytes) or len(text_pairs) != len(texts):
                 raise DataError(f"text_pairs must hold one entry per text ({len(texts)}), "
                                 f"got {_describe(text_pairs)}")
-            if kind.pair is False and not ranking:
+            if kind.pair is False:
                 raise DataError(f"task {task!r} is a {spec.type} task: it takes single "
                                 "texts (fix: leave text_pairs out)")
-            if not ranking:
+            if not kind.layout.candidates:  # else lists of candidates, checked in predict
                 text_pairs = _strings(text_pairs, "text_pairs")
-        elif kind.pair and not ranking:
+        elif kind.takes_text_pair:
             raise DataError(f"task {task!r} is a {spec.type} task: give text_pairs, the "
                             "second text of every example")
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -257,18 +256,15 @@ class Student:
         probs = probabilities and not kind.is_regression
         resolved = self._resolved(precision)
         if not texts:  # the tokenizer refuses an empty batch
-            width = () if kind.is_regression else (0 if ranking else spec.num_outputs,)
-            values = np.zeros((0, *width), dtype=np.float32)
+            values = np.zeros((0, *kind.output_shape(len(spec.labels))), dtype=np.float32)
         else:
             values = predict_texts(self.model, self.tokenizer, task, texts, text_pairs,
                                    batch_size=batch_size, device=self.device, probs=probs,
                                    precision=resolved)
-        label = best = None
+        label = None
+        best = kind.layout.best_candidates(values)
         names: tuple[str, ...] = ()
-        if ranking:
-            best = (values.argmax(axis=1).astype(np.int64) if values.size
-                    else np.zeros(len(values), dtype=np.int64))
-        elif not kind.is_regression:
+        if kind.has_classes:
             names = tuple(spec.labels) or tuple(str(i) for i in range(values.shape[1]))
             column = np.array(names, dtype=object)
             label = column[values.argmax(axis=1)] if len(values) else column[:0]

@@ -196,10 +196,11 @@ class ArtifactKind:
 OPERATIONAL: tuple[str, ...] = (
     "name", "storage_path", "sweep_view", "ray",
     "teachers.resources_per_member", "teachers.max_concurrent", "teachers.max_failures",
-    "teachers.verbose", "teachers.checkpoint_minutes",
+    "teachers.verbose", "teachers.checkpoint_minutes", "teachers.reuse_actors",
     "soft_targets.batch_size", "soft_targets.num_actors", "soft_targets.resources_per_actor",
     "student.resources_per_worker", "student.use_gpu", "student.checkpoint_every",
     "student.keep_checkpoints", "student.max_failures", "student.checkpoint_minutes",
+    "student.checkpoint_upload", "student.step_timing",
     "tracking",
 )
 """Keys that change how work is done, not what it produces. ``use_gpu`` and the GPU

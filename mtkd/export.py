@@ -225,7 +225,7 @@ def _hf_config(model: MTDNN, spec: TaskSpec) -> Any:
     head = model.heads[spec.name]
     san = isinstance(head, SANClassifier)
     kind = spec.kind
-    if kind.is_regression or kind.head == "ranking":
+    if not kind.has_classes:  # a score, or one (query, candidate) pair's score
         labels = ["score"]
         problem = "regression"
     else:
@@ -305,7 +305,7 @@ def onnx_input_names(config: Any) -> list[str]:
 def probe_inputs(tokenizer: Any, spec: TaskSpec) -> dict[str, torch.Tensor]:
     """A padded batch of probe texts tokenized as mtkd does (pairs for pair and ranking
     tasks; padding included, so the attention mask matters): int64 [3, T] tensors."""
-    pair = spec.kind.pair or spec.kind.head == "ranking"
+    pair = spec.kind.pair
     enc = tokenizer(list(PROBE_TEXTS), list(PROBE_PAIRS) if pair else None, truncation=True,
                     max_length=spec.max_length, padding=True, return_tensors="pt")
     if "token_type_ids" not in enc:
@@ -317,16 +317,9 @@ def mtkd_logits(model: MTDNN, task: str, inputs: dict[str, torch.Tensor]) -> tor
     """The mtkd model's outputs as [B, num_labels] (regression and ranking scores [B, 1])."""
     import torch
 
-    spec = model.specs[task]
-    with torch.inference_mode():
-        if spec.kind.head == "ranking":  # each row is one (query, candidate) pair
-            out = model(task, inputs["input_ids"].unsqueeze(1),
-                        inputs["attention_mask"].unsqueeze(1),
-                        inputs["token_type_ids"].unsqueeze(1),
-                        torch.ones(inputs["input_ids"].shape[0], 1, dtype=torch.bool))
-        else:
-            out = model(task, inputs["input_ids"], inputs["attention_mask"],
-                        inputs["token_type_ids"])
+    layout = model.specs[task].kind.layout
+    with torch.inference_mode():  # ranking: each row is one (query, candidate) pair
+        out = model(task, **layout.pairs_as_examples(inputs))
     return out.float().reshape(out.shape[0], -1)
 
 
@@ -456,10 +449,9 @@ def model_card(model: MTDNN, spec: TaskSpec, meta: dict[str, Any], provenance: d
 
     kind, task = spec.kind, spec.name
     record, data = provenance.get("record"), provenance["data"].get(task)
-    ranking, regression = kind.head == "ranking", kind.is_regression
-    pair = bool(kind.pair) or ranking
-    head = "SAN (stochastic answer network)" if meta["head_options"].san and not (
-        regression or ranking) else "linear"
+    pair = bool(kind.pair)
+    head = ("SAN (stochastic answer network)" if meta["head_options"].san and kind.has_classes
+            else "linear")
     lines = [
         "---", "library_name: transformers", "pipeline_tag: text-classification",
         "tags:", "- mtkd", "- mt-dnn", "- knowledge-distillation", "---", "",
@@ -473,9 +465,9 @@ def model_card(model: MTDNN, spec: TaskSpec, meta: dict[str, Any], provenance: d
         "## Task", "",
         f"- name: `{task}`; type: `{spec.type}`",
     ]
-    if regression:
+    if kind.is_regression:
         lines.append("- output: one score (`logits[:, 0]`, `problem_type: regression`)")
-    elif ranking:
+    elif kind.layout.candidates:
         lines.append("- output: one score per (query, candidate) pair; rank a query's "
                      "candidates by it (softmax over them gives mtkd's candidate "
                      "probabilities). This is a scorer, not a per-text classifier: the "

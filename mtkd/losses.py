@@ -62,10 +62,6 @@ class LossParts(NamedTuple):
     soft: Tensor | None
 
 
-def _ranking(spec: TaskSpec) -> bool:
-    return spec.kind.hard_loss == "candidate_cross_entropy"
-
-
 def _prepare(spec: TaskSpec, outputs: Tensor) -> tuple[Tensor, Tensor]:
     """Float32 outputs ([B] for regression, [B, N] otherwise) and the mask of real entries
     (same shape; padded ranking candidates False and their scores set to ``PAD_SCORE``)."""
@@ -74,9 +70,7 @@ def _prepare(spec: TaskSpec, outputs: Tensor) -> tuple[Tensor, Tensor]:
         out = out.squeeze(-1) if out.dim() == 2 and out.shape[-1] == 1 else out
         return out, torch.ones_like(out, dtype=torch.bool)
     out = outputs.float()
-    if not _ranking(spec):
-        return out, torch.ones_like(out, dtype=torch.bool)
-    valid = real_candidates(out)
+    valid = spec.kind.layout.real_mask(out)
     return out.masked_fill(~valid, PAD_SCORE), valid
 
 

@@ -172,9 +172,8 @@ def predictions_from_outputs(spec: TaskSpec, outputs: np.ndarray) -> np.ndarray:
                              f"got shape {out.shape}")
         return out.astype(np.float64)
     if out.ndim != 2 or out.shape[1] == 0:
-        what = "candidate scores" if kind.head == "ranking" else "logits"
-        raise ValueError(f"{spec.name}: {kind.name} outputs must be {what} [N, K>0], "
-                         f"got shape {out.shape}")
+        raise ValueError(f"{spec.name}: {kind.name} outputs must be "
+                         f"{kind.layout.outputs_name} [N, K>0], got shape {out.shape}")
     return np.argmax(out, axis=-1).astype(np.int64)
 
 
@@ -215,7 +214,7 @@ def compute_task_metrics(spec: TaskSpec, outputs: np.ndarray,
             result[name] = f1(preds, gold, num_classes=len(spec.labels))
         else:
             result[name] = METRICS[name](preds, gold)
-    if spec.pairwise_origin and spec.kind.head == "ranking":
+    if spec.scores_pairs:
         result["pair_accuracy"] = pair_accuracy(np.asarray(outputs)[keep], gold)
     return result
 

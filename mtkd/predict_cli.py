@@ -160,13 +160,11 @@ def _roles(spec: TaskSpec, args: argparse.Namespace, file: str, found: list[str]
            ) -> dict[str, str]:
     """Role -> column of the input file; DataError naming the column and those found."""
     kind = spec.kind
-    ranking = kind.head == "ranking"
-    text = args.text_column or ("query" if ranking and ("query" in found or "text" not in found)
-                                else "text")
+    text = args.text_column or kind.layout.text_column(found)
     wanted: dict[str, tuple[str, bool, str]] = {"text": (text, True, "--text-column")}
-    if ranking:
+    if kind.layout.candidates:
         wanted["candidates"] = (args.candidates_column, True, "--candidates-column")
-    if kind.pair is not False and not ranking:
+    if kind.takes_text_pair is not False:
         explicit = args.pair_column is not None
         wanted["text_pair"] = (args.pair_column or "text_pair", bool(kind.pair) or explicit,
                                "--pair-column")
@@ -268,7 +266,7 @@ def _record(spec: TaskSpec, row: int, uids: list[str | None] | None, value: Any,
     if uids is not None:
         out["uid"] = uids[row]
     kind = spec.kind
-    if kind.head == "ranking":
+    if kind.layout.candidates:
         scores = [float(s) for s in value[:n_candidates]]
         out["best_candidate"] = max(range(len(scores)), key=scores.__getitem__)
         out["scores"] = scores
@@ -337,7 +335,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
     lines = []
     for i, value in enumerate(values):
-        n_candidates = len(pairs[i]) if spec.kind.head == "ranking" and pairs else 0
+        n_candidates = len(pairs[i]) if spec.kind.layout.candidates and pairs else 0
         record = _record(spec, i, uids, value, n_candidates)
         lines.append(json.dumps(record, ensure_ascii=False))
     out_store.write_atomic(out_name, ("\n".join(lines) + "\n").encode("utf-8"))
@@ -363,7 +361,7 @@ def _predict(model: Any, tokenizer: Any, spec: TaskSpec, texts: list[str],
 
     order = sorted(range(len(texts)), key=size)
     chunk = args.batch_size * CHUNK_BATCHES
-    probs = not spec.kind.is_regression and spec.kind.head != "ranking"
+    probs = spec.kind.has_classes
     outputs: list[Any] = [None] * len(texts)
     start = time.perf_counter()
     with tqdm(total=len(texts), unit="ex", desc=f"predict {spec.name}", file=sys.stderr,

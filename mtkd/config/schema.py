@@ -480,6 +480,11 @@ class TeachersConfig:
     """Stop weak members early with ASHA."""
     verbose: int = 0
     """Ray Tune verbosity (0: one line per finished member; 1-3: Tune's own tables)."""
+    reuse_actors: bool = False
+    """Tune's reuse_actors: a slot's next member runs in the finished member's worker
+    process (no new process, no imports: seconds per member, see bench/ensemble_scaling.py
+    and docs/BENCHMARKS.md), which then keeps per-process state (torch threads, CUDA
+    memory, logging) from the member before. Changes no result."""
     checkpoint_minutes: float = 10.0
     """Besides at every dev evaluation, a member saves a checkpoint when this many minutes
     of wall time have passed since its last one (checked after every optimizer step), so a
@@ -647,6 +652,16 @@ class StudentConfig:
     checkpoint as checkpoint_every's (resume is exact); 0: off."""
     keep_checkpoints: int = 2
     """Checkpoints kept in storage; older ones are deleted."""
+    checkpoint_upload: Literal["sync", "async"] = "sync"
+    """How a checkpoint reaches storage: sync (training waits while Ray uploads it) or
+    async (Ray uploads a hard-linked copy from a background thread while training goes on,
+    and waits for the last upload at the end; costs disk space for the copy until it is
+    uploaded). The same checkpoints either way."""
+    step_timing: bool = False
+    """Record when every optimizer step ended, its examples and tokens, its forward /
+    backward / optimizer-step seconds, and the seconds of every checkpoint, save and
+    report, into student/<run>/step_timing/rank<r>.json (mtkd.training.steptiming; what
+    bench/student_step.py reads). Changes no result."""
     max_failures: int = 2
     """Automatic restarts of the workers after a failure; each resumes from the last
     checkpoint."""

@@ -15,13 +15,14 @@ split is encoded as pairs is decided once per split (:func:`split_is_pair`).
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import datasets
 
 from mtkd.errors import DataError
-from mtkd.tasks.examples import CANDIDATES, LABEL, TEXT, TEXT_PAIR, UID
+from mtkd.tasks.examples import LABEL, TEXT, TEXT_PAIR, UID
 from mtkd.tasks.spec import TaskSpec
 
 if TYPE_CHECKING:
@@ -48,18 +49,9 @@ def _encode(tokenizer: PreTrainedTokenizerBase, first: list[str], second: list[s
 
 def _tokenize_batch(batch: dict[str, list[Any]], tokenizer: PreTrainedTokenizerBase,
                     spec: TaskSpec, is_pair: bool) -> dict[str, list[Any]]:
-    if spec.kind.head == "ranking":
-        all_ids, all_types, lengths = [], [], []
-        for query, candidates in zip(batch[TEXT], batch[CANDIDATES], strict=True):
-            ids, types = _encode(tokenizer, [query] * len(candidates), list(candidates),
-                                 spec.max_length)
-            all_ids.append(ids)
-            all_types.append(types)
-            lengths.append(max(len(x) for x in ids))
-        return {"input_ids": all_ids, "token_type_ids": all_types, "length": lengths}
-    second = batch[TEXT_PAIR] if is_pair else None
-    ids, types = _encode(tokenizer, batch[TEXT], second, spec.max_length)
-    return {"input_ids": ids, "token_type_ids": types, "length": [len(x) for x in ids]}
+    layout = spec.kind.layout
+    return layout.encode(partial(_encode, tokenizer, max_length=spec.max_length), batch[TEXT],
+                         batch[layout.pair_column] if is_pair else None)
 
 
 def split_is_pair(split: datasets.Dataset, spec: TaskSpec) -> bool:
@@ -68,8 +60,6 @@ def split_is_pair(split: datasets.Dataset, spec: TaskSpec) -> bool:
     whole split (never per tokenization batch). A split whose rows mix empty and non-empty
     text_pair raises DataError naming the first row of each kind (the loaders refuse empty
     text_pair cells in a file that has the column, so this is a guard)."""
-    if spec.kind.head == "ranking":
-        return True
     if spec.kind.pair is not None or TEXT_PAIR not in split.column_names:
         return bool(spec.kind.pair)
     pairs = split[TEXT_PAIR]

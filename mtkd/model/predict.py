@@ -10,6 +10,7 @@ ex/s).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -19,40 +20,27 @@ from transformers import PreTrainedTokenizerBase
 from mtkd.errors import MtkdError
 from mtkd.model.infer import predict_rows
 from mtkd.model.mtdnn import MTDNN
-from mtkd.padding import PAD_SCORE, pad_rows
+from mtkd.padding import PAD_SCORE
 
 
-def _tokenize(tokenizer: PreTrainedTokenizerBase, first: Sequence[str],
-              second: Sequence[str] | None, max_length: int) -> list[dict[str, Any]]:
-    enc = tokenizer(list(first), list(second) if second is not None else None,
-                    truncation="longest_first" if second is not None else True,
+def _encode(tokenizer: PreTrainedTokenizerBase, first: list[str], second: list[str] | None,
+            max_length: int) -> tuple[list[list[int]], list[list[int]]]:
+    enc = tokenizer(first, second, truncation="longest_first" if second is not None else True,
                     max_length=max_length, return_attention_mask=False)
     types = enc.get("token_type_ids") or [[0] * len(x) for x in enc["input_ids"]]
-    return [{"input_ids": i, "token_type_ids": t} for i, t in zip(enc["input_ids"], types,
-                                                                    strict=True)]
+    return enc["input_ids"], types
 
 
 def _rows(model: MTDNN, tokenizer: PreTrainedTokenizerBase, task: str, texts: Sequence[str],
           text_pairs: Sequence[Any] | None, max_length: int) -> list[dict[str, Any]]:
-    spec = model.specs[task]
-    if spec.kind.head == "ranking":
-        if text_pairs is None or len(text_pairs) != len(texts):
-            raise MtkdError(f"task {task!r} ranks candidates: give one list of candidate "
-                            "texts per query as text_pairs")
-        rows = []
-        for query, candidates in zip(texts, text_pairs, strict=True):
-            if isinstance(candidates, str) or not candidates:
-                raise MtkdError(f"task {task!r}: each query needs a non-empty list of "
-                                "candidate texts")
-            enc = _tokenize(tokenizer, [query] * len(candidates), list(candidates), max_length)
-            rows.append({"input_ids": [r["input_ids"] for r in enc],
-                         "token_type_ids": [r["token_type_ids"] for r in enc]})
-        return rows
-    if spec.kind.pair and text_pairs is None:
-        raise MtkdError(f"task {task!r} classifies sentence pairs: give text_pairs")
-    if text_pairs is not None and len(text_pairs) != len(texts):
-        raise MtkdError(f"got {len(texts)} texts but {len(text_pairs)} text_pairs")
-    return _tokenize(tokenizer, texts, text_pairs, max_length)
+    kind = model.specs[task].kind
+    problem = kind.layout.input_problem(task, texts, text_pairs, kind.pair)
+    if problem:
+        raise MtkdError(problem)
+    columns = kind.layout.encode(partial(_encode, tokenizer, max_length=max_length), texts,
+                                 text_pairs)
+    return [{"input_ids": i, "token_type_ids": t}
+            for i, t in zip(columns["input_ids"], columns["token_type_ids"], strict=True)]
 
 
 def _length(row: dict[str, Any]) -> int:
@@ -90,9 +78,6 @@ def predict_texts(model: MTDNN, tokenizer: PreTrainedTokenizerBase, task: str,
                            precision=precision, pad_id=pad_id,
                            lengths=[_length(r) for r in rows],
                            probabilities=probs and not spec.kind.is_regression)
-    if spec.kind.head == "ranking":
-        return pad_rows(outputs, fill=0.0 if probs else PAD_SCORE)
     if not outputs:
-        return np.zeros((0, spec.num_outputs) if not spec.kind.is_regression else (0,),
-                        dtype=np.float32)
-    return np.stack(outputs).astype(np.float32)
+        return np.zeros((0, *spec.kind.output_shape(len(spec.labels))), dtype=np.float32)
+    return spec.kind.layout.stack(outputs, fill=0.0 if probs else PAD_SCORE)

@@ -61,12 +61,11 @@ class MemberPredictor:
                 end += 1
             index = order[start:end]
             # Token columns hold one sequence per candidate; plain tasks have exactly one.
-            unwrap = self.model.specs[task].kind.head != "ranking"
+            layout = self.model.specs[task].kind.layout
             rows = [{"uid": columns["uid"][i],
-                     "input_ids": columns["input_ids"][i][0] if unwrap
-                     else columns["input_ids"][i],
-                     "token_type_ids": columns["token_type_ids"][i][0] if unwrap
-                     else columns["token_type_ids"][i]} for i in index]
+                     "input_ids": layout.from_sequences(columns["input_ids"][i]),
+                     "token_type_ids": layout.from_sequences(columns["token_type_ids"][i])}
+                    for i in index]
             logits += self._predict(task, rows)
             tasks += [task] * len(index)
             splits += [columns["split"][i] for i in index]

@@ -46,7 +46,7 @@ from mtkd.experiment import (
     soft_targets_record,
 )
 from mtkd.metrics import average_score, compute_task_metrics, labelled, task_score
-from mtkd.padding import PAD_SCORE, real_candidates
+from mtkd.padding import real_candidates
 from mtkd.precision import Resolved, stage_precision
 from mtkd.progress import Progress
 from mtkd.raycluster import ensure_ray, probe_work_device
@@ -80,15 +80,14 @@ def actor_pool_size(config: SoftTargetsConfig, resources: dict[str, float]) -> i
     return max(1, int(free // per.cpu))
 
 
-def _sequences(row: Any, ranking: bool) -> list:
+def _sequences(row: Any, layout: Any) -> list:
     """A row's token ids as a list of sequences: its candidates (ranking) or just itself."""
-    row = row.tolist() if isinstance(row, np.ndarray) else row
-    return row if ranking else [row]
+    return layout.sequences(row.tolist() if isinstance(row, np.ndarray) else row)
 
 
-def _member_rows(store: Storage, tasks: list[str],
-                 splits: tuple[str, ...] | None = None,
-                 tokenization: str | None = None) -> pa.Table:
+def member_rows(store: Storage, tasks: list[str],
+                splits: tuple[str, ...] | None = None,
+                tokenization: str | None = None) -> pa.Table:
     """Rows of ``tasks`` (``splits``, default every prepared split: train, dev, test) in the
     member's ``tokenization`` (None: encoder.path's), one task after another, longest rows
     first.
@@ -103,7 +102,7 @@ def _member_rows(store: Storage, tasks: list[str],
     """
     per_task: list[tuple[float, list[pa.Table]]] = []
     for task in tasks:
-        ranking = read_task_spec(store, task).kind.head == "ranking"
+        layout = read_task_spec(store, task).kind.layout
         tables, lengths = [], []
         have = prepared_splits(store, task)
         for split in [s for s in splits if s in have] if splits else have:
@@ -117,9 +116,9 @@ def _member_rows(store: Storage, tasks: list[str],
             tables.append(pa.table({
                 "task": [task] * len(data), "split": [split] * len(data),
                 "uid": [columns["uid"][i] for i in order],
-                "input_ids": pa.array([_sequences(ids[i], ranking) for i in order],
+                "input_ids": pa.array([_sequences(ids[i], layout) for i in order],
                                       pa.list_(pa.list_(pa.int32()))),
-                "token_type_ids": pa.array([_sequences(types[i], ranking) for i in order],
+                "token_type_ids": pa.array([_sequences(types[i], layout) for i in order],
                                            pa.list_(pa.list_(pa.int32()))),
             }))
         all_lengths = np.concatenate(lengths)
@@ -128,10 +127,10 @@ def _member_rows(store: Storage, tasks: list[str],
     return pa.concat_tables([table for _, tables in per_task for table in tables])
 
 
-def _infer_member(config: ExperimentConfig, store: Storage, member: MemberRecord,
-                  tasks: list[str], label: str = "",
-                  splits: tuple[str, ...] | None = None,
-                  precision: tuple[str, str] | None = None) -> pa.Table:
+def infer_member(config: ExperimentConfig, store: Storage, member: MemberRecord,
+                 tasks: list[str], label: str = "",
+                 splits: tuple[str, ...] | None = None,
+                 precision: tuple[str, str] | None = None) -> pa.Table:
     """Run the member over its tasks' rows (``splits``: default every prepared split) with
     a Ray Data actor pool; a progress line (``label``: which member of how many) at least
     every 30 s. ``precision``: (setting, its key), default soft_targets.precision's."""
@@ -140,7 +139,7 @@ def _infer_member(config: ExperimentConfig, store: Storage, member: MemberRecord
     soft = config.soft_targets
     # the member reads its own encoder's tokenization (None in records before mixed
     # tokenizers, when every member read encoder.path's); outputs join by uid after this
-    rows = _member_rows(store, tasks, splits, member.tokenization)
+    rows = member_rows(store, tasks, splits, member.tokenization)
     actors = actor_pool_size(soft, ray.cluster_resources())
     # Several blocks per actor so that the last ones (the shortest rows) balance the pool.
     blocks = max(1, min(actors * 8, len(rows) // max(soft.batch_size, 1)))
@@ -314,7 +313,7 @@ def _predict_one(config: ExperimentConfig, store: Storage, member: MemberRecord,
     started = time.time()
     own = [t for t in member.tasks if t in tasks]
     store.delete(record_path)  # an old record never describes new files
-    result = _infer_member(config, store, member, own, label, splits, precision)
+    result = infer_member(config, store, member, own, label, splits, precision)
     seconds = time.time() - started
     files = {}
     for task in own:
@@ -406,10 +405,7 @@ def _ensemble_outputs(targets: Any, spec: Any) -> np.ndarray:
     :data:`~mtkd.padding.PAD_SCORE`)."""
     if targets.probs is None:
         return targets.score
-    if spec.kind.head != "ranking":
-        return targets.probs
-    with np.errstate(divide="ignore"):
-        return np.where(real_candidates(targets.logits), np.log(targets.probs), PAD_SCORE)
+    return spec.kind.layout.metric_outputs(targets.probs, targets.logits)
 
 
 def _write_targets(store: Storage, task: str, split: str, targets: Any,

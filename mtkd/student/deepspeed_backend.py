@@ -85,9 +85,13 @@ class DeepSpeedBackend:
 
     def __init__(self, model: torch.nn.Module, student: StudentConfig, total_steps: int,
                  world_size: int, device: torch.device | str | None = None,
-                 resolved: Resolved | None = None) -> None:
+                 resolved: Resolved | None = None,
+                 zero_overrides: dict[str, Any] | None = None) -> None:
         """``device``: where this rank runs (default: DeepSpeed's accelerator device);
-        ``student.training.precision`` is resolved there unless ``resolved`` is given."""
+        ``student.training.precision`` is resolved there unless ``resolved`` is given.
+        ``zero_overrides``: DeepSpeed ``zero_optimization`` keys set over the generated
+        config (benchmarks compare e.g. ``contiguous_gradients``; the student stage passes
+        none)."""
         import deepspeed
         from deepspeed.accelerator import get_accelerator
 
@@ -107,6 +111,7 @@ class DeepSpeedBackend:
                 opt, lambda step: linear_warmup_decay(step, warmup, total_steps))
 
         self.config = deepspeed_config(student, world_size, self.resolved.precision)
+        self.config["zero_optimization"].update(zero_overrides or {})
         if "torch_autocast" not in self.config:
             # DeepSpeed keeps its torch_autocast state in module globals (a TODO of theirs);
             # a process that built an autocast engine before (tests, benchmarks) would

@@ -16,6 +16,7 @@ import dataclasses
 import io
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -51,8 +52,12 @@ from mtkd.training.recipe import (
     rank0_decision,
     rank0_score,
 )
+from mtkd.training.steptiming import StepTimes, TimedBackend
 
 log = logging.getLogger("mtkd")
+STEP_TIMING_DIR = "step_timing"
+"""``student.step_timing``: each rank's :class:`~mtkd.training.steptiming.StepTimes` as
+``<run>/step_timing/rank<r>.json``."""
 BEST_DIR = "best"
 
 
@@ -73,16 +78,28 @@ def load_safetensors(data: bytes) -> dict[str, torch.Tensor]:
     return load(data)
 
 
-def prune_best_weights(run_store: Storage, keep_step: int | None) -> None:
+def prune_best_weights(run_store: Storage, keep_step: int | None,
+                       also_keep: int | None = None) -> None:
     """After a checkpoint (whose loop state names ``keep_step`` as best) is persisted:
-    delete every other best-weights file. Before, a resumed run may still need them."""
+    delete every other best-weights file. Before, a resumed run may still need them;
+    ``also_keep``: the best step of the checkpoint before, while this one may still be
+    uploading (``student.checkpoint_upload: async``)."""
     if not run_store.exists(BEST_DIR):
         return
-    keep = best_weights_file(keep_step) if keep_step is not None else None
+    keep = {best_weights_file(s) for s in (keep_step, also_keep) if s is not None}
     for name in run_store.list(BEST_DIR):
         rel = f"{BEST_DIR}/{name.rsplit('/', 1)[-1]}"
-        if rel != keep:
+        if rel not in keep:
             run_store.delete(rel)
+
+
+def upload_copy(folder: str) -> str:
+    """A hard-linked copy of a checkpoint folder for Ray's ASYNC upload, which reads it
+    after ``report`` returns (and deletes it when uploaded): the caller's temporary folder
+    may go at once."""
+    copy = tempfile.mkdtemp(prefix="mtkd-student-upload-")
+    shutil.copytree(folder, copy, copy_function=os.link, dirs_exist_ok=True)
+    return copy
 
 
 def teacher_arrays(store: Storage, data: PreparedTasks,
@@ -140,7 +157,9 @@ def student_worker(loop_config: dict[str, Any]) -> None:
     device = work_device(ray_resources(student.worker_resources), train_worker=True)
     backend = DeepSpeedBackend(model, student, total_optimizer_steps(training, len(sampler)),
                                world, device=device)
-    loop = TrainingLoop(backend, LoopData(data.specs, data.train, data.dev, teachers),
+    times = StepTimes()  # checkpoint, save and report seconds; steps with step_timing
+    loop = TrainingLoop(TimedBackend(backend, times) if student.step_timing else backend,
+                        LoopData(data.specs, data.train, data.dev, teachers),
                         training, sampler=sampler, kd=student.kd, name=run["name"],
                         keep_best_in_memory=False, record_steps=True,
                         log_every=loop_config.get("log_every", 50),
@@ -162,20 +181,30 @@ def student_worker(loop_config: dict[str, Any]) -> None:
     log.info("precision %s (%s), ZeRO-%d, %d steps", backend.resolved.describe(),
              mixed_precision(student, backend.precision) if backend.precision != "fp32"
              else "no mixed precision", student.zero_stage, loop.total_steps)
-    last_saved = {"step": -1}
+    last_saved: dict[str, int | None] = {"step": -1, "best": None}
+    async_upload = student.checkpoint_upload == "async"
+    upload = ({"checkpoint_upload_mode": ray.train.CheckpointUploadMode.ASYNC,
+               "delete_local_checkpoint_after_upload": True} if async_upload else {})
 
     def save(state: LoopState) -> None:
         if state.step == last_saved["step"]:
             return  # the final call right after a periodic one
         last_saved["step"] = state.step
         with tempfile.TemporaryDirectory(prefix="mtkd-student-") as folder:
-            save_checkpoint(Path(folder), backend, state, rank=rank, attempts=attempts)
+            times.timed_save(lambda: save_checkpoint(Path(folder), backend, state, rank=rank,
+                                                     attempts=attempts),
+                             folder, state.step)
             metrics = {"step": state.step, "epoch": state.epoch}
             if state.history:
                 metrics.update(score=state.history[-1]["score"])
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+            checkpoint = ray.train.Checkpoint.from_directory(
+                upload_copy(folder) if async_upload else folder)
+            times.timed("reports", lambda: ray.train.report(metrics, checkpoint=checkpoint,
+                                                            **upload), checkpoint=True)
         if rank == 0 and student.keep == "best":
-            prune_best_weights(run_store, state.best_step)
+            prune_best_weights(run_store, state.best_step,
+                               last_saved["best"] if async_upload else None)
+        last_saved["best"] = state.best_step
         run_store.write_json_atomic(f"progress/rank{rank}.json",
                                     {"pid": os.getpid(), "step": state.step,
                                      "attempt": len(attempts)})
@@ -194,7 +223,8 @@ def student_worker(loop_config: dict[str, Any]) -> None:
                     "kd": dataclasses.asdict(student.kd), "num_layers": student.num_layers,
                     "encoder": student.encoder or config.encoder.path, "workers": world})
     loop.hooks = chain_hooks(
-        LoopHooks(on_checkpoint=save, checkpoint_every=student.checkpoint_every,
+        LoopHooks(on_checkpoint=times.timed_hook(save),
+                  checkpoint_every=student.checkpoint_every,
                   checkpoint_minutes=student.checkpoint_minutes,
                   on_best=keep_best if student.keep == "best" else None),
         tracker.hooks() if tracker else None)
@@ -204,6 +234,8 @@ def student_worker(loop_config: dict[str, Any]) -> None:
     finally:
         if tracker:
             tracker.close()
+        if student.step_timing:
+            run_store.write_json_atomic(f"{STEP_TIMING_DIR}/rank{rank}.json", times.to_json())
     best_differs = (student.keep == "best" and final.best_step is not None
                     and final.best_step != final.step)
     if rank == 0 and best_differs and backend.engine.zero_optimization_partition_weights():

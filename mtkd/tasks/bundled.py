@@ -37,7 +37,7 @@ from mtkd.assets import asset_dir
 from mtkd.errors import DataError
 from mtkd.tasks.examples import LABEL, SPLITS, TEXT, TEXT_PAIR, UID, make_split
 from mtkd.tasks.spec import TaskSpec
-from mtkd.tasks.types import task_type
+from mtkd.tasks.types import lookup, task_type
 
 Label = int | float
 
@@ -348,7 +348,4 @@ BUNDLED: dict[str, BundledTask] = {
 
 def bundled_task(name: str) -> BundledTask:
     """The bundled task called ``name``; KeyError lists the valid names."""
-    try:
-        return BUNDLED[name]
-    except KeyError:
-        raise KeyError(f"unknown bundled task {name!r}; valid: {', '.join(BUNDLED)}") from None
+    return lookup(BUNDLED, name, "bundled task")

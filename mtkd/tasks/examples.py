@@ -30,7 +30,7 @@ def features_for(kind: TaskType) -> datasets.Features:
         TEXT: datasets.Value("string"),
         TEXT_PAIR: datasets.Value("string"),
     }
-    if kind.head == "ranking":
+    if kind.layout.candidates:
         columns[CANDIDATES] = datasets.Sequence(datasets.Value("string"))
     columns[LABEL] = datasets.Value("float32" if kind.is_regression else "int64")
     return datasets.Features(columns)

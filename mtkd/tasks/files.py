@@ -105,14 +105,14 @@ def file_format(path: str, fmt: str, key: str, task: str) -> str:
 def resolve_roles(task: str, key: str, kind: TaskType, split: str, file: str, found: list[str],
                   configured: dict[str, str], defaults: dict[str, str]) -> dict[str, str]:
     """Role -> column of one file; DataError for a required or configured column it lacks."""
-    ranking = kind.head == "ranking"
     roles: dict[str, str] = {}
     for role in ("text", "text_pair", "candidates", "label", "uid"):
-        if (role == "candidates" and not ranking) or (
-                role == "text_pair" and (ranking or kind.pair is False)):
+        if (role == "candidates" and not kind.layout.candidates) or (
+                role == "text_pair" and kind.takes_text_pair is False):
             continue
         column = configured.get(role, defaults.get(role, role))
-        required = (role in ("text", "candidates") or (role == "text_pair" and kind.pair)
+        required = (role in ("text", "candidates")
+                    or (role == "text_pair" and kind.takes_text_pair)
                     or (role == "label" and split != "test")
                     or (role in configured and role != "label"))
         if column in found:
@@ -255,7 +255,7 @@ def finish_task(task: TaskConfig, kind: TaskType, key: str, bad_rows: BadRows,
             raise empty_split_error(task.name, table.file, split,
                                     bad_rows.per_file.get(table.file, 0))
         out[split] = deterministic_subset(
-            make_split(kept, kind), limits.get(split), stratify=is_classes(kind),
+            make_split(kept, kind), limits.get(split), stratify=kind.has_classes,
             label_names=labels, where=f"task {task.name!r}, {split} split")
     return out
 
@@ -278,7 +278,7 @@ def load_file_task(task: TaskConfig, index: int | None = None
     labels: list[Any] = []
     if kind.is_regression:
         parse_label: LabelParser = regression_parser(no_label)
-    elif kind.head == "ranking":
+    elif not kind.has_classes:  # the index of the right candidate
         parse_label = ranking_parser(no_label)
     else:
         labels = _labels(task, key)
@@ -294,10 +294,8 @@ def load_file_task(task: TaskConfig, index: int | None = None
                             f"but {path} is {fmt} (fix: remove {key}.header)")
 
         def resolve(found: list[str], split: str = split, path: str = path) -> dict[str, str]:
-            ranking = kind.head == "ranking"
-            text = "query" if ranking and ("query" in found or "text" not in found) else "text"
             return resolve_roles(task.name, key, kind, split, path, found, configured,
-                                 {"text": text})
+                                 {"text": kind.layout.text_column(found)})
 
         tables[split] = read_table(path, fmt, resolve, bad_rows, task.quoting, task.header,
                                    labels)
@@ -306,11 +304,6 @@ def load_file_task(task: TaskConfig, index: int | None = None
                  for split, table in tables.items()}
     names = tuple(label_name(label) for label in labels)
     return finish_task(task, kind, key, bad_rows, per_split, names), bad_rows.summary
-
-
-def is_classes(kind: TaskType) -> bool:
-    """Whether a task's labels are classes (subsets are stratified by them)."""
-    return kind.head == "linear" and not kind.is_regression
 
 
 def check_roles_across_splits(task: str, key: str, tables: dict[str, Table]) -> None:
@@ -349,15 +342,15 @@ def _labels(task: TaskConfig, key: str) -> list[Any]:
 def configured_roles(task: TaskConfig, kind: TaskType, key: str) -> dict[str, str]:
     """``tasks.N.columns`` checked against the task type (``query`` becomes ``text``)."""
     configured = dict(task.columns)
-    ranking = kind.head == "ranking"
+    candidates = kind.layout.candidates
     for role in configured:
         if role not in ROLES:
             problem = f"unknown role {role!r}", f"use roles from {', '.join(ROLES)}"
-        elif role == "candidates" and not ranking:
+        elif role == "candidates" and not candidates:
             problem = "candidates is for ranking tasks only", "remove it, or use type ranking"
-        elif role == "text_pair" and (ranking or kind.pair is False):
+        elif role == "text_pair" and kind.takes_text_pair is False:
             problem = (f"a {task.type} task has no text_pair",
-                       "remove it" + ("" if ranking else ", or use type pair_classification"))
+                       "remove it" + ("" if candidates else ", or use type pair_classification"))
         elif role == "query" and "text" in configured:
             problem = "query and text are the same role", "set only one of them"
         else:

@@ -78,7 +78,7 @@ def load_task(task: TaskConfig, index: int | None = None,
                             f"{where}.files.{name} a file with rows)")
     limits = {"train": task.max_train_examples, "dev": task.max_dev_examples,
               "test": task.max_dev_examples}
-    classes = spec_is_classes(loaded.spec)
+    classes = loaded.spec.kind.has_classes
     loaded.splits = {name: deterministic_subset(split, limits.get(name), stratify=classes,
                                                 label_names=loaded.spec.labels,
                                                 where=f"task {task.name!r}, {name} split")
@@ -88,10 +88,6 @@ def load_task(task: TaskConfig, index: int | None = None,
     return loaded
 
 
-def spec_is_classes(spec: TaskSpec) -> bool:
-    return spec.kind.head == "linear" and not spec.kind.is_regression
-
-
 def check_split_labels(spec: TaskSpec, split_name: str, split: datasets.Dataset) -> None:
     """Every source's last check: class labels are class indices (NO_LABEL only in test),
     ranking labels index a candidate. The loaders name file and row for their own data;
@@ -99,7 +95,7 @@ def check_split_labels(spec: TaskSpec, split_name: str, split: datasets.Dataset)
     if spec.kind.is_regression:
         return
     labels = split[LABEL]
-    candidates = split[CANDIDATES] if spec.kind.head == "ranking" else None
+    candidates = split[CANDIDATES] if spec.kind.layout.candidates else None
     for i, label in enumerate(labels):
         count = len(candidates[i]) if candidates is not None else len(spec.labels)
         if 0 <= label < count or (label == NO_LABEL and split_name == "test"):

@@ -36,6 +36,12 @@ class TaskSpec:
         return task_type(self.type)
 
     @property
+    def scores_pairs(self) -> bool:
+        """Whether ``pair_accuracy`` is reported beside the metrics: a task of candidates
+        that is pairwise in origin."""
+        return self.pairwise_origin and self.kind.layout.candidates
+
+    @property
     def num_outputs(self) -> int:
         """Width of the head's output: classes, or 1 for a score / candidate score."""
         return self.kind.num_outputs(len(self.labels))

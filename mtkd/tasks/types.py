@@ -1,7 +1,10 @@
 """Task types: what a task's examples look like, its head, losses and metrics.
 
-One small class per type. The model (head), losses and metrics modules look these
-names up; a new task type is one more class here plus its entry in ``TASK_TYPES``.
+A task type is one :class:`TaskType` value: plain data (head, losses, metrics, whether it
+takes text pairs) plus its :mod:`layout <mtkd.tasks.layout>` (one sequence per example, or a
+query with candidates), which carries the behaviour that differs between layouts. The
+model (head), losses and metrics look these up; a new task type is one more value in
+``TASK_TYPES``.
 
 Canonical example columns (every loader produces these, see ``mtkd.tasks.examples``):
 
@@ -14,12 +17,18 @@ Canonical example columns (every loader produces these, see ``mtkd.tasks.example
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TypeVar
+
+from mtkd.tasks.layout import ONE_SEQUENCE, QUERY_CANDIDATES, OneSequence, QueryCandidates
+
+T = TypeVar("T")
 
 
-class TaskType(Protocol):
-    """What every task type names."""
+@dataclass(frozen=True)
+class TaskType:
+    """One task type (see the module docstring)."""
 
     name: str
     head: str
@@ -32,86 +41,63 @@ class TaskType(Protocol):
     metrics: tuple[str, ...]
     """Metrics reported on dev; the task's score is their mean."""
     pair: bool | None
-    """True: needs text_pair; False: single text; None: either."""
-    is_regression: bool
-
-    def num_outputs(self, num_labels: int) -> int: ...
-
-
-@dataclass(frozen=True)
-class Classification:
-    """Single-sentence classification (SST-2, CoLA style)."""
-
-    name: str = "classification"
-    head: str = "linear"
-    hard_loss: str = "cross_entropy"
-    soft_loss: str = "soft_cross_entropy"
-    metrics: tuple[str, ...] = ("accuracy", "f1")
-    pair: bool | None = False
+    """True: encoded as pairs; False: single text; None: either."""
     is_regression: bool = False
+    layout: OneSequence | QueryCandidates = ONE_SEQUENCE
+    """One sequence per example, or a query with candidates."""
+    description: str = ""
 
     def num_outputs(self, num_labels: int) -> int:
-        return num_labels
+        """Width of the head's output per sequence: the classes, or 1 for a score (a
+        regression score or one candidate's score; softmax over the candidates)."""
+        return 1 if self.is_regression or self.layout.candidates else num_labels
+
+    def output_shape(self, num_labels: int) -> tuple[int, ...]:
+        """Shape of one example's outputs after prediction: (C,) class logits, () a score,
+        (0,) candidate scores (their number K varies; 0 is the width of no examples)."""
+        if self.is_regression:
+            return ()
+        return (0,) if self.layout.candidates else (num_labels,)
+
+    @property
+    def takes_text_pair(self) -> bool | None:
+        """Whether examples have a ``text_pair`` column: True required, None optional,
+        False never (single texts, and queries whose second texts are candidates)."""
+        return False if self.layout.candidates else self.pair
+
+    @property
+    def has_classes(self) -> bool:
+        """Labels index the task's own class list (not a score, not a candidate)."""
+        return not self.is_regression and not self.layout.candidates
 
 
-@dataclass(frozen=True)
-class PairClassification:
-    """Sentence-pair classification (MNLI, RTE, MRPC, BoolQ style)."""
-
-    name: str = "pair_classification"
-    head: str = "linear"
-    hard_loss: str = "cross_entropy"
-    soft_loss: str = "soft_cross_entropy"
-    metrics: tuple[str, ...] = ("accuracy", "f1")
-    pair: bool | None = True
-    is_regression: bool = False
-
-    def num_outputs(self, num_labels: int) -> int:
-        return num_labels
-
-
-@dataclass(frozen=True)
-class Regression:
-    """Real-valued score of a sentence or a pair (STS-B style)."""
-
-    name: str = "regression"
-    head: str = "linear"
-    hard_loss: str = "mse"
-    soft_loss: str = "mse_score"
-    metrics: tuple[str, ...] = ("pearson", "spearman")
-    pair: bool | None = None
-    is_regression: bool = True
-
-    def num_outputs(self, num_labels: int) -> int:
-        return 1
+TASK_TYPES: dict[str, TaskType] = {t.name: t for t in (
+    TaskType("classification", "linear", "cross_entropy", "soft_cross_entropy",
+             ("accuracy", "f1"), pair=False,
+             description="Single-sentence classification (SST-2, CoLA style)."),
+    TaskType("pair_classification", "linear", "cross_entropy", "soft_cross_entropy",
+             ("accuracy", "f1"), pair=True,
+             description="Sentence-pair classification (MNLI, RTE, MRPC, BoolQ style)."),
+    TaskType("regression", "linear", "mse", "mse_score", ("pearson", "spearman"), pair=None,
+             is_regression=True,
+             description="Real-valued score of a sentence or a pair (STS-B style)."),
+    # Per query: P@1 (the best-scored candidate is right) and MRR; not a pair accuracy.
+    TaskType("ranking", "ranking", "candidate_cross_entropy", "soft_cross_entropy",
+             ("p@1", "mrr"), pair=True, layout=QUERY_CANDIDATES,
+             description="Pairwise ranking as MT-DNN does QNLI: a query, several candidates, "
+                         "a softmax over the candidates' scores; the label is the index of "
+                         "the right candidate."),
+)}
 
 
-@dataclass(frozen=True)
-class Ranking:
-    """Pairwise ranking as MT-DNN does QNLI: a query, several candidates, a softmax over
-    the candidates' scores; the label is the index of the right candidate."""
-
-    name: str = "ranking"
-    head: str = "ranking"
-    hard_loss: str = "candidate_cross_entropy"
-    soft_loss: str = "soft_cross_entropy"
-    metrics: tuple[str, ...] = ("p@1", "mrr")
-    """Per query: P@1 (the best-scored candidate is right) and MRR; not a pair accuracy."""
-    pair: bool | None = True
-    is_regression: bool = False
-
-    def num_outputs(self, num_labels: int) -> int:
-        return 1  # one score per (query, candidate); softmax over the candidates
-
-
-TASK_TYPES: dict[str, TaskType] = {
-    t.name: t for t in (Classification(), PairClassification(), Regression(), Ranking())
-}
+def lookup(table: Mapping[str, T], name: str, what: str) -> T:
+    """``table[name]``; KeyError naming ``what`` was unknown and listing the valid names."""
+    try:
+        return table[name]
+    except KeyError:
+        raise KeyError(f"unknown {what} {name!r}; valid: {', '.join(table)}") from None
 
 
 def task_type(name: str) -> TaskType:
     """The task type called ``name``; KeyError lists the valid names."""
-    try:
-        return TASK_TYPES[name]
-    except KeyError:
-        raise KeyError(f"unknown task type {name!r}; valid: {', '.join(TASK_TYPES)}") from None
+    return lookup(TASK_TYPES, name, "task type")

@@ -113,7 +113,7 @@ def _run_trials(ctx: StageContext, todo: list[tuple[Member, str]], total: int,
         tune.with_resources(train_member_trial, resources),
         param_space={"trial": tune.grid_search(space)},
         tune_config=tune.TuneConfig(max_concurrent_trials=teachers.max_concurrent,
-                                    scheduler=scheduler, reuse_actors=False,
+                                    scheduler=scheduler, reuse_actors=teachers.reuse_actors,
                                     trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
             name=run_name, storage_path=store.full_path(TEACHER_TUNE_RUNS),

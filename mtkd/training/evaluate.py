@@ -13,7 +13,6 @@ from mtkd.data.columns import random_access_columns
 from mtkd.metrics import average_score, compute_task_metrics, labelled
 from mtkd.model.infer import model_inputs as model_inputs  # re-exported for the loop
 from mtkd.model.infer import predict_rows
-from mtkd.padding import pad_rows
 from mtkd.progress import EVERY_SECONDS, Progress
 from mtkd.tasks.spec import TaskSpec
 
@@ -41,7 +40,7 @@ def predict_outputs(model: torch.nn.Module, spec: TaskSpec, split: datasets.Data
                            on_batch=watch.update if watch else None)
     if not outputs:
         return np.zeros((0,), dtype=np.float32)
-    return pad_rows(outputs) if spec.kind.head == "ranking" else np.stack(outputs)
+    return spec.kind.layout.stack(outputs)
 
 
 def evaluate(model: torch.nn.Module, specs: Mapping[str, TaskSpec],

@@ -35,6 +35,7 @@ from mtkd.training.loop import (
     TrainingLoop,
     total_optimizer_steps,
 )
+from mtkd.training.steptiming import StepTimes, TimedBackend
 
 
 @dataclass
@@ -93,7 +94,8 @@ def build_training_loop(config: ExperimentConfig, data: PreparedTasks, *, encode
                         name: str = "train", log_every: int = 50,
                         model: MTDNN | None = None,
                         data_parallel: bool = False,
-                        precision_key: str = "teachers.training.precision") -> TrainingLoop:
+                        precision_key: str = "teachers.training.precision",
+                        step_times: StepTimes | None = None) -> TrainingLoop:
     """Model, sampler and plain-PyTorch backend for one run, ready to ``run``.
 
     ``model`` starts from an existing MT-DNN instead of the pretrained ``encoder``.
@@ -102,7 +104,8 @@ def build_training_loop(config: ExperimentConfig, data: PreparedTasks, *, encode
     (``total_steps`` shrinks accordingly), gradients are averaged with DDP, and rank 0's
     dev score decides keep-best and early stopping on every rank (only rank 0 keeps the
     best weights). ``training.precision`` is resolved on ``device`` (``precision_key``
-    names it in errors).
+    names it in errors). ``step_times``: record every step's timing into it
+    (:class:`~mtkd.training.steptiming.TimedBackend`; the same results).
     """
     world, rank = 1, 0
     if data_parallel:
@@ -114,13 +117,15 @@ def build_training_loop(config: ExperimentConfig, data: PreparedTasks, *, encode
                             num_layers=num_layers, dropout=training.dropout, seed=seed)
     sampler = make_sampler(data.train, config, training, seed, num_shards=world,
                            shard_index=rank)
-    backend: TorchBackend | DataParallelBackend = TorchBackend(
+    backend: TorchBackend | DataParallelBackend | TimedBackend = TorchBackend(
         model, training, total_optimizer_steps(training, len(sampler)), device,
         precision_key=precision_key)
     score, decide = None, None
     if data_parallel:
         backend = DataParallelBackend(backend, several_tasks=len(data.specs) > 1)
         score, decide = rank0_score(backend.device), rank0_decision(backend.device)
+    if step_times is not None:
+        backend = TimedBackend(backend, step_times)
     return TrainingLoop(backend, LoopData(data.specs, data.train, data.dev, teachers or {}),
                         training, sampler=sampler, kd=kd, hooks=hooks, name=name,
                         log_every=log_every, score=score, keep_best_in_memory=rank == 0,

@@ -383,3 +383,26 @@ def test_pruning_keeps_only_the_best_step_named_by_the_checkpoint(tmp_path: Path
     prune_best_weights(store, None)
     assert store.list("best") == []
     prune_best_weights(Storage.from_uri(str(tmp_path / "empty")), 5)  # nothing there: fine
+
+
+def test_pruning_with_an_async_upload_also_keeps_the_previous_checkpoints_best(
+        tmp_path: Path) -> None:
+    from mtkd.storage import Storage
+    from mtkd.student.worker import best_weights_file, prune_best_weights
+
+    store = Storage.from_uri(str(tmp_path))
+    for step in (10, 20, 30):
+        store.write_bytes(best_weights_file(step), b"w")
+    prune_best_weights(store, 30, 10)
+    assert store.list("best") == ["step-00000010.safetensors", "step-00000030.safetensors"]
+
+
+def test_zero_overrides_go_over_the_generated_zero_section(tiny_encoder_dir: Path,
+                                                           process_group: None) -> None:
+    config = student("fp32", zero=2)
+    engine = DeepSpeedBackend(fresh_model(tiny_encoder_dir), config, 2, 1,
+                              zero_overrides={"contiguous_gradients": False})
+    assert engine.config["zero_optimization"] == {"stage": 2, "contiguous_gradients": False}
+    assert engine.engine.zero_contiguous_gradients() is False
+    plain = DeepSpeedBackend(fresh_model(tiny_encoder_dir), config, 2, 1)
+    assert plain.config["zero_optimization"] == {"stage": 2}

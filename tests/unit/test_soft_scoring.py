@@ -38,7 +38,7 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, Any]]:
         seen.append((splits, precision))
         return OUTPUT_SCHEMA.empty_table()
 
-    monkeypatch.setattr(soft_stage, "_infer_member", fake_infer)
+    monkeypatch.setattr(soft_stage, "infer_member", fake_infer)
     monkeypatch.setattr(soft_stage, "ensure_ray", lambda *a, **k: None)
     return seen
 
