@@ -242,6 +242,8 @@ def student_worker(loop_config: dict[str, Any]) -> None:
                 final.train_seconds, 1e-9), "world_size": world,
             "precision": backend.resolved.to_json(), "loss_scale": backend.loss_scale(),
             "keep": student.keep, "best_step": final.best_step,
+            "hidden_teacher": ({"member": hidden_teacher, "weight": student.kd.hidden_weight,
+                                "layers": model.pairs} if hidden_teacher else None),
             "best_score": final.best_score})
         log.info("finished at step %d: dev average %.2f", final.step,
                  final.history[-1]["average"] if final.history else float("nan"))
