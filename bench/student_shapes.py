@@ -4,7 +4,11 @@ Real data: the first ``--examples`` rows of the bundled rotten_tomatoes train sp
 tokenized with the bundled all-MiniLM-L6-v2 tokenizer (max length 64). Every variant runs
 in a fresh child process (so its peak memory is its own), one after another, round by
 round (order reversed on odd rounds); ratios are medians of per-round ratios. Precision is
-what ``auto`` resolves to on this CPU (bf16 where native, else fp32); 2 torch threads.
+what ``auto`` resolves to on this CPU (bf16 where native, else fp32); ``--threads`` torch
+threads (default 1) with ``OMP_WAIT_POLICY=PASSIVE``. The figures are ratios of this
+process's CPU seconds for the same work (``time.process_time``: on a shared 2-core
+machine other processes stretch wall time 5-20x, CPU time much less); wall-clock ratios
+are printed beside them.
 
 * **inference** (``narrow_student_speedup``): mtkd's length-sorted prediction
   (``predict_outputs``, batch 64) with the 6 x 384 student (all-MiniLM-L6-v2) and the
@@ -21,6 +25,7 @@ what ``auto`` resolves to on this CPU (bf16 where native, else fp32); 2 torch th
   the children's peak resident memory (ru_maxrss).
 
     python bench/student_shapes.py [--rounds 3] [--examples 1024] [--steps 20] [--narrow]
+                                   [--threads 1]
 
 Ends with ``RESULT narrow_student_speedup`` (6x256 / 6x384 inference ex/s; goal >= 1.8),
 ``RESULT hidden_distill_step_overhead`` (step seconds with / without) and ``RESULT
@@ -81,7 +86,7 @@ def child(name: str, args: argparse.Namespace) -> dict:
     from mtkd.model.shape import EncoderShape
     from mtkd.pretrained import resolve_encoder_dir
 
-    set_threads(2)
+    set_threads(args.threads)
     kind, layers, hidden, distil = VARIANTS[name]
     precision = bench_precision()
     spec, rows = load_data(args.examples)
@@ -94,19 +99,21 @@ def child(name: str, args: argparse.Namespace) -> dict:
         from mtkd.training.evaluate import predict_outputs
 
         predict_outputs(model, spec, rows.select(range(128)), precision=precision)  # warm
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         predict_outputs(model, spec, rows, batch_size=64, precision=precision)
-        rate = len(rows) / (time.perf_counter() - start)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        rates = {"rate": len(rows) / cpu, "wall_rate": len(rows) / wall}
     else:
-        rate = _step_rate(model, folder, spec, rows, distil, precision, args)
+        rates = _step_rate(model, folder, spec, rows, distil, precision, args)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB
-    return {"rate": rate, "peak_mib": peak, "precision": precision,
+    return {**rates, "peak_mib": peak, "precision": precision,
             "params": sum(p.numel() for p in model.parameters())}
 
 
 def _step_rate(model: object, folder: Path, spec: object, rows: object, distil: bool,
-               precision: str, args: argparse.Namespace) -> float:
-    """Seconds per training step (forward, loss, backward, AdamW) after the warm-up."""
+               precision: str, args: argparse.Namespace) -> dict[str, float]:
+    """CPU and wall seconds per training step (forward, loss, backward, AdamW) after the
+    warm-up: {"rate": CPU s, "wall_rate": wall s}."""
 
     from mtkd.config import KDConfig, SamplingConfig, TrainingConfig
     from mtkd.data.sampler import MultiTaskBatchSampler
@@ -126,10 +133,10 @@ def _step_rate(model: object, folder: Path, spec: object, rows: object, distil: 
                                                 SamplingConfig(), seed=0)
     loader_rows, collate = MultiTaskRows({spec.name: rows}), CollateFn({spec.name: spec}, 0)
     batches = sampler.batches(0)[: args.warmup + args.steps]
-    times = []
+    cpu, wall = [], []
     for i, b in enumerate(batches):
         batch = collate([loader_rows[(b.task, j)] for j in b.indices])
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         out = backend.forward(spec.name, model_inputs(batch, backend.device))
         aux = None
         if isinstance(out, WithAuxLoss):
@@ -138,15 +145,17 @@ def _step_rate(model: object, folder: Path, spec: object, rows: object, distil: 
         backend.backward(loss + aux if aux is not None else loss)
         backend.step()
         if i >= args.warmup:
-            times.append(time.perf_counter() - start)
-    return sum(times) / len(times)
+            wall.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - start_cpu)
+    return {"rate": sum(cpu) / len(cpu), "wall_rate": sum(wall) / len(wall)}
 
 
 def run_child(name: str, args: argparse.Namespace) -> dict:
     out = subprocess.run([sys.executable, __file__, "--child", name, "--examples",
                           str(args.examples), "--steps", str(args.steps), "--warmup",
-                          str(args.warmup)], capture_output=True, text=True, timeout=900,
-                         check=True, cwd=ROOT)
+                          str(args.warmup), "--threads", str(args.threads)],
+                         capture_output=True, text=True, timeout=900, check=True, cwd=ROOT,
+                         env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -156,6 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--examples", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--narrow", action="store_true", help="also time step_6x256_hidden")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -172,26 +182,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"round {r} {name}: {results[name][-1]}", flush=True)
     rows = [[n, VARIANTS[n][0], results[n][0]["precision"], f"{results[n][0]['params']:,}",
              " ".join(f"{x['rate']:.4g}" for x in results[n]),
+             " ".join(f"{x['wall_rate']:.4g}" for x in results[n]),
              f"{max(x['peak_mib'] for x in results[n]):.0f}"] for n in names]
-    print("\nrate: inference ex/s, or training seconds per step\n")
+    print("\nrate: inference ex per CPU second (wall: per second), or CPU (wall) seconds "
+          "per training step\n")
     print(markdown_table(["variant", "kind", "precision", "parameters", "rate per round",
-                          "peak MiB"], rows))
+                          "wall rate per round", "peak MiB"], rows))
 
-    def rates(name: str) -> list[float]:
-        return [x["rate"] for x in results[name]]
+    def ratio(a: str, b: str, key: str = "rate") -> float:
+        return paired_ratio([x[key] for x in results[a]], [x[key] for x in results[b]])
 
-    def peaks(name: str) -> list[float]:
-        return [x["peak_mib"] for x in results[name]]
-
-    print(f"RESULT narrow_student_speedup "
-          f"{paired_ratio(rates('infer_6x256'), rates('infer_6x384')):.3f}")
-    print(f"RESULT hidden_distill_step_overhead "
-          f"{paired_ratio(rates('step_3x384_hidden'), rates('step_3x384')):.3f}")
-    print(f"RESULT hidden_distill_memory_ratio "
-          f"{paired_ratio(peaks('step_3x384_hidden'), peaks('step_3x384')):.3f}")
+    print(f"wall clock: narrow {ratio('infer_6x256', 'infer_6x384', 'wall_rate'):.3f}, "
+          f"step {ratio('step_3x384_hidden', 'step_3x384', 'wall_rate'):.3f}")
     if args.narrow:
         print(f"narrow 6x256 distilled step / 3x384 output-only step: "
-              f"{paired_ratio(rates('step_6x256_hidden'), rates('step_3x384')):.3f}")
+              f"{ratio('step_6x256_hidden', 'step_3x384'):.3f}")
+    print(f"RESULT narrow_student_speedup {ratio('infer_6x256', 'infer_6x384'):.3f}")
+    print(f"RESULT hidden_distill_step_overhead {ratio('step_3x384_hidden', 'step_3x384'):.3f}")
+    print(f"RESULT hidden_distill_memory_ratio "
+          f"{ratio('step_3x384_hidden', 'step_3x384', 'peak_mib'):.3f}")
     return 0
 
 

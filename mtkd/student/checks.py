@@ -30,17 +30,17 @@ def _student_encoder(config: ExperimentConfig) -> tuple[str, str]:
 
 
 def shape_problems(config: ExperimentConfig, local: Path | None) -> list[Problem]:
-    """The student's shape against its encoder in ``local`` (None: not checked)."""
-    from mtkd.model.shape import shaped_parameters, student_shape
+    """student.hidden_size against the student's encoder in ``local`` (None: not
+    checked). Its depth is checked by :func:`mtkd.encoder_checks.depth_problems`."""
+    from mtkd.model.shape import EncoderShape, shaped_parameters
 
-    student = config.student
-    if local is None or (student.hidden_size is None and student.layer_selection == "first"):
-        return []  # first-k depth: encoder_checks.depth_problems
+    width = config.student.hidden_size
+    if local is None or width is None:
+        return []
     try:
-        shaped_parameters(local, student_shape(student))
+        shaped_parameters(local, EncoderShape(hidden_size=width))
     except MtkdError as exc:
-        key = "student.hidden_size" if "hidden_size" in str(exc) else "student.num_layers"
-        return [Problem(key, str(exc))]
+        return [Problem("student.hidden_size", str(exc))]
     except (OSError, ValueError):
         return []  # an unreadable config.json is named by length_problems
     return []
