@@ -180,6 +180,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in names if r % 2 == 0 else reversed(names):
             results[name].append(run_child(name, args))
             print(f"round {r} {name}: {results[name][-1]}", flush=True)
+    summarise(results, names, args.narrow)
+    return 0
+
+
+def summarise(results: dict[str, list[dict]], names: list[str], narrow: bool) -> None:
+    """The table of every round, the wall-clock ratios and the RESULT lines."""
     rows = [[n, VARIANTS[n][0], results[n][0]["precision"], f"{results[n][0]['params']:,}",
              " ".join(f"{x['rate']:.4g}" for x in results[n]),
              " ".join(f"{x['wall_rate']:.4g}" for x in results[n]),
@@ -194,14 +200,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print(f"wall clock: narrow {ratio('infer_6x256', 'infer_6x384', 'wall_rate'):.3f}, "
           f"step {ratio('step_3x384_hidden', 'step_3x384', 'wall_rate'):.3f}")
-    if args.narrow:
+    if narrow:
         print(f"narrow 6x256 distilled step / 3x384 output-only step: "
               f"{ratio('step_6x256_hidden', 'step_3x384'):.3f}")
     print(f"RESULT narrow_student_speedup {ratio('infer_6x256', 'infer_6x384'):.3f}")
     print(f"RESULT hidden_distill_step_overhead {ratio('step_3x384_hidden', 'step_3x384'):.3f}")
     print(f"RESULT hidden_distill_memory_ratio "
           f"{ratio('step_3x384_hidden', 'step_3x384', 'peak_mib'):.3f}")
-    return 0
 
 
 if __name__ == "__main__":
