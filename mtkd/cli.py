@@ -173,9 +173,14 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from mtkd.config import config_to_yaml, load_config
 
     config = load_config(args.config, args.overrides)
-    from mtkd.encoder_checks import check_encoders, tokenizer_groups
+    from mtkd.encoder_checks import check_encoders, local_encoder_dir, tokenizer_groups
 
     unchecked = check_encoders(config, args.config, local_only=True)
+    student_dir = local_encoder_dir(config.student.encoder or config.encoder.path)
+    if student_dir is not None:
+        from mtkd.student.checks import describe_student
+
+        print(describe_student(config, student_dir))
     groups, _ = tokenizer_groups(config, local_only=True)
     if len(groups) > 1 or (groups and len(groups[0][2]) > 1):
         print(f"tokenizers: {len(groups)} distinct (prepare tokenizes every task once per "

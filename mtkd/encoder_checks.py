@@ -8,6 +8,9 @@
   (:func:`mtkd.pretrained.max_tokens`): longer inputs would fail or be silently wrong.
 * **Depth.** ``encoder.num_layers`` / ``student.num_layers`` may not exceed the layers of
   their encoder (it would fail in every worker, retried until the run gives up).
+* **Student shape and representation teacher** (:mod:`mtkd.student.checks`): width and
+  layer selection against the student's encoder; the representation teacher's tokenizer
+  must be the student's.
 
 Used by ``mtkd validate`` (``local_only``: encoders already on this machine — a local
 folder, a cached bundled asset, s3:// copy or Hugging Face Hub snapshot — are checked;
@@ -77,7 +80,7 @@ def tokenizer_difference(first: Path, second: Path) -> str | None:
     return None
 
 
-def _local_encoder_dir(path: str) -> Path | None:
+def local_encoder_dir(path: str) -> Path | None:
     """The encoder's directory if it can be read without a download, else None."""
     if path.startswith(BUNDLED_PREFIX):
         try:
@@ -113,7 +116,7 @@ def length_problems(config: ExperimentConfig) -> list[Problem]:
         paths.setdefault(path, key)
     problems = []
     for path, key in paths.items():
-        local = _local_encoder_dir(path)
+        local = local_encoder_dir(path)
         if local is None:
             continue
         try:
@@ -156,7 +159,7 @@ def tokenizer_groups(config: ExperimentConfig, local_only: bool = False
     first: Path | None = None
     unchecked = []
     for key, path in keys.items():
-        if local_only and _local_encoder_dir(path) is None:
+        if local_only and local_encoder_dir(path) is None:
             unchecked.append(key)
             continue
         try:
@@ -191,7 +194,7 @@ def depth_problems(config: ExperimentConfig) -> list[Problem]:
                "student.encoder" if config.student.encoder else "encoder.path")]
     problems = []
     for key, layers, path, where in wanted:
-        local = _local_encoder_dir(path) if layers else None
+        local = local_encoder_dir(path) if layers else None
         if local is None:
             continue
         try:
@@ -223,7 +226,7 @@ def check_encoders(config: ExperimentConfig, source: str, local_only: bool = Fal
             raise ConfigError(problems, source)
     unchecked = []
     for key, path in {"encoder.path": config.encoder.path, **encoder_keys(config)}.items():
-        if not local_only or _local_encoder_dir(path) is not None:
+        if not local_only or local_encoder_dir(path) is not None:
             continue
         if parse_hub_id(path) is not None and _hub_offline():
             try:  # offline and not cached: it cannot be fetched later either
@@ -234,7 +237,11 @@ def check_encoders(config: ExperimentConfig, source: str, local_only: bool = Fal
         unchecked.append(key)
     if problems:
         raise ConfigError(problems, source)
-    problems = length_problems(config) + depth_problems(config)
+    from mtkd.student.checks import student_problems
+
+    paths = {config.encoder.path, *encoder_keys(config).values()}
+    problems = (length_problems(config) + depth_problems(config)
+                + student_problems(config, {p: local_encoder_dir(p) for p in paths}))
     if problems:
         raise ConfigError(problems, source)
     return unchecked

@@ -239,7 +239,13 @@ ARTIFACTS: tuple[ArtifactKind, ...] = (
 )
 KINDS = {kind.name: kind for kind in ARTIFACTS}
 
-LATER_KEYS: dict[str, Any] = {"tasks.pairwise_origin": False}
+LATER_KEYS: dict[str, Any] = {
+    "tasks.pairwise_origin": False,
+    # student shapes and representation distillation (issue 18)
+    "student.layer_selection": "first", "student.hidden_size": None,
+    "student.kd.hidden_weight": 0.0, "student.kd.hidden_teacher": "best",
+    "student.kd.hidden_layers": None,
+}
 """Keys added after lineages were first recorded, with the value every earlier config
 implicitly had: such a key enters a lineage only when set to something else, so artifacts
 built before it existed keep their lineages (and stay reusable). A per-task key counts as

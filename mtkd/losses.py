@@ -18,7 +18,7 @@ the host: means are sums divided by ``max(count, 1)``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -212,3 +212,43 @@ def task_loss(spec: TaskSpec, outputs: Tensor, labels: Tensor,
     soft = soft_loss(spec, outputs, teacher, kd.soft_loss, kd.temperature)
     w = float(kd.soft_weight)
     return LossParts((1.0 - w) * hard + w * soft, hard, soft)
+
+
+class WithAuxLoss(NamedTuple):
+    """What a training-time model wrapper returns instead of bare outputs: the outputs the
+    task losses read, and a loss of its own (a float32 scalar, already weighted) that the
+    training loop adds to the batch's loss (representation distillation,
+    :mod:`mtkd.student.hidden`)."""
+
+    outputs: Tensor
+    aux_loss: Tensor
+
+
+def hidden_state_loss(student: Sequence[Tensor], teacher: Sequence[Tensor],
+                      attention_mask: Tensor,
+                      projection: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    """Representation distillation (TinyBERT, Jiao et al. 2020, eq. 8; XtremeDistil,
+    Mukherjee et al. 2021, section 3): the mean over the given layer pairs of
+    MSE(projection(h_s), h_t), averaged over real tokens (``attention_mask`` [N, T], 1 for
+    real tokens) and over the teacher's hidden dimensions.
+
+    ``student[i]`` [N, T, H_s] is matched to ``teacher[i]`` [N, T, H_t];
+    ``projection`` maps H_s to H_t (a learned linear map when the widths differ; None:
+    identity, the widths must be equal). Teacher states carry no gradient. Computed in
+    float32; returns a float32 scalar (0 with a gradient when no token is real). Raises
+    ValueError when the lists differ in length or the widths do not match."""
+    if len(student) != len(teacher) or not student:
+        raise ValueError(f"hidden_state_loss needs as many student as teacher layers (>= 1), "
+                         f"got {len(student)} and {len(teacher)}")
+    keep = attention_mask.to(torch.float32).unsqueeze(-1)  # [N, T, 1]
+    tokens = keep.sum().clamp_min(1.0)
+    total = torch.zeros((), dtype=torch.float32, device=attention_mask.device)
+    for hs, ht in zip(student, teacher, strict=True):
+        mapped = projection(hs) if projection is not None else hs
+        target = ht.detach().to(torch.float32)
+        if mapped.shape != target.shape:
+            raise ValueError(f"student states {tuple(mapped.shape)} (after the projection) do "
+                             f"not match teacher states {tuple(target.shape)}")
+        diff = (mapped.to(torch.float32) - target) * keep
+        total = total + (diff * diff).sum() / (tokens * target.shape[-1])
+    return total / len(student)

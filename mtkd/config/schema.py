@@ -575,10 +575,36 @@ class KDConfig:
     teacher distribution p is taken at tau (p ** (1/tau), renormalised), the student's
     softmax at tau, and the soft term is multiplied by tau**2. 1: the paper. Not used by
     mse_logits."""
+    hidden_weight: float = 0.0
+    """Weight of representation (hidden-state) distillation, added to every batch's loss
+    (XtremeDistil, Mukherjee et al. 2021; TinyBERT, Jiao et al. 2020, eq. 8): the mean over
+    the mapped layers of the MSE, over real tokens and dimensions, between the student's
+    hidden states (through a learned linear projection when its width differs from the
+    teacher's; trained with the student, not exported) and those of hidden_teacher, run
+    frozen in eval mode inside every student worker at the student's resolved precision.
+    0: off (outputs only). The representation teacher costs its forward pass per step
+    (docs/BENCHMARKS.md: hidden_distill_step_overhead)."""
+    hidden_teacher: str = "best"
+    """The member whose hidden states the student matches: best (the finished member with
+    the highest dev average among those that read the student's tokenization) or a
+    member's name (m000, or <task>.m000 with teachers.shape per_task). Its tokenizer must
+    be the student's (the teacher reads the student's inputs): validate refuses a member
+    whose encoder tokenizes differently."""
+    hidden_layers: list[int] | None = None
+    """The layer map: for each student layer (1..S), the teacher layer (0 = embeddings,
+    1..T) it is matched to. null: uniform, student layer i <- teacher layer
+    round(i * T / S) (the last to the last)."""
 
     def problems(self, path: str) -> list[Problem]:
         found: list[Problem] = []
         _in_range(found, f"{path}.soft_weight", self.soft_weight, 0.0, 1.0)
+        _at_least(found, f"{path}.hidden_weight", self.hidden_weight, 0.0)
+        if self.hidden_layers is not None and (
+                not self.hidden_layers or min(self.hidden_layers) < 0):
+            found.append(Problem(f"{path}.hidden_layers",
+                                 f"must be a non-empty list of teacher layers >= 0, got "
+                                 f"{self.hidden_layers}",
+                                 "give one teacher layer per student layer, or null (uniform)"))
         if self.temperature <= 0:
             found.append(Problem(f"{path}.temperature", f"must be > 0, got {self.temperature}",
                                  "use 1.0 to 4.0"))
@@ -616,7 +642,19 @@ class StudentConfig:
     teachers': prepare tokenizes every task once per distinct tokenizer, the student reads
     its own encoder's, and soft targets join it by uid."""
     num_layers: int | None = 3
-    """Keep the first k layers of the student's encoder (null: all), as XtremeDistil does."""
+    """Layers of the student's encoder to keep (null: all), as XtremeDistil does; which
+    ones: layer_selection."""
+    layer_selection: Literal["first", "every_nth"] = "first"
+    """first: the first num_layers layers; every_nth: num_layers layers spread evenly,
+    layer round(i * L / num_layers) for i = 1..num_layers of the L (12 -> 6: 2, 4, ..., 12;
+    DistilBERT's every other layer)."""
+    hidden_size: int | None = None
+    """Width of the student (null: its encoder's). A smaller width (e.g. 256 or 192 from
+    MiniLM's 384) is initialised from the pretrained matrices: one truncated-SVD basis of
+    the word embeddings projects every residual-stream matrix, heads keep their size (the
+    strongest r / head_size heads are kept), the feed-forward width shrinks by the same
+    ratio (strongest neurons kept); see mtkd/model/shape.py. Must be a multiple of the
+    encoder's head size; BERT-layout encoders only (BERT, RoBERTa, MiniLM)."""
     distill: bool = True
     """Train on soft targets; false trains the MT-DNN baseline through the same code path."""
     baseline: bool = False
@@ -690,6 +728,12 @@ class StudentConfig:
     def problems(self, path: str) -> list[Problem]:
         found: list[Problem] = []
         _at_least(found, f"{path}.num_layers", self.num_layers, 1)
+        _at_least(found, f"{path}.hidden_size", self.hidden_size, 1)
+        if self.kd.hidden_weight > 0 and not self.distill:
+            found.append(Problem(f"{path}.kd.hidden_weight",
+                                 f"is {self.kd.hidden_weight} but {path}.distill is false (the "
+                                 "baseline learns from hard labels only)",
+                                 f"set {path}.distill: true, or {path}.kd.hidden_weight: 0"))
         _at_least(found, f"{path}.num_workers", self.num_workers, 1)
         _at_least(found, f"{path}.checkpoint_every", self.checkpoint_every, 1)
         _at_least(found, f"{path}.checkpoint_minutes", self.checkpoint_minutes, 0.0)

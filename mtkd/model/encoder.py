@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -64,16 +64,27 @@ def find_layers(model: nn.Module) -> tuple[nn.Module, str, nn.ModuleList]:
 
 def truncate_layers(model: PreTrainedModel, num_layers: int) -> PreTrainedModel:
     """Keep the first ``num_layers`` transformer blocks (in place) and fix the config."""
-    parent, attr, layers = find_layers(model)
+    layers = find_layers(model)[2]
     if not 1 <= num_layers <= len(layers):
         raise MtkdError(f"cannot keep {num_layers} layers of a {len(layers)}-layer "
                         f"{model.config.model_type} encoder (fix: set num_layers between 1 "
                         f"and {len(layers)})")
-    setattr(parent, attr, nn.ModuleList(list(layers)[:num_layers]))
-    model.config.num_hidden_layers = num_layers
+    return select_layers(model, range(num_layers))
+
+
+def select_layers(model: PreTrainedModel, indices: Sequence[int]) -> PreTrainedModel:
+    """Keep the transformer blocks at ``indices`` (0-based, in that order; in place) and
+    fix the config's layer count (and ``layer_types`` where the config has them)."""
+    parent, attr, layers = find_layers(model)
+    indices = list(indices)
+    if not indices or any(not 0 <= i < len(layers) for i in indices):
+        raise MtkdError(f"layer indices {indices} are outside the {len(layers)} layers "
+                        f"of the {model.config.model_type} encoder")
+    setattr(parent, attr, nn.ModuleList([layers[i] for i in indices]))
+    model.config.num_hidden_layers = len(indices)
     layer_types = getattr(model.config, "layer_types", None)
     if isinstance(layer_types, list):
-        model.config.layer_types = layer_types[:num_layers]
+        model.config.layer_types = [layer_types[i] for i in indices]
     return model
 
 
@@ -165,4 +176,4 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str = "cls") -
 
 
 __all__ = ["POOLINGS", "find_layers", "load_encoder", "pool", "quiet_transformers",
-           "truncate_layers", "uses_token_types"]
+           "select_layers", "truncate_layers", "uses_token_types"]

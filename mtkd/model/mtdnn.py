@@ -24,6 +24,7 @@ from transformers import PreTrainedModel
 from mtkd.errors import MtkdError
 from mtkd.model.encoder import POOLINGS, load_encoder, pool, uses_token_types
 from mtkd.model.heads import LinearHead, RankingHead, SANClassifier
+from mtkd.model.shape import EncoderShape
 from mtkd.tasks.spec import TaskSpec
 
 BATCH_KEYS = ("input_ids", "attention_mask", "token_type_ids", "candidate_mask")
@@ -126,9 +127,9 @@ class MTDNN(nn.Module):
         N = ``candidate_mask.sum()``, in row-major order."""
         head = self._head(task)
         if isinstance(head, RankingHead):
-            mask = (attention_mask.any(-1) if candidate_mask is None else candidate_mask).bool()
-            ids, am = input_ids[mask], attention_mask[mask]  # [N, T]
-            types = token_type_ids[mask] if token_type_ids is not None else None
+            mask = self._candidates(attention_mask, candidate_mask)
+            ids, am, types = self.encoder_rows(task, input_ids, attention_mask, token_type_ids,
+                                               candidate_mask)
             hidden, layers = self.encode(ids, am, types, all_layers)
             return head(pool(hidden, am, self.pooling), mask), layers
         hidden, layers = self.encode(input_ids, attention_mask, token_type_ids, all_layers)
@@ -136,6 +137,26 @@ class MTDNN(nn.Module):
             return head(hidden, *_san_masks(attention_mask, token_type_ids)), layers
         out = head(pool(hidden, attention_mask, self.pooling))
         return (out.squeeze(-1) if self.specs[task].kind.is_regression else out), layers
+
+    @staticmethod
+    def _candidates(attention_mask: torch.Tensor,
+                    candidate_mask: torch.Tensor | None) -> torch.Tensor:
+        return (attention_mask.any(-1) if candidate_mask is None else candidate_mask).bool()
+
+    def encoder_rows(self, task: str, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     token_type_ids: torch.Tensor | None = None,
+                     candidate_mask: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The rows ``task``'s batch puts through the encoder: (ids, attention mask, token
+        types), each [N, T]. The batch itself (N = B) except for ranking, whose [B, K, T]
+        inputs give their real candidates only (N = ``candidate_mask.sum()``, row-major).
+        Another encoder that reads the same rows (a representation teacher) gets states
+        that align with :meth:`forward_with_hidden`'s."""
+        if not isinstance(self._head(task), RankingHead):
+            return input_ids, attention_mask, token_type_ids
+        mask = self._candidates(attention_mask, candidate_mask)
+        types = token_type_ids[mask] if token_type_ids is not None else None
+        return input_ids[mask], attention_mask[mask], types
 
     def forward(self, task: str, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None,
@@ -179,16 +200,22 @@ def _san_masks(attention_mask: torch.Tensor,
 
 def build_mtdnn(encoder_dir: str | Path, specs: Sequence[TaskSpec], num_layers: int | None = None,
                 dropout: float | None = 0.1, pooling: str = "cls", san: bool = False,
-                seed: int = 0, san_steps: int = 5, san_step_dropout: float = 0.1) -> MTDNN:
+                seed: int = 0, san_steps: int = 5, san_step_dropout: float = 0.1, *,
+                shape: EncoderShape | None = None) -> MTDNN:
     """A fresh MT-DNN: the pretrained encoder in ``encoder_dir`` (first ``num_layers``
-    layers) and newly initialized heads for ``specs``.
+    layers, or cut to ``shape``: layers and width, see :mod:`mtkd.model.shape`) and newly
+    initialized heads for ``specs``.
 
     ``dropout`` is the heads' dropout and, unless None, also overrides the encoder's hidden
     and attention dropout (None keeps the checkpoint's, and heads use its hidden dropout).
     """
     if not specs:
         raise MtkdError("an MT-DNN needs at least one task")
+    if shape is not None and num_layers is not None:
+        raise ValueError("give num_layers or shape, not both")
     encoder = load_encoder(encoder_dir, num_layers=num_layers, dropout=dropout)
+    if shape is not None:
+        encoder = shape.apply(encoder)
     head_dropout = dropout if dropout is not None else float(
         getattr(encoder.config, "hidden_dropout_prob", 0.1))
     options = HeadOptions(pooling=pooling, dropout=head_dropout, san=san, san_steps=san_steps,

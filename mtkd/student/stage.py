@@ -53,10 +53,11 @@ from mtkd.records import EnsembleRef, StudentRecord, digest
 from mtkd.resources import on_gpu, ray_resources
 from mtkd.storage import Storage
 from mtkd.student.deepspeed_backend import CHECKPOINT_TAG
+from mtkd.student.hidden import representation_teacher, student_weights
 from mtkd.student.predictions import predictions_bytes, predictions_file, run_content
 from mtkd.student.worker import best_weights_file, load_safetensors, student_worker
 from mtkd.training.evaluate import evaluate
-from mtkd.training.recipe import build_model, load_prepared_tasks
+from mtkd.training.recipe import build_student, load_prepared_tasks
 
 log = logging.getLogger("mtkd")
 
@@ -105,11 +106,14 @@ def run_config(config: ExperimentConfig, run: StudentRun) -> ExperimentConfig:
 
 
 def run_lineage(config: ExperimentConfig, run: StudentRun, data: dict[str, str],
-                soft: dict[str, str] | None) -> str:
+                soft: dict[str, str] | None, hidden: str | None = None) -> str:
     """A student run's lineage: the declared student settings, the lineages of every
-    task's tokenized data and, when it distils, of every task's soft targets."""
-    return lineage("student_run", run_config(config, run),
-                   inputs={"data": data, "soft": soft if run.distill else None},
+    task's tokenized data and, when it distils, of every task's soft targets and (with
+    representation distillation) the lineage of its representation teacher, ``hidden``."""
+    inputs: dict[str, Any] = {"data": data, "soft": soft if run.distill else None}
+    if run.distill and hidden is not None:
+        inputs["hidden_teacher"] = hidden
+    return lineage("student_run", run_config(config, run), inputs=inputs,
                    instance=dataclasses.asdict(run))
 
 
@@ -119,7 +123,8 @@ def train_run_name(run: StudentRun, lineage: str) -> str:
     return f"{run.name}-{lineage[:10]}"
 
 
-def _train(ctx: StageContext, run: StudentRun, run_lineage: str) -> Any:
+def _train(ctx: StageContext, run: StudentRun, run_lineage: str,
+           hidden_teacher: str | None) -> Any:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -129,7 +134,8 @@ def _train(ctx: StageContext, run: StudentRun, run_lineage: str) -> Any:
         student_worker,
         train_loop_config={"experiment": config_to_dict(config, redact=False),
                            "run": dataclasses.asdict(run),
-                           "storage": Storage.from_uri(config.storage_path).uri},
+                           "storage": Storage.from_uri(config.storage_path).uri,
+                           "hidden_teacher": hidden_teacher if run.distill else None},
         scaling_config=ScalingConfig(num_workers=student.num_workers, use_gpu=on_gpu(per_worker),
                                      resources_per_worker=per_worker),
         run_config=RunConfig(
@@ -164,20 +170,19 @@ def export_run(config: ExperimentConfig, store: Storage, run: StudentRun, checkp
     encoder = config.student.encoder or config.encoder.path
     tokenization = encoder_tokenization(store, encoder)
     data = load_prepared_tasks(store, [t.name for t in config.tasks], tokenization)
-    model = build_model(config, list(data.specs.values()), encoder=encoder,
-                        num_layers=config.student.num_layers,
-                        dropout=config.student.training.dropout, seed=run.seed)
+    model = build_student(config, list(data.specs.values()), seed=run.seed)
     state_path = f"{student_dir(run.name)}/train_state.json"
     trained = store.read_json(state_path) if store.exists(state_path) else {}
     best, steps = trained.get("best_step"), trained.get("steps")
     if config.student.keep == "best" and best is not None and best != steps:
-        model.load_state_dict(load_safetensors(
-            store.child(student_dir(run.name)).read_bytes(best_weights_file(best))))
+        model.load_state_dict(student_weights(load_safetensors(
+            store.child(student_dir(run.name)).read_bytes(best_weights_file(best)))))
         log.info("[student] %s: keeping the weights of step %d of %d (best dev score %.2f; "
                  "student.keep: best)", run.name, best, steps, trained.get("best_score"))
     else:
         with checkpoint.as_directory() as folder:
-            model.load_state_dict(consolidate(Path(folder), config.student.zero_stage))
+            model.load_state_dict(student_weights(
+                consolidate(Path(folder), config.student.zero_stage)))
     selected = {"keep": config.student.keep, "step": best if (
         config.student.keep == "best" and best is not None) else steps, "steps": steps}
     from mtkd.data.tokenize import load_tokenizer
@@ -273,8 +278,13 @@ def run_student(ctx: StageContext) -> dict[str, Any]:
     ensemble = (EnsembleRef(soft_manifest["output_fingerprint"],
                             list(soft_manifest.get("members", []))) if soft_manifest else None)
     # the lineages of the tokenization the student reads (its encoder's)
-    data = task_lineages(store, encoder_tokenization(
-        store, config.student.encoder or config.encoder.path))
+    tokenization = encoder_tokenization(store, config.student.encoder or config.encoder.path)
+    data = task_lineages(store, tokenization)
+    hidden = (representation_teacher(store, config.student.kd.hidden_teacher, tokenization)
+              if config.student.distill and config.student.kd.hidden_weight > 0 else None)
+    if hidden is not None:
+        log.info("[student] representation teacher: member %s (dev average %.2f)",
+                 hidden["name"], hidden["average"])
     summaries: dict[str, StudentRecord] = {}
     checked = False
 
@@ -286,7 +296,7 @@ def run_student(ctx: StageContext) -> dict[str, Any]:
         "student", "report.precision", config.report.precision, device()))
 
     for run in plan_runs(config):
-        expected = run_lineage(config, run, data, soft)
+        expected = run_lineage(config, run, data, soft, hidden["lineage"] if hidden else None)
         record = (None if ctx.rebuild else
                   reusable(store, student_record(run.name), expected, StudentRecord))
         if record is not None:
@@ -310,7 +320,7 @@ def run_student(ctx: StageContext) -> dict[str, Any]:
                  + f" ({len(ensemble.members)} members)"
                  if run.distill and ensemble else "hard labels only (baseline)")
         with tempfile.TemporaryDirectory():
-            result = _train(ctx, run, expected)
+            result = _train(ctx, run, expected, hidden["name"] if hidden else None)
         if result.error is not None:
             raise MtkdError(f"student run {run.name} failed: {result.error}")
         summary = StudentRecord(lineage=expected, name=run.name, seed=run.seed,

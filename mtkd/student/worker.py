@@ -29,9 +29,11 @@ from mtkd.config import ExperimentConfig, config_from_dict
 from mtkd.data.prepared import encoder_tokenization
 from mtkd.experiment import experiment_store
 from mtkd.padding import pad_rows
+from mtkd.precision import resolve_here
 from mtkd.resources import ray_resources, work_device
 from mtkd.storage import Storage
-from mtkd.student.deepspeed_backend import DeepSpeedBackend, mixed_precision
+from mtkd.student.deepspeed_backend import PRECISION_KEY, DeepSpeedBackend, mixed_precision
+from mtkd.student.hidden import RepresentationDistillation, load_teacher
 from mtkd.tracking import Tracker
 from mtkd.training.checkpoint import load_checkpoint, save_checkpoint
 from mtkd.training.data import TeacherArrays, align_by_uid
@@ -46,7 +48,7 @@ from mtkd.training.loop import (
 )
 from mtkd.training.recipe import (
     PreparedTasks,
-    build_model,
+    build_student,
     load_prepared_tasks,
     make_sampler,
     rank0_decision,
@@ -149,14 +151,20 @@ def student_worker(loop_config: dict[str, Any]) -> None:
                                encoder_tokenization(store, encoder))
     teachers = teacher_arrays(store, data, config) if run["distill"] else {}
 
-    model = build_model(config, list(data.specs.values()), encoder=encoder,
-                        num_layers=student.num_layers, dropout=training.dropout,
-                        seed=run["seed"])
+    model = build_student(config, list(data.specs.values()), seed=run["seed"])
     sampler = make_sampler(data.train, config, training, run["seed"], num_shards=world,
                            shard_index=rank)
     device = work_device(ray_resources(student.worker_resources), train_worker=True)
+    resolved = resolve_here(training.precision, device, PRECISION_KEY)
+    hidden_teacher = loop_config.get("hidden_teacher")
+    if hidden_teacher:  # representation distillation: the student with its projection
+        model = RepresentationDistillation(
+            model, load_teacher(store, hidden_teacher), student.kd.hidden_weight,
+            student.kd.hidden_layers, resolved.precision)
+        log.info("representation distillation from %s (weight %g), layers %s",
+                 hidden_teacher, student.kd.hidden_weight, model.pairs)
     backend = DeepSpeedBackend(model, student, total_optimizer_steps(training, len(sampler)),
-                               world, device=device)
+                               world, device=device, resolved=resolved)
     times = StepTimes()  # checkpoint, save and report seconds; steps with step_timing
     loop = TrainingLoop(TimedBackend(backend, times) if student.step_timing else backend,
                         LoopData(data.specs, data.train, data.dev, teachers),
@@ -221,6 +229,8 @@ def student_worker(loop_config: dict[str, Any]) -> None:
             start_step=start_step,
             params={"run": run, "training": dataclasses.asdict(training),
                     "kd": dataclasses.asdict(student.kd), "num_layers": student.num_layers,
+                    "layer_selection": student.layer_selection,
+                    "hidden_size": student.hidden_size, "hidden_teacher": hidden_teacher,
                     "encoder": student.encoder or config.encoder.path, "workers": world})
     loop.hooks = chain_hooks(
         LoopHooks(on_checkpoint=times.timed_hook(save),
@@ -257,6 +267,8 @@ def student_worker(loop_config: dict[str, Any]) -> None:
                 final.train_seconds, 1e-9), "world_size": world,
             "precision": backend.resolved.to_json(), "loss_scale": backend.loss_scale(),
             "keep": student.keep, "best_step": final.best_step,
+            "hidden_teacher": ({"member": hidden_teacher, "weight": student.kd.hidden_weight,
+                                "layers": model.pairs} if hidden_teacher else None),
             "best_score": final.best_score})
         log.info("finished at step %d: dev average %.2f", final.step,
                  final.history[-1]["average"] if final.history else float("nan"))

@@ -1,7 +1,9 @@
 """The multi-task training loop: one core for teachers, the student and the baseline.
 
 Each micro-batch comes from one task (MT-DNN); the loss is the task's hard loss, or, for
-a task with teacher targets, the weighted mean of hard and soft losses. The loop owns
+a task with teacher targets, the weighted mean of hard and soft losses, plus the model's
+own term when its forward returns :class:`~mtkd.losses.WithAuxLoss` (representation
+distillation). The loop owns
 progress (steps, epochs, position in the epoch, RNG), dev evaluation, keep-best and early
 stopping; a :class:`~mtkd.training.backend.Backend` owns the optimizer step. Everything
 needed to resume (the JSON-able :class:`LoopState` plus :func:`capture_rng`) is handed to
@@ -27,7 +29,7 @@ import torch
 
 from mtkd.config import KDConfig, TrainingConfig
 from mtkd.data.sampler import MultiTaskBatchSampler
-from mtkd.losses import TeacherTargets, task_loss
+from mtkd.losses import TeacherTargets, WithAuxLoss, task_loss
 from mtkd.progress import Progress
 from mtkd.tasks.spec import TaskSpec
 from mtkd.training.backend import Backend
@@ -305,10 +307,15 @@ class TrainingLoop:
             for batch in loader:
                 task, spec = batch["task"], self.data.specs[batch["task"]]
                 outputs = backend.forward(task, model_inputs(batch, device))
+                aux = None
+                if isinstance(outputs, WithAuxLoss):  # a training wrapper's own loss term
+                    outputs, aux = outputs
                 labels = batch["labels"].to(device, non_blocking=True)
                 teacher = _teacher_targets(self.data.teachers.get(task), batch["indices"],
                                            device)
                 loss = task_loss(spec, outputs, labels, teacher, self.kd).total
+                if aux is not None:
+                    loss = loss + aux
                 # Data-parallel: a short batch's weight < 1 (see the sampler), so the
                 # shards' averaged gradient is the mean over the global batch's examples.
                 weight = batch.get("weight", 1.0)

@@ -22,6 +22,7 @@ from mtkd.data.prepared import read_prepared, read_task_spec
 from mtkd.data.sampler import MultiTaskBatchSampler
 from mtkd.data.tokenize import load_tokenizer
 from mtkd.model.mtdnn import MTDNN, build_mtdnn
+from mtkd.model.shape import EncoderShape, student_shape
 from mtkd.pretrained import resolve_encoder_dir
 from mtkd.storage import Storage
 from mtkd.tasks.spec import TaskSpec
@@ -68,12 +69,23 @@ def make_sampler(train: Mapping[str, datasets.Dataset], config: ExperimentConfig
 
 
 def build_model(config: ExperimentConfig, specs: Sequence[TaskSpec], *, encoder: str,
-                num_layers: int | None, dropout: float, seed: int) -> MTDNN:
-    """An MT-DNN from the experiment's head settings and the given encoder."""
+                num_layers: int | None, dropout: float, seed: int,
+                shape: EncoderShape | None = None) -> MTDNN:
+    """An MT-DNN from the experiment's head settings and the given encoder (its first
+    ``num_layers`` layers, or cut to ``shape``)."""
     return build_mtdnn(resolve_encoder_dir(encoder), list(specs), num_layers=num_layers,
                        dropout=dropout, pooling=config.encoder.pooling, san=config.heads.san,
                        seed=seed, san_steps=config.heads.san_steps,
-                       san_step_dropout=config.heads.san_step_dropout)
+                       san_step_dropout=config.heads.san_step_dropout, shape=shape)
+
+
+def build_student(config: ExperimentConfig, specs: Sequence[TaskSpec], seed: int) -> MTDNN:
+    """The student MT-DNN before training: student.encoder (or encoder.path) cut to the
+    student's shape (student.num_layers, layer_selection, hidden_size)."""
+    student = config.student
+    return build_model(config, specs, encoder=student.encoder or config.encoder.path,
+                       num_layers=None, dropout=student.training.dropout, seed=seed,
+                       shape=student_shape(student))
 
 
 @dataclass

@@ -93,7 +93,7 @@ SPECIAL = {  # keys whose values have a shape no type-driven rule can guess
     "teachers.variation.members": [{"seed": 7}],
     "teachers.variation.seed": [1, 2, 3],
     "teachers.variation.encoder": ["/models/a"],
-    "student.seeds": [0, 1],
+    "student.seeds": [0, 1], "student.kd.hidden_teacher": "m001",
     "storage_path": "/elsewhere", "name": "other",
 }
 PRECISION_KEYS = {"teachers.training.precision", "soft_targets.precision",
