@@ -1,10 +1,10 @@
 """Large and mixed teachers: an ensemble of three all-mpnet-base-v2 members (110M
 parameters each), one of three all-MiniLM-L6-v2 members (22M) and a mixed one (two mpnet,
-one MiniLM: two tokenizers), each distilled into the same 3-layer MiniLM student, three
-student seeds each. Runs (or resumes) jobs/configs/large-teachers.yaml three times, the
-ensembles differing only in ``teachers.variation.encoder`` (seeds 1, 2, 3 in every one),
-and prints per ensemble the ensemble's and the students' dev and test averages, sizes and
-inference speed, then:
+one MiniLM: two tokenizers; models the other two trained, reused by lineage), each
+distilled into the same 3-layer MiniLM student, three student seeds each. Runs (or
+resumes) jobs/configs/large-teachers.yaml three times, the ensembles differing only in
+``teachers.variation`` (seeds 1, 2, 3 in every one), and prints per ensemble the
+ensemble's and the students' dev and test averages, sizes and inference speed, then:
 
     RESULT mpnet_teacher_gain <points>   KD student from the mpnet ensemble minus KD student
                                          from the MiniLM ensemble, test average, mean of seeds
@@ -33,15 +33,38 @@ from common import markdown_table  # noqa: E402
 from quality import with_test_averages  # noqa: E402
 
 MPNET, MINILM = "bundled:all-mpnet-base-v2", "bundled:all-MiniLM-L6-v2"
-ENSEMBLES = {"mpnet": [MPNET], "minilm": [MINILM], "mixed": [MPNET, MINILM]}
-"""Encoder lists of teachers.variation.encoder (grid over seeds 1, 2, 3 x encoders: the
-mixed ensemble's three members are seed 1 mpnet, seed 1 MiniLM, seed 2 mpnet)."""
+SEEDS = (1, 2, 3)
+MIXED = ((1, MPNET), (2, MINILM), (3, MPNET))
+"""The mixed ensemble: member i is member i of the mpnet or the MiniLM ensemble (same seed,
+encoder, data and hyper-parameters), so its trained model and predictions are reused."""
 
 
 def overrides_for(ensemble: str, base_name: str) -> list[str]:
-    encoders = ",".join(ENSEMBLES[ensemble])
-    return [f"name={base_name.rsplit('-', 1)[0]}-{ensemble}",
-            f"teachers.variation.encoder=[{encoders}]"]
+    """Overrides that make the config (the mpnet ensemble) into ``ensemble``'s."""
+    name = f"name={base_name.rsplit('-', 1)[0]}-{ensemble}"
+    if ensemble == "mixed":
+        members = ", ".join(f"{{seed: {seed}, encoder: '{encoder}'}}" for seed, encoder in MIXED)
+        return [name, "teachers.variation.strategy=list", f"teachers.variation.members=[{members}]"]
+    encoder = MPNET if ensemble == "mpnet" else MINILM
+    return [name, "teachers.variation.strategy=grid", f"teachers.variation.seed={list(SEEDS)}",
+            f"teachers.variation.encoder=[{encoder}]"]
+
+
+def seed_mixed_members(root: Path, base: str) -> None:
+    """Copy the trained members (``teachers/m00i``) and their predictions
+    (``soft_targets/_members/m00i``) the mixed ensemble shares with the other two into its
+    experiment; the teacher and soft stages reuse them only if their lineage matches (else
+    they train and predict anew)."""
+    import shutil
+
+    for index, (seed, encoder) in enumerate(MIXED):
+        source = root / f"{base}-{'mpnet' if encoder == MPNET else 'minilm'}"
+        assert SEEDS.index(seed) == index  # member i of its ensemble: the same name m00i
+        name = f"m{index:03d}"
+        for rel in (f"teachers/{name}", f"soft_targets/_members/{name}"):
+            target = root / f"{base}-mixed" / rel
+            if (source / rel).is_dir() and not target.exists():
+                shutil.copytree(source / rel, target)
 
 
 def summary(report: dict) -> dict[str, float]:
@@ -68,6 +91,8 @@ def run_ensemble(config: str, ensemble: str, extra: list[str]) -> Path:
 
     base = load_config(config, extra)
     overrides = [*extra, *overrides_for(ensemble, base.name)]
+    if ensemble == "mixed":
+        seed_mixed_members(Path(base.storage_path), base.name.rsplit("-", 1)[0])
     subprocess.run([sys.executable, "-m", "mtkd", "run", config, *overrides], check=True)
     loaded = load_config(config, overrides)
     root = Storage.from_uri(loaded.storage_path).child(loaded.name)
