@@ -234,25 +234,21 @@ def _kept_units(state: dict[str, torch.Tensor], head: int, small: PretrainedConf
 def _narrow(rule: str, value: torch.Tensor, p: torch.Tensor, heads: torch.Tensor | None,
             neurons: torch.Tensor | None) -> torch.Tensor:
     """One pretrained tensor brought to the narrow shape (see the module docstring)."""
-    if rule == "embedding":
-        return value @ p
-    if rule == "norm_scale":
-        return (p * p).T @ value
-    if rule == "stream_bias":
-        return p.T @ value
-    if rule == "head_in":
-        return value[heads] @ p
-    if rule == "head_bias":
-        return value[heads]
-    if rule == "head_out":
-        return p.T @ value[:, heads]
-    if rule == "ffn_in":
-        return value[neurons] @ p
-    if rule == "ffn_bias":
-        return value[neurons]
-    if rule == "ffn_out":
-        return p.T @ value[:, neurons]
-    raise AssertionError(rule)
+    return _NARROWING[rule](value, p, heads, neurons)
+
+
+_NARROWING: dict[str, Any] = {
+    # rule: (value, p [H, h], kept head rows, kept feed-forward neurons) -> narrow value
+    "embedding": lambda v, p, heads, neurons: v @ p,
+    "norm_scale": lambda v, p, heads, neurons: (p * p).T @ v,
+    "stream_bias": lambda v, p, heads, neurons: p.T @ v,
+    "head_in": lambda v, p, heads, neurons: v[heads] @ p,
+    "head_bias": lambda v, p, heads, neurons: v[heads],
+    "head_out": lambda v, p, heads, neurons: p.T @ v[:, heads],
+    "ffn_in": lambda v, p, heads, neurons: v[neurons] @ p,
+    "ffn_bias": lambda v, p, heads, neurons: v[neurons],
+    "ffn_out": lambda v, p, heads, neurons: p.T @ v[:, neurons],
+}
 
 
 def shaped_parameters(encoder_dir: str | Path, shape: EncoderShape
