@@ -32,11 +32,9 @@ def probe(n: int, seconds: float) -> dict:
     """In this process: GFLOP/s per dtype (one thread) and mtkd's view of the CPU."""
     import torch
 
-    from mtkd.precision import matmul_gflops_one_thread, probe_device, resolve_precision
+    from mtkd.precision import DTYPES, matmul_gflops_one_thread, probe_device, resolve_precision
 
-    rates = {name: matmul_gflops_one_thread(dtype, n, seconds)
-             for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16),
-                                 ("fp16", torch.float16))}
+    rates = {name: matmul_gflops_one_thread(dtype, n, seconds) for name, dtype in DTYPES.items()}
     info = probe_device("cpu")
     return {"gflops": rates, "aten": torch.backends.cpu.get_cpu_capability(),
             "native_bf16": info.native_bf16,

@@ -96,6 +96,7 @@ from s3server import S3Server, start_seaweedfs  # noqa: E402
 from mtkd.config import ExperimentConfig, RayConfig, config_from_dict  # noqa: E402
 from mtkd.config.schema import StudentConfig  # noqa: E402
 from mtkd.pipeline import experiment_store, run_pipeline  # noqa: E402
+from mtkd.precision import DTYPES  # noqa: E402
 from mtkd.student.worker import STEP_TIMING_DIR  # noqa: E402
 from mtkd.training.steptiming import StepTimes, TimedBackend  # noqa: E402
 
@@ -490,7 +491,7 @@ def run_variants(args: argparse.Namespace, storage: str, server: S3Server) -> Me
     print(f"Ray started in {time.perf_counter() - ray_start:.1f} s "
           f"({ray.cluster_resources().get('CPU', 0):.0f} CPU); S3 {server.endpoint_url}",
           flush=True)
-    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    dtype = DTYPES[args.precision]
     before = matmul_gflops(2048, dtype, 2.0)
     print(f"{args.precision} matmul ceiling before: {before:.0f} GFLOP/s", flush=True)
     names = list(chosen)

@@ -36,7 +36,6 @@ Ends with three ``RESULT`` lines (medians of per-round ratios).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import os
 import time
@@ -72,6 +71,7 @@ from mtkd.data.collate import collate
 from mtkd.data.sampler import Batch, MultiTaskBatchSampler
 from mtkd.data.tokenize import load_tokenizer, tokenize_split
 from mtkd.model.mtdnn import MTDNN, build_mtdnn, non_embedding_parameters
+from mtkd.precision import autocast
 from mtkd.pretrained import resolve_encoder_dir
 from mtkd.tasks.bundled import bundled_task
 from mtkd.tasks.spec import TaskSpec
@@ -303,8 +303,7 @@ def minimal_variant(setup: Setup, precision: str, *, freeze_word_embeddings: boo
 
         def step(batch: dict[str, Any]) -> None:
             t0 = time.perf_counter()
-            with (torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16"
-                  else contextlib.nullcontext()):
+            with autocast(torch.device("cpu"), precision):
                 logits = model(batch["task"], input_ids=batch["input_ids"],
                                attention_mask=batch["attention_mask"],
                                token_type_ids=batch["token_type_ids"])
