@@ -287,7 +287,8 @@ def estimate(config: ExperimentConfig, *, examples: dict[str, int] | None = None
 def render(result: Estimate) -> str:
     """The estimate as a short plain-text table."""
     lines = ["training examples per task:"]
-    lines += [f"  {task:<12} {n:>9,}  ({result.examples_source[task]})"
+    width = max((len(task) for task in result.examples), default=0)  # long names align too
+    lines += [f"  {task:<{width}} {n:>11,}  ({result.examples_source[task]})"
               for task, n in result.examples.items()]
     lines += ["", f"{'stage':<13} {'models':>6} {'examples':>14} {'steps':>10} "
               f"{'GPU-h':>9} {'GPUs':>5} {'wall h':>8}"]

@@ -166,3 +166,18 @@ def test_no_distillation_costs_no_teachers() -> None:
 def test_bad_parameters_are_user_errors(kwargs: dict, message: str) -> None:
     with pytest.raises(MtkdError, match=message):
         estimate(config_from_dict(SMALL), **kwargs)
+
+
+@pytest.mark.parametrize("names", [("sst2", "rte"), ("a", "a_very_long_task_name_indeed"),
+                                   ("x" * 40, "y")])
+def test_the_examples_table_aligns_whatever_the_task_names(names: tuple[str, str]) -> None:
+    from mtkd.estimate import render
+
+    tasks = [{**task, "name": name} for task, name in zip(SMALL["tasks"], names, strict=True)]
+    text = render(estimate(config_from_dict({**SMALL, "tasks": tasks}), rate=150.0,
+                           inference_factor=4.9, gpus=8, instance="p3.2xlarge"))
+    rows = [line for line in text.splitlines() if line.startswith("  ") and "(" in line]
+    assert [row.split()[0] for row in rows] == list(names)
+    # the counts end in one column, and the sources start in one column
+    assert len({row.index("(") for row in rows}) == 1
+    assert len({row.index("(") - len(row.split("(")[0].rstrip()) for row in rows}) == 1
