@@ -8,6 +8,38 @@ from pathlib import Path
 import pytest
 from s3server import S3Server, start_seaweedfs
 
+# ------------------------------------------------------------ one-process torch.distributed
+
+
+@pytest.fixture(scope="session")
+def _gloo_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A one-rank gloo default process group, initialised once for the whole session:
+    DeepSpeed caches the groups it sees, so a group destroyed and made again by another
+    test module leaves it holding a dead one ("Group ... is not registered")."""
+    import datetime
+
+    import torch.distributed as dist
+
+    init = tmp_path_factory.mktemp("pg") / "init"
+    dist.init_process_group("gloo", init_method=f"file://{init}", rank=0, world_size=1,
+                            timeout=datetime.timedelta(seconds=60))
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def process_group(_gloo_world: None) -> Iterator[None]:
+    """The session's one-rank process group, with the variables Ray Train's torch setup
+    exports for its worker (DeepSpeed checks LOCAL_RANK), set for one test module."""
+    with pytest.MonkeyPatch.context() as env:
+        for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0",
+                           "LOCAL_WORLD_SIZE": "1"}.items():
+            env.setenv(key, value)
+        yield
+
+
 # ------------------------------------------------------------------------ S3 (SeaweedFS)
 
 

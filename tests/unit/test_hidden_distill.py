@@ -170,13 +170,9 @@ def test_training_loop_adds_the_hidden_term(encoders: dict[str, Path]) -> None:
 
 
 def test_deepspeed_trains_student_and_projection_and_exports_the_student(
-        encoders: dict[str, Path], tmp_path: Path) -> None:
+        encoders: dict[str, Path], tmp_path: Path, process_group: None) -> None:
     """ZeRO-0 in one process: the engine's module is the wrapper; a step moves the student
     and the projection, never the teacher; the checkpoint consolidates into the student."""
-    import datetime
-
-    import torch.distributed as dist
-
     from mtkd.precision import DeviceInfo, Resolved
     from mtkd.student.deepspeed_backend import DeepSpeedBackend
     from mtkd.student.stage import consolidate
@@ -186,33 +182,24 @@ def test_deepspeed_trains_student_and_projection_and_exports_the_student(
         "student": {"training": {"precision": "fp32", "batch_size": 8, "learning_rate": 1e-2,
                                  "warmup_ratio": 0.0, "dropout": 0.0},
                     "kd": {"hidden_weight": 1.0}}}).student
-    env = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"}
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in env.items():
-            mp.setenv(key, value)
-        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0,
-                                world_size=1, timeout=datetime.timedelta(seconds=60))
-        try:
-            model = wrapped(encoders)
-            teacher = {k: v.clone() for k, v in model.teacher.state_dict().items()}
-            before = {k: v.clone() for k, v in model.state_dict().items()}
-            cpu = DeviceInfo(type="cpu", name="cpu", capability="AVX2", native_bf16=False)
-            backend = DeepSpeedBackend(model, config, 10, 1, device="cpu",
-                                       resolved=Resolved("fp32", "fp32", cpu))
-            for step in range(3):
-                out = backend.forward("sent", batch(seed=step))
-                assert isinstance(out, WithAuxLoss)
-                backend.backward(torch.nn.functional.cross_entropy(
-                    out.outputs, torch.zeros(8, dtype=torch.long)) + out.aux_loss)
-                assert backend.step()
-            after = model.state_dict()
-            assert not torch.equal(after[f"{PROJECTION}.weight"], before[f"{PROJECTION}.weight"])
-            assert not torch.equal(after["encoder.embeddings.word_embeddings.weight"],
-                                   before["encoder.embeddings.word_embeddings.weight"])
-            assert all(torch.equal(v, teacher[k]) for k, v in model.teacher.state_dict().items())
-            backend.save_state(tmp_path / "ckpt", 0)
-        finally:
-            dist.destroy_process_group()
+    model = wrapped(encoders)
+    teacher = {k: v.clone() for k, v in model.teacher.state_dict().items()}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cpu = DeviceInfo(type="cpu", name="cpu", capability="AVX2", native_bf16=False)
+    backend = DeepSpeedBackend(model, config, 10, 1, device="cpu",
+                               resolved=Resolved("fp32", "fp32", cpu))
+    for step in range(3):
+        out = backend.forward("sent", batch(seed=step))
+        assert isinstance(out, WithAuxLoss)
+        backend.backward(torch.nn.functional.cross_entropy(
+            out.outputs, torch.zeros(8, dtype=torch.long)) + out.aux_loss)
+        assert backend.step()
+    after = model.state_dict()
+    assert not torch.equal(after[f"{PROJECTION}.weight"], before[f"{PROJECTION}.weight"])
+    assert not torch.equal(after["encoder.embeddings.word_embeddings.weight"],
+                           before["encoder.embeddings.word_embeddings.weight"])
+    assert all(torch.equal(v, teacher[k]) for k, v in model.teacher.state_dict().items())
+    backend.save_state(tmp_path / "ckpt", 0)
     weights = student_weights(consolidate(tmp_path / "ckpt", 0))
     fresh = build_mtdnn(encoders["student"], FOUR_TASKS)
     fresh.load_state_dict(weights)  # strict: exactly the student's keys
