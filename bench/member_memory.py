@@ -67,8 +67,9 @@ def measure(encoder: str, precision: str, steps: int, warmup: int) -> dict:
     task = bundled_task("boolq")
     spec = task.spec(max_length=MAX_LENGTH, teacher=True)
     rows = task.load()["train"].select(range(BATCH * (steps + warmup)))
-    table = tokenize_split(rows, spec, load_tokenizer(encoder_dir))
-    pad_id = int(load_tokenizer(encoder_dir).pad_token_id or 0)
+    tokenizer = load_tokenizer(encoder_dir)
+    table = tokenize_split(rows, spec, tokenizer)
+    pad_id = int(tokenizer.pad_token_id or 0)
     batches = [collate([table[i] for i in range(b * BATCH, (b + 1) * BATCH)], pad_id)
                for b in range(steps + warmup)]
     before = _rss_bytes()

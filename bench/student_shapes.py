@@ -118,11 +118,11 @@ def _step_rate(model: object, folder: Path, spec: object, rows: object, distil: 
     from mtkd.config import KDConfig, SamplingConfig, TrainingConfig
     from mtkd.data.sampler import MultiTaskBatchSampler
     from mtkd.losses import WithAuxLoss, task_loss
+    from mtkd.model.infer import model_inputs
     from mtkd.model.mtdnn import build_mtdnn
     from mtkd.student.hidden import RepresentationDistillation
     from mtkd.training.backend import TorchBackend
     from mtkd.training.data import CollateFn, MultiTaskRows
-    from mtkd.training.evaluate import model_inputs
 
     if distil:
         teacher = build_mtdnn(folder, [spec])  # a 6 x 384 member's shape

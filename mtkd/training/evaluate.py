@@ -11,7 +11,6 @@ import torch
 
 from mtkd.data.columns import random_access_columns
 from mtkd.metrics import average_score, compute_task_metrics, labelled
-from mtkd.model.infer import model_inputs as model_inputs  # re-exported for the loop
 from mtkd.model.infer import predict_rows
 from mtkd.progress import EVERY_SECONDS, Progress
 from mtkd.tasks.spec import TaskSpec

@@ -30,11 +30,12 @@ import torch
 from mtkd.config import KDConfig, TrainingConfig
 from mtkd.data.sampler import MultiTaskBatchSampler
 from mtkd.losses import TeacherTargets, WithAuxLoss, task_loss
+from mtkd.model.infer import model_inputs
 from mtkd.progress import Progress
 from mtkd.tasks.spec import TaskSpec
 from mtkd.training.backend import Backend
 from mtkd.training.data import CollateFn, MultiTaskRows, TeacherArrays, epoch_loader
-from mtkd.training.evaluate import evaluate, model_inputs
+from mtkd.training.evaluate import evaluate
 
 log = logging.getLogger("mtkd")
 
