@@ -23,6 +23,7 @@ import json
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
@@ -374,15 +375,19 @@ class Storage:
         if self._scheme == "file":  # S3 needs no folders; creating markers costs requests
             os.makedirs(os.path.dirname(path), exist_ok=True)
 
-    def open_output(self, rel: str) -> pa.NativeFile:
-        """A writable stream to ``rel`` (not atomic: prefer :meth:`write_atomic` for manifests)."""
+    @contextmanager
+    def open_output(self, rel: str) -> Iterator[pa.NativeFile]:
+        """``with store.open_output(rel) as out``: a writable stream to ``rel``, closed on
+        leaving the block; a failed write or upload (S3 sends on close) raises StorageError.
+        Not atomic: prefer :meth:`write_atomic` for manifests."""
         with self._translate("writing", rel):
             self._ensure_parent(self.full_path(rel))
-            return self._fs.open_output_stream(self.full_path(rel))
+            with self._fs.open_output_stream(self.full_path(rel)) as out:
+                yield out
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         """Write ``data`` to ``rel``, replacing it (parent folders are created)."""
-        with self._translate("writing", rel), self.open_output(rel) as out:
+        with self.open_output(rel) as out:
             out.write(data)
 
     def write_text(self, rel: str, text: str) -> None:
@@ -445,7 +450,10 @@ class Storage:
 
     # ---------------------------------------------------------------- copy / delete / transfer
     def copy(self, src: str, dst: str) -> None:
-        """Copy file or folder ``src`` to ``dst`` (folders merge into an existing ``dst``)."""
+        """Copy file or folder ``src`` to ``dst`` (folders merge into an existing ``dst``).
+
+        On S3 each object is a server-side copy. Raises StorageError if any copy fails.
+        """
         info = self._info(src)
         if info.type == pafs.FileType.NotFound:
             raise StorageError(f"copying: not found: {self.uri_of(src)}")
@@ -454,8 +462,7 @@ class Storage:
                 self._ensure_parent(self.full_path(dst))
                 self._fs.copy_file(self.full_path(src), self.full_path(dst))
             else:
-                pafs.copy_files(self.full_path(src), self.full_path(dst),
-                                source_filesystem=self._fs, destination_filesystem=self._fs)
+                _copy_tree(self._fs, self.full_path(src), self._fs, self.full_path(dst))
 
     def delete(self, rel: str) -> None:
         """Delete file or folder ``rel`` with everything below it; missing is fine.
@@ -473,23 +480,72 @@ class Storage:
                     self._fs.delete_dir_contents(info.path, missing_dir_ok=True)
 
     def upload_dir(self, local_dir: str | os.PathLike[str], rel: str) -> None:
-        """Copy the local folder ``local_dir`` (recursively) to ``rel``."""
+        """Copy the local folder ``local_dir`` (recursively) to ``rel``.
+
+        Raises StorageError if any file fails to arrive whole (see :func:`_copy_tree`).
+        """
         local = os.path.abspath(os.fspath(local_dir))
         if not os.path.isdir(local):
             raise StorageError(f"uploading: local folder not found: {local}")
         with self._translate("uploading to", rel):
-            pafs.copy_files(local, self.full_path(rel), source_filesystem=pafs.LocalFileSystem(),
-                            destination_filesystem=self._fs)
+            _copy_tree(pafs.LocalFileSystem(), local, self._fs, self.full_path(rel))
 
     def download_dir(self, rel: str, local_dir: str | os.PathLike[str]) -> None:
-        """Copy folder ``rel`` (recursively) into the local folder ``local_dir``."""
+        """Copy folder ``rel`` (recursively) into the local folder ``local_dir``.
+
+        Raises StorageError if any file fails to arrive whole (see :func:`_copy_tree`).
+        """
         if not self.is_dir(rel):
             raise StorageError(f"downloading: folder not found: {self.uri_of(rel)}")
         local = os.path.abspath(os.fspath(local_dir))
         os.makedirs(local, exist_ok=True)
         with self._translate("downloading", rel):
-            pafs.copy_files(self.full_path(rel), local, source_filesystem=self._fs,
-                            destination_filesystem=pafs.LocalFileSystem())
+            _copy_tree(self._fs, self.full_path(rel), pafs.LocalFileSystem(), local)
+
+
+#: Files copied at once by :func:`_copy_tree` (S3 latency, not CPU, bounds a transfer).
+COPY_THREADS = 8
+#: Bytes read and written per step when streaming a file between filesystems.
+COPY_CHUNK_BYTES = 8 * 1024 * 1024
+
+
+def _copy_tree(src_fs: pafs.FileSystem, src: str, dst_fs: pafs.FileSystem, dst: str) -> None:
+    """Copy every file below ``src`` to the same relative path below ``dst``, then check
+    that each arrived with its size.
+
+    Not ``pyarrow.fs.copy_files``: it drops the error of a failed S3 upload (it surfaces
+    only as "Error ignored when destroying file" on stderr) and leaves an empty object
+    behind, so a model or checkpoint "uploaded" that way can be empty. Here each stream
+    is closed explicitly, so a failed PUT raises; within one filesystem a file is a
+    ``copy_file`` (server-side on S3). Raises OSError (the caller names the location).
+    """
+    src, dst = src.rstrip("/"), dst.rstrip("/")
+    files = [info for info in src_fs.get_file_info(pafs.FileSelector(src, recursive=True))
+             if info.type == pafs.FileType.File]
+    local_dst = isinstance(dst_fs, pafs.LocalFileSystem)
+
+    def one(info: pafs.FileInfo) -> tuple[str, int]:
+        target = f"{dst}/{info.path[len(src) + 1:]}"
+        if local_dst:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+        if src_fs is dst_fs:
+            dst_fs.copy_file(info.path, target)
+        else:
+            with src_fs.open_input_stream(info.path) as source, \
+                    dst_fs.open_output_stream(target) as sink:
+                while chunk := source.read(COPY_CHUNK_BYTES):
+                    sink.write(chunk)
+        return target, info.size
+
+    with ThreadPoolExecutor(max_workers=min(COPY_THREADS, max(1, len(files)))) as pool:
+        copied = list(pool.map(one, files))
+    if not copied:
+        return
+    arrived = dst_fs.get_file_info([target for target, _ in copied])
+    for (target, size), info in zip(copied, arrived, strict=True):
+        if info.type != pafs.FileType.File or info.size != size:
+            got = "missing" if info.type != pafs.FileType.File else f"{info.size} bytes"
+            raise OSError(f"{target} did not arrive whole ({got}, expected {size} bytes)")
 
 
 def _dump_json(obj: Any, sort_keys: bool) -> bytes:

@@ -29,6 +29,8 @@ from typing import Any
 # worker does), so every component gets a port P with P + 10000 free as well.
 _GRPC_OFFSET = 10000
 _COMPONENTS = ("master", "volume", "filer", "s3", "admin")
+VOLUME_SIZE_MB = 64
+MAX_VOLUMES = 4000
 
 
 def find_weed() -> str:
@@ -116,8 +118,14 @@ class S3Server:
                 self.process.wait(timeout=timeout_s)
 
 
-def start_seaweedfs(data_dir: Path, *, startup_timeout_s: float = 30.0) -> S3Server:
-    """Start ``weed mini`` with data in ``data_dir``; return once S3 answers requests."""
+def start_seaweedfs(data_dir: Path, *, startup_timeout_s: float = 30.0,
+                    max_volumes: int = MAX_VOLUMES) -> S3Server:
+    """Start ``weed mini`` with data in ``data_dir``; return once S3 answers requests.
+
+    ``max_volumes`` caps the volumes; each bucket that is written to takes one, so a
+    server with ``max_volumes=1`` answers 500 to every write into a second bucket (what a
+    full S3 server does), which tests use to check that failed uploads are reported.
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
     ports = dict(zip(_COMPONENTS, _free_port_pairs(len(_COMPONENTS)), strict=True))
     access_key = "test" + secrets.token_hex(8)
@@ -126,7 +134,13 @@ def start_seaweedfs(data_dir: Path, *, startup_timeout_s: float = 30.0) -> S3Ser
             "-ip.bind=127.0.0.1", "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0",
             "-s3.port.lance=0", "-master.telemetry=false",
             # like AWS: writing to a missing bucket fails instead of creating it
-            "-s3.autoCreateBucket=false"]
+            "-s3.autoCreateBucket=false",
+            # Every bucket is a collection with volumes of its own, and weed sizes the
+            # volume count from free disk / volume size (1 GiB each with room): with
+            # 22 GiB free the 22nd bucket got "No writable volumes" (a 500 on PUT).
+            # Small volumes and a fixed, generous count make the server's capacity
+            # independent of the machine's free disk.
+            f"-master.volumeSizeLimitMB={VOLUME_SIZE_MB}", f"-volume.max={max_volumes}"]
     for name, port in ports.items():
         args += [f"-{name}.port={port}", f"-{name}.port.grpc={port + _GRPC_OFFSET}"]
     if len(str(data_dir)) < 80:  # unix socket paths are limited to ~108 bytes

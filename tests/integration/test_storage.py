@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import pickle
+import re
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
-from s3server import RequestRecorder, S3Server, free_port
+from s3server import RequestRecorder, S3Server, free_port, start_seaweedfs
 
 from mtkd.errors import StorageError
 from mtkd.storage import SINGLE_PUT_BYTES, Storage
@@ -318,3 +320,74 @@ def test_s3_silent_endpoint_times_out_fast(
             store.check_access()
         assert time.monotonic() - start < 15
 
+
+
+# ------------------------------------------------------------------ a server that fails writes
+
+
+@pytest.fixture(scope="module")
+def full_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A SeaweedFS with room for one bucket's data: its first bucket takes the only
+    volume, so every write into another bucket is answered with a 500 (InternalError)."""
+    server = start_seaweedfs(tmp_path_factory.mktemp("full-seaweedfs"), max_volumes=1)
+    try:
+        server.client().put_object(Bucket=server.create_bucket(), Key="first", Body=b"x")
+        yield server
+    finally:
+        server.stop(timeout_s=3)  # it may hang on its failed writes; killed then
+
+
+def _full_store(full_s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> Storage:
+    for var, value in (("AWS_ENDPOINT_URL", full_s3.endpoint_url),
+                       ("AWS_ACCESS_KEY_ID", full_s3.access_key),
+                       ("AWS_SECRET_ACCESS_KEY", full_s3.secret_key),
+                       ("AWS_REGION", "us-east-1"), ("AWS_EC2_METADATA_DISABLED", "true")):
+        monkeypatch.setenv(var, value)
+    return Storage.from_uri(f"s3://{full_s3.create_bucket()}/prefix", max_attempts=1)
+
+
+def _model_folder(root: Path) -> Path:
+    (root / "encoder").mkdir(parents=True)
+    (root / "encoder" / "config.json").write_text('{"hidden_size": 4}')
+    (root / "mtdnn.json").write_text('{"specs": []}')
+    (root / "heads.safetensors").write_bytes(bytes(range(256)) * 64)
+    return root
+
+
+# Every way mtkd writes to S3, each given a failing server: each must raise a StorageError
+# naming the location, and leave no object behind that looks written. (pyarrow's
+# copy_files, which upload_dir used, swallowed the 500 and left empty objects: a model
+# "uploaded" that way loaded as "mtdnn.json is not valid JSON".)
+WRITES = {
+    "write_bytes": lambda store, tmp: store.write_bytes("a/b.bin", b"payload"),
+    "write_json": lambda store, tmp: store.write_json("a/c.json", {"k": 1}),
+    "write_atomic small": lambda store, tmp: store.write_atomic("m.json", b"{}"),
+    "write_atomic large": lambda store, tmp: store.write_atomic(
+        "m.bin", b"x" * (SINGLE_PUT_BYTES + 1)),
+    "upload_dir": lambda store, tmp: store.upload_dir(_model_folder(tmp / "model"), "model"),
+    "upload_dir multipart": lambda store, tmp: store.upload_dir(_big_folder(tmp / "big"), "big"),
+    "open_output": lambda store, tmp: _write_stream(store),
+}
+
+
+def _big_folder(root: Path) -> Path:
+    root.mkdir()
+    (root / "weights.bin").write_bytes(b"w" * (12 * 1024 * 1024))  # above one 10 MB part
+    return root
+
+
+def _write_stream(store: Storage) -> None:
+    with store.open_output("stream.bin") as out:
+        out.write(b"chunk")
+
+
+@pytest.mark.s3
+@pytest.mark.parametrize("write", list(WRITES))
+def test_a_failed_s3_write_raises_and_leaves_nothing(
+        write: str, full_s3: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    store = _full_store(full_s3, monkeypatch)
+    with pytest.raises(StorageError, match=rf"{re.escape(store.uri)}/\S+ failed: "
+                                           r".*(INTERNAL_FAILURE|InternalError)"):
+        WRITES[write](store, tmp_path)
+    left = full_s3.client().list_objects_v2(Bucket=store.uri.split("/")[2])
+    assert left.get("Contents", []) == []
