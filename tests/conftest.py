@@ -66,3 +66,28 @@ def model_dir(tiny_encoder_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     model = build_mtdnn(tiny_encoder_dir, FOUR_TASKS, seed=3)
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_encoder_dir))
     return save_mtdnn(model, tokenizer, tmp_path_factory.mktemp("four-tasks") / "model")
+
+
+# ------------------------------------------------------------------------ DeepSpeed
+
+
+@pytest.fixture(scope="module")
+def process_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A one-rank gloo process group, as Ray Train sets it up for one worker (DeepSpeed
+    engines join it)."""
+    import datetime
+
+    import torch.distributed as dist
+
+    init = tmp_path_factory.mktemp("pg") / "init"
+    with pytest.MonkeyPatch.context() as env:
+        # What Ray Train's torch setup exports for its worker (DeepSpeed checks LOCAL_RANK).
+        for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0",
+                           "LOCAL_WORLD_SIZE": "1"}.items():
+            env.setenv(key, value)
+        dist.init_process_group("gloo", init_method=f"file://{init}", rank=0, world_size=1,
+                                timeout=datetime.timedelta(seconds=60))
+        try:
+            yield
+        finally:
+            dist.destroy_process_group()

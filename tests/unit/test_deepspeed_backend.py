@@ -5,9 +5,7 @@ and checkpoint round trips in both mixed-precision modes."""
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import itertools
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -97,24 +95,6 @@ def test_offload_only_applies_to_zero_stages_that_partition() -> None:
 
 
 # ------------------------------------------------------------------------ engines
-
-
-@pytest.fixture(scope="module")
-def process_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    import torch.distributed as dist
-
-    init = tmp_path_factory.mktemp("pg") / "init"
-    with pytest.MonkeyPatch.context() as env:
-        # What Ray Train's torch setup exports for its worker (DeepSpeed checks LOCAL_RANK).
-        for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0",
-                           "LOCAL_WORLD_SIZE": "1"}.items():
-            env.setenv(key, value)
-        dist.init_process_group("gloo", init_method=f"file://{init}", rank=0, world_size=1,
-                                timeout=datetime.timedelta(seconds=60))
-        try:
-            yield
-        finally:
-            dist.destroy_process_group()
 
 
 def batches(n: int) -> list[tuple[dict[str, torch.Tensor], torch.Tensor]]:
