@@ -245,6 +245,8 @@ LATER_KEYS: dict[str, Any] = {
     "student.layer_selection": "first", "student.hidden_size": None,
     "student.kd.hidden_weight": 0.0, "student.kd.hidden_teacher": "best",
     "student.kd.hidden_layers": None,
+    # staged student training (issue 18 item 3): none, one stage with kd's weights
+    "student.stages": [],
 }
 """Keys added after lineages were first recorded, with the value every earlier config
 implicitly had: such a key enters a lineage only when set to something else, so artifacts

@@ -30,7 +30,7 @@ from mtkd.padding import PAD_SCORE, real_candidates
 from mtkd.tasks.spec import TaskSpec
 
 if TYPE_CHECKING:
-    from mtkd.config.schema import KDConfig
+    from mtkd.config.schema import KDConfig, StageLoss
 
 
 
@@ -202,14 +202,24 @@ def soft_loss(spec: TaskSpec, outputs: Tensor,
 
 def task_loss(spec: TaskSpec, outputs: Tensor, labels: Tensor,
               teacher: TeacherTargets | Mapping[str, Tensor | None] | None,
-              kd: KDConfig) -> LossParts:
+              kd: KDConfig, weights: StageLoss | None = None) -> LossParts:
     """The loss of one task's batch: with a teacher,
     ``(1 - kd.soft_weight) * hard + kd.soft_weight * soft`` (0.5: the paper's average of the
-    hard and soft objectives); without one (``teacher`` None), the hard loss alone."""
+    hard and soft objectives); without one (``teacher`` None), the hard loss alone.
+
+    ``weights`` (a stage of staged training, :mod:`mtkd.training.stages`) replaces
+    kd.soft_weight: ``weights.hard * hard + weights.soft * soft`` with a teacher,
+    ``(weights.hard + weights.soft) * hard`` without (the soft share falls back to the
+    labels, as without stages); ``weights.hidden`` is the model's own term (not added
+    here)."""
     hard = hard_loss(spec, outputs, labels)
     if teacher is None:
-        return LossParts(hard, hard, None)
+        if weights is None:
+            return LossParts(hard, hard, None)
+        return LossParts((weights.hard + weights.soft) * hard, hard, None)
     soft = soft_loss(spec, outputs, teacher, kd.soft_loss, kd.temperature)
+    if weights is not None:
+        return LossParts(weights.hard * hard + weights.soft * soft, hard, soft)
     w = float(kd.soft_weight)
     return LossParts((1.0 - w) * hard + w * soft, hard, soft)
 

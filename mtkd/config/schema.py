@@ -612,6 +612,98 @@ class KDConfig:
 
 
 @dataclass
+class StageLoss:
+    """The loss weights of one training stage (XtremeDistil's stages: representations, then
+    soft targets, then hard labels). A batch's loss is ``hard`` x hard-label loss + ``soft``
+    x soft-target loss (for a task without a teacher: (hard + soft) x hard-label loss, as
+    without stages) + ``hidden`` x representation loss (student.kd's hidden-state MSE
+    against student.kd.hidden_teacher)."""
+
+    hidden: float = 0.0
+    """Weight of representation (hidden-state) distillation; > 0 in any stage loads the
+    representation teacher (student.kd.hidden_teacher) into every student worker."""
+    soft: float = 0.0
+    """Weight of the soft-target objective (student.kd.soft_loss at student.kd.temperature)."""
+    hard: float = 0.0
+    """Weight of the hard-label objective."""
+
+    def problems(self, path: str) -> list[Problem]:
+        found: list[Problem] = []
+        for name in ("hidden", "soft", "hard"):
+            _at_least(found, f"{path}.{name}", getattr(self, name), 0.0)
+        if self.hidden <= 0 and self.soft <= 0 and self.hard <= 0:
+            found.append(Problem(path, "every weight is 0 (the stage would learn nothing)",
+                                 f"give {path}.hidden, soft or hard a weight > 0"))
+        return found
+
+
+@dataclass
+class UnfreezeConfig:
+    """Gradual unfreezing within a stage (ULMFiT, Howard & Ruder 2018, section 3.3;
+    XtremeDistil, Mukherjee et al. 2021, section 3): the encoder trains from the top layer
+    down, one more layer at a time, the embeddings last. Frozen parameters get a zero
+    gradient and no optimizer update (no AdamW step, no weight decay)."""
+
+    start_layers: int = 1
+    """Encoder layers trainable when the stage starts, counted from the top (1: only the
+    last layer). The embeddings count as the layer below layer 1: start_layers greater
+    than the student's layers makes everything trainable."""
+    every_epochs: float | None = None
+    """Unfreeze one more layer (then the embeddings) every this many epochs of the stage
+    (rounded up to optimizer steps). null (and every_steps null): the trainable layers stay
+    start_layers for the whole stage."""
+    every_steps: int | None = None
+    """The same in optimizer steps (instead of every_epochs)."""
+
+    def problems(self, path: str) -> list[Problem]:
+        found: list[Problem] = []
+        _at_least(found, f"{path}.start_layers", self.start_layers, 1)
+        if self.every_epochs is not None and self.every_epochs <= 0:
+            found.append(Problem(f"{path}.every_epochs", f"must be > 0, got "
+                                 f"{self.every_epochs}", "use e.g. 1 or 0.5, or null"))
+        _at_least(found, f"{path}.every_steps", self.every_steps, 1)
+        if self.every_epochs is not None and self.every_steps is not None:
+            found.append(Problem(f"{path}.every_steps", "is set together with every_epochs",
+                                 f"set one of {path}.every_epochs and every_steps, the "
+                                 "other null"))
+        return found
+
+
+@dataclass
+class StageConfig:
+    """One stage of the student's staged training (student.stages)."""
+
+    name: str = ""
+    """What the stage is called in logs and progress lines (e.g. representation, soft,
+    hard); unique within student.stages."""
+    epochs: float | None = None
+    """Length in epochs of the multi-task data (fractions allowed; rounded up to optimizer
+    steps). Exactly one of epochs and steps."""
+    steps: int | None = None
+    """Length in optimizer steps (instead of epochs)."""
+    loss: StageLoss = field(default_factory=StageLoss)
+    """The loss weights of the stage."""
+    unfreeze: UnfreezeConfig | None = None
+    """Gradual unfreezing from the top layer down (null: every layer and the embeddings
+    train for the whole stage). Each stage starts its own unfreezing."""
+
+    def problems(self, path: str) -> list[Problem]:
+        found: list[Problem] = []
+        if not self.name.strip():
+            found.append(Problem(f"{path}.name", "is empty",
+                                 "name the stage, e.g. representation, soft or hard"))
+        if (self.epochs is None) == (self.steps is None):
+            found.append(Problem(f"{path}.epochs", "exactly one of epochs and steps must be "
+                                 f"set, got epochs {self.epochs} and steps {self.steps}",
+                                 f"set {path}.epochs (e.g. 1) or {path}.steps, not both"))
+        if self.epochs is not None and self.epochs <= 0:
+            found.append(Problem(f"{path}.epochs", f"must be > 0, got {self.epochs}",
+                                 "use e.g. 1 or 0.5"))
+        _at_least(found, f"{path}.steps", self.steps, 1)
+        return found
+
+
+@dataclass
 class DeepSpeedConfig:
     """DeepSpeed settings of the student; precision comes from student.training.precision."""
 
@@ -669,6 +761,19 @@ class StudentConfig:
     """Hyper-parameters of the student."""
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     """DeepSpeed ZeRO settings."""
+    stages: list[StageConfig] = field(default_factory=list)
+    """Staged training of the distilled student (XtremeDistil, Mukherjee et al. 2021,
+    section 3): stages run one after another, each with its own loss weights and length and
+    optionally gradual unfreezing, e.g. representation (loss.hidden 1), then soft (loss.soft
+    1), then hard (loss.hard 1). The run's length is the sum of the stages' (training.epochs
+    is not used; training.max_steps still caps it), with one learning-rate schedule over
+    all stages (warm-up once, linear decay to 0 at the end of the last). A part of the model
+    whose loss weight is 0 in a stage is frozen there like a frozen layer: the task heads
+    when soft and hard are 0, the hidden-state projection when hidden is 0. Resume is exact
+    at any step, stage boundaries included (the stage and the trainable layers follow from
+    the step). kd.soft_weight and kd.hidden_weight are not used (each stage's loss is);
+    the no-KD baseline trains without stages. [] (the default): one stage with kd's
+    weights and every layer trainable, as before stages existed."""
     num_workers: int = 1
     """Data-parallel Ray Train workers."""
     use_gpu: bool = False
@@ -725,15 +830,47 @@ class StudentConfig:
             gpu = 1.0 if self.use_gpu else 0.0
         return replace(self.resources_per_worker, gpu=gpu)
 
+    @property
+    def hidden_distillation(self) -> bool:
+        """Whether the distilled run matches hidden states (and needs a representation
+        teacher): some stage's loss.hidden > 0, or without stages kd.hidden_weight > 0."""
+        if self.stages:
+            return any(stage.loss.hidden > 0 for stage in self.stages)
+        return self.kd.hidden_weight > 0
+
+    def _stage_problems(self, path: str) -> list[Problem]:
+        """student.stages against the rest of the student (each stage checks itself)."""
+        if not self.stages:
+            return []
+        found: list[Problem] = []
+        if not self.distill:
+            found.append(Problem(f"{path}.stages", f"are set but {path}.distill is false (the "
+                                 "no-KD run trains without stages)",
+                                 f"set {path}.distill: true, or {path}.stages: []"))
+        if self.kd.hidden_weight > 0:
+            found.append(Problem(f"{path}.kd.hidden_weight",
+                                 f"is {self.kd.hidden_weight} but {path}.stages are set (each "
+                                 "stage's loss.hidden weights the representation term)",
+                                 f"set {path}.kd.hidden_weight: 0 and give the stages "
+                                 "loss.hidden"))
+        seen: set[str] = set()
+        for i, stage in enumerate(self.stages):
+            if stage.name in seen:
+                found.append(Problem(f"{path}.stages.{i}.name", f"{stage.name!r} names an "
+                                     "earlier stage too", "give every stage its own name"))
+            seen.add(stage.name)
+        return found
+
     def problems(self, path: str) -> list[Problem]:
         found: list[Problem] = []
         _at_least(found, f"{path}.num_layers", self.num_layers, 1)
         _at_least(found, f"{path}.hidden_size", self.hidden_size, 1)
-        if self.kd.hidden_weight > 0 and not self.distill:
+        if self.kd.hidden_weight > 0 and not self.distill and not self.stages:
             found.append(Problem(f"{path}.kd.hidden_weight",
                                  f"is {self.kd.hidden_weight} but {path}.distill is false (the "
                                  "baseline learns from hard labels only)",
                                  f"set {path}.distill: true, or {path}.kd.hidden_weight: 0"))
+        found += self._stage_problems(path)
         _at_least(found, f"{path}.num_workers", self.num_workers, 1)
         _at_least(found, f"{path}.checkpoint_every", self.checkpoint_every, 1)
         _at_least(found, f"{path}.checkpoint_minutes", self.checkpoint_minutes, 0.0)

@@ -5,10 +5,11 @@ prints.
 
 * **Shape**: ``student.num_layers`` / ``layer_selection`` / ``hidden_size`` must fit the
   student's encoder (a width that is a multiple of its head size, a BERT-layout encoder).
-* **Representation teacher** (``student.kd.hidden_weight`` > 0): a named
-  ``student.kd.hidden_teacher`` must be a planned member and read the student's inputs,
-  i.e. its encoder's tokenizer must be the student's; with ``best``, at least one planned
-  member must; ``student.kd.hidden_layers`` needs one entry per student layer.
+* **Representation teacher** (``student.kd.hidden_weight`` > 0, or a stage's
+  ``loss.hidden`` > 0): a named ``student.kd.hidden_teacher`` must be a planned member and
+  read the student's inputs, i.e. its encoder's tokenizer must be the student's; with
+  ``best``, at least one planned member must; ``student.kd.hidden_layers`` needs one entry
+  per student layer.
 
 Encoders not on this machine yet are skipped here (``local_only``), as the other encoder
 checks do; the student stage refuses the same mistakes when it starts.
@@ -55,7 +56,7 @@ def hidden_teacher_problems(config: ExperimentConfig,
     from mtkd.tokenizations import member_reads_encoder
 
     kd = config.student.kd
-    if kd.hidden_weight <= 0 or not config.student.distill:
+    if not config.student.hidden_distillation or not config.student.distill:
         return []
     members = plan_members(config)
     named = kd.hidden_teacher
@@ -94,7 +95,7 @@ def layer_map_problems(config: ExperimentConfig, local: Path | None) -> list[Pro
     import json
 
     given = config.student.kd.hidden_layers
-    if given is None or config.student.kd.hidden_weight <= 0:
+    if given is None or not config.student.hidden_distillation:
         return []
     layers = config.student.num_layers
     if layers is None and local is not None:

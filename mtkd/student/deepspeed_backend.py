@@ -17,7 +17,8 @@ import torch
 from mtkd.config import StudentConfig
 from mtkd.precision import DTYPES, Resolved, resolve_here
 from mtkd.resources import on_gpu, ray_resources
-from mtkd.training.optim import build_adamw, linear_warmup_decay
+from mtkd.training.optim import TaskAwareAdamW, build_adamw, linear_warmup_decay
+from mtkd.training.stages import parameter_unit
 
 PRECISION_KEY = "student.training.precision"
 
@@ -86,12 +87,14 @@ class DeepSpeedBackend:
     def __init__(self, model: torch.nn.Module, student: StudentConfig, total_steps: int,
                  world_size: int, device: torch.device | str | None = None,
                  resolved: Resolved | None = None,
-                 zero_overrides: dict[str, Any] | None = None) -> None:
+                 zero_overrides: dict[str, Any] | None = None, freezable: bool = False
+                 ) -> None:
         """``device``: where this rank runs (default: DeepSpeed's accelerator device);
         ``student.training.precision`` is resolved there unless ``resolved`` is given.
         ``zero_overrides``: DeepSpeed ``zero_optimization`` keys set over the generated
         config (benchmarks compare e.g. ``contiguous_gradients``; the student stage passes
-        none)."""
+        none). ``freezable``: group the optimizer's parameters by freezing unit, for staged
+        training (:mod:`mtkd.training.stages`; DeepSpeed keeps the groups' keys)."""
         import deepspeed
         from deepspeed.accelerator import get_accelerator
 
@@ -102,7 +105,8 @@ class DeepSpeedBackend:
                       else torch.device("cpu"))
         device = torch.device(device)
         self.resolved = resolved or resolve_here(training.precision, device, PRECISION_KEY)
-        self._optimizer = build_adamw(model, training.learning_rate, training.weight_decay)
+        self._optimizer = build_adamw(model, training.learning_rate, training.weight_decay,
+                                      parameter_unit if freezable else None)
         optimizer = self._optimizer
         warmup = round(training.warmup_ratio * total_steps)
 
@@ -142,6 +146,12 @@ class DeepSpeedBackend:
                                    self.model.named_parameters() if name.startswith("heads.")})
         self._world_size = world_size
         self._used: set[str] = set()
+
+    @property
+    def optimizer(self) -> TaskAwareAdamW:
+        """mtkd's AdamW inside the engine (under ZeRO 1-2 its groups are DeepSpeed's flat
+        partitions, with the keys of :func:`~mtkd.training.optim.parameter_groups`)."""
+        return self._optimizer
 
     def full_weights(self) -> dict[str, torch.Tensor]:
         """The whole model's weights as it evaluates now (in half_weights mode its bf16/fp16

@@ -17,8 +17,10 @@ outputs: each student layer's hidden states are mapped through a learned linear 
   (when the widths differ), so DeepSpeed trains and checkpoints the projection with the
   student; in train mode its forward returns :class:`~mtkd.losses.WithAuxLoss` (outputs
   and ``hidden_weight`` x :func:`~mtkd.losses.hidden_state_loss`), which the training loop
-  adds to the batch's loss; in eval mode it is the student. :func:`student_weights` drops
-  the projection from a state dict: the exported model is the plain student.
+  adds to the batch's loss; in eval mode it is the student. Staged training
+  (:mod:`mtkd.training.stages`) sets the weight per stage (:meth:`set_aux_weight`).
+  :func:`student_weights` drops the projection from a state dict: the exported model is
+  the plain student.
 """
 
 from __future__ import annotations
@@ -85,6 +87,11 @@ class RepresentationDistillation(nn.Module):
         self.pairs = layer_map(int(student.encoder.config.num_hidden_layers),
                                int(teacher.encoder.config.num_hidden_layers), layers)
 
+    def set_aux_weight(self, weight: float) -> None:
+        """The weight of the hidden-state term from now on (staged training sets each
+        stage's loss.hidden at its start; 0 skips the teacher's forward)."""
+        self.weight = float(weight)
+
     @property
     def student(self) -> MTDNN:
         return self._models[0]
@@ -101,6 +108,13 @@ class RepresentationDistillation(nn.Module):
         student, teacher = self._models
         if not self.training:
             return student(task, input_ids, attention_mask, token_type_ids, candidate_mask)
+        if self.weight == 0:  # a stage without the term: no teacher forward
+            outputs = student(task, input_ids, attention_mask, token_type_ids, candidate_mask)
+            projection = getattr(self, PROJECTION, None)
+            # the projection still gets a (zero) gradient: DeepSpeed reduces every parameter
+            zero = (sum(p.sum() for p in projection.parameters()) * 0.0 if projection
+                    is not None else outputs.new_zeros((), dtype=torch.float32))
+            return WithAuxLoss(outputs, zero)
         outputs, states = student.forward_with_hidden(task, input_ids, attention_mask,
                                                       token_type_ids, candidate_mask)
         ids, mask, types = student.encoder_rows(task, input_ids, attention_mask,

@@ -98,11 +98,12 @@ def consolidate(folder: Path, zero_stage: int) -> dict[str, torch.Tensor]:
 
 
 def run_config(config: ExperimentConfig, run: StudentRun) -> ExperimentConfig:
-    """The effective config a run is built from: a baseline never reads ``student.kd``."""
+    """The effective config a run is built from: a baseline never reads ``student.kd``
+    nor ``student.stages`` (it trains ``student.training`` in one stage)."""
     if run.distill:
         return config
     return dataclasses.replace(config, student=dataclasses.replace(config.student,
-                                                                   kd=KDConfig()))
+                                                                   kd=KDConfig(), stages=[]))
 
 
 def run_lineage(config: ExperimentConfig, run: StudentRun, data: dict[str, str],
@@ -281,7 +282,7 @@ def run_student(ctx: StageContext) -> dict[str, Any]:
     tokenization = encoder_tokenization(store, config.student.encoder or config.encoder.path)
     data = task_lineages(store, tokenization)
     hidden = (representation_teacher(store, config.student.kd.hidden_teacher, tokenization)
-              if config.student.distill and config.student.kd.hidden_weight > 0 else None)
+              if config.student.distill and config.student.hidden_distillation else None)
     if hidden is not None:
         log.info("[student] representation teacher: member %s (dev average %.2f)",
                  hidden["name"], hidden["average"])

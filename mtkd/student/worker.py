@@ -54,6 +54,7 @@ from mtkd.training.recipe import (
     rank0_decision,
     rank0_score,
 )
+from mtkd.training.stages import StagePlan
 from mtkd.training.steptiming import StepTimes, TimedBackend
 
 log = logging.getLogger("mtkd")
@@ -158,13 +159,21 @@ def student_worker(loop_config: dict[str, Any]) -> None:
     resolved = resolve_here(training.precision, device, PRECISION_KEY)
     hidden_teacher = loop_config.get("hidden_teacher")
     if hidden_teacher:  # representation distillation: the student with its projection
+        # (with stages, each stage sets its own weight when it starts)
         model = RepresentationDistillation(
             model, load_teacher(store, hidden_teacher), student.kd.hidden_weight,
             student.kd.hidden_layers, resolved.precision)
-        log.info("representation distillation from %s (weight %g), layers %s",
-                 hidden_teacher, student.kd.hidden_weight, model.pairs)
-    backend = DeepSpeedBackend(model, student, total_optimizer_steps(training, len(sampler)),
-                               world, device=device, resolved=resolved)
+        log.info("representation distillation from %s (%s), layers %s", hidden_teacher,
+                 "weight per stage" if student.stages else
+                 f"weight {student.kd.hidden_weight:g}", model.pairs)
+    # staged training (student.stages): the distilled run only, the baseline trains in one
+    stages = (StagePlan(student.stages, len(sampler), training.grad_accum,
+                        int(model.encoder.config.num_hidden_layers), training.max_steps)
+              if student.stages and run["distill"] else None)
+    total_steps = (stages.total_steps if stages is not None
+                   else total_optimizer_steps(training, len(sampler)))
+    backend = DeepSpeedBackend(model, student, total_steps, world, device=device,
+                               resolved=resolved, freezable=stages is not None)
     times = StepTimes()  # checkpoint, save and report seconds; steps with step_timing
     loop = TrainingLoop(TimedBackend(backend, times) if student.step_timing else backend,
                         LoopData(data.specs, data.train, data.dev, teachers),
@@ -174,7 +183,8 @@ def student_worker(loop_config: dict[str, Any]) -> None:
                         # Several ranks: rank 0's dev score decides early stopping for all,
                         # rank 0's clock when a time checkpoint is due.
                         score=rank0_score(backend.device) if world > 1 else None,
-                        decide=rank0_decision(backend.device) if world > 1 else None)
+                        decide=rank0_decision(backend.device) if world > 1 else None,
+                        stages=stages)
 
     resume = None
     checkpoint = ray.train.get_checkpoint()
@@ -231,6 +241,8 @@ def student_worker(loop_config: dict[str, Any]) -> None:
                     "kd": dataclasses.asdict(student.kd), "num_layers": student.num_layers,
                     "layer_selection": student.layer_selection,
                     "hidden_size": student.hidden_size, "hidden_teacher": hidden_teacher,
+                    "stages": [dataclasses.asdict(s) for s in student.stages]
+                    if stages is not None else [],
                     "encoder": student.encoder or config.encoder.path, "workers": world})
     loop.hooks = chain_hooks(
         LoopHooks(on_checkpoint=times.timed_hook(save),
@@ -269,6 +281,9 @@ def student_worker(loop_config: dict[str, Any]) -> None:
             "keep": student.keep, "best_step": final.best_step,
             "hidden_teacher": ({"member": hidden_teacher, "weight": student.kd.hidden_weight,
                                 "layers": model.pairs} if hidden_teacher else None),
+            "stages": ([{"name": s.name, "first_step": start + 1, "last_step": end}
+                        for s, (start, end) in zip(stages.stages, stages.bounds, strict=True)]
+                       if stages is not None else None),
             "best_score": final.best_score})
         log.info("finished at step %d: dev average %.2f", final.step,
                  final.history[-1]["average"] if final.history else float("nan"))

@@ -20,6 +20,7 @@ import torch
 from mtkd.config import TrainingConfig
 from mtkd.precision import Resolved, autocast, resolve_here
 from mtkd.training.optim import build_adamw, build_scheduler
+from mtkd.training.stages import parameter_unit
 
 
 class Backend(Protocol):
@@ -75,14 +76,17 @@ class TorchBackend:
 
     def __init__(self, model: torch.nn.Module, config: TrainingConfig, total_steps: int,
                  device: torch.device | str = "cpu", *, resolved: Resolved | None = None,
-                 precision_key: str = "training.precision") -> None:
+                 precision_key: str = "training.precision", freezable: bool = False) -> None:
+        """``freezable``: group the optimizer's parameters by freezing unit, for staged
+        training (:mod:`mtkd.training.stages`)."""
         self.device = torch.device(device)
         self.resolved = resolved or resolve_here(config.precision, self.device, precision_key)
         self.precision = self.resolved.precision
         self.model = model.to(self.device)
         self.grad_accum = config.grad_accum
         self.grad_clip = config.grad_clip
-        self.optimizer = build_adamw(self.model, config.learning_rate, config.weight_decay)
+        self.optimizer = build_adamw(self.model, config.learning_rate, config.weight_decay,
+                                     parameter_unit if freezable else None)
         self.scheduler = build_scheduler(self.optimizer, warmup_steps(config, total_steps),
                                          total_steps)
         # fp16 needs loss scaling; bf16 has fp32's range and does not.

@@ -3,7 +3,8 @@
 Each micro-batch comes from one task (MT-DNN); the loss is the task's hard loss, or, for
 a task with teacher targets, the weighted mean of hard and soft losses, plus the model's
 own term when its forward returns :class:`~mtkd.losses.WithAuxLoss` (representation
-distillation). The loop owns
+distillation). With a :class:`~mtkd.training.stages.StagePlan` (staged training) the loss
+weights and the trainable layers follow the stage of every step. The loop owns
 progress (steps, epochs, position in the epoch, RNG), dev evaluation, keep-best and early
 stopping; a :class:`~mtkd.training.backend.Backend` owns the optimizer step. Everything
 needed to resume (the JSON-able :class:`LoopState` plus :func:`capture_rng`) is handed to
@@ -36,6 +37,7 @@ from mtkd.tasks.spec import TaskSpec
 from mtkd.training.backend import Backend
 from mtkd.training.data import CollateFn, MultiTaskRows, TeacherArrays, epoch_loader
 from mtkd.training.evaluate import evaluate
+from mtkd.training.stages import Freezer, Phase, StagePlan
 
 log = logging.getLogger("mtkd")
 
@@ -189,7 +191,11 @@ class TrainingLoop:
                  eval_batch_size: int = 64, score: Callable[[dict[str, Any]], float] | None = None,
                  keep_best_in_memory: bool = True, pad_id: int = 0,
                  record_steps: bool = False,
-                 decide: Callable[[bool], bool] | None = None) -> None:
+                 decide: Callable[[bool], bool] | None = None,
+                 stages: StagePlan | None = None) -> None:
+        """``stages``: staged training (its length replaces ``config``'s epochs; the
+        backend's optimizer must group parameters by freezing unit,
+        ``build_adamw(..., unit=parameter_unit)``)."""
         self.backend, self.data, self.config = backend, data, config
         self.sampler, self.kd = sampler, kd or KDConfig()
         self.hooks = hooks or LoopHooks()
@@ -202,7 +208,13 @@ class TrainingLoop:
         self.decide = decide
         self.rows = MultiTaskRows(data.train)
         self.collate = CollateFn(data.specs, pad_id)
-        self.total_steps = total_optimizer_steps(config, len(sampler))
+        self.stages = stages
+        self.total_steps = (stages.total_steps if stages is not None
+                            else total_optimizer_steps(config, len(sampler)))
+        self.freezer = (Freezer(backend.model, backend.optimizer) if stages is not None
+                        else None)
+        self.phase: Phase | None = None
+        """The stage of the step being trained (staged training)."""
         self._best_weights: dict[str, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ evaluation
@@ -258,6 +270,27 @@ class TrainingLoop:
         patience = self.config.early_stop_patience
         return bool(patience and state.evals_since_best >= patience)
 
+    # ------------------------------------------------------------------ stages
+    def _enter_phase(self, step: int) -> None:
+        """Staged training: apply the phase of the step after ``step`` when its stage or
+        trainable layers differ from the current one's, and log it."""
+        if self.stages is None or self.freezer is None:
+            return
+        phase, before = self.stages.at(step), self.phase
+        if before is not None and (before.index, before.trainable) == (phase.index,
+                                                                        phase.trainable):
+            return
+        self.phase = phase
+        self.freezer.apply(phase)
+        set_weight = getattr(self.backend.model, "set_aux_weight", None)
+        if set_weight is not None:  # the model's own (representation) term
+            set_weight(phase.stage.loss.hidden)
+        if before is None or before.index != phase.index:
+            log.info("[%s] %s", self.name, phase.describe())
+        else:
+            log.info("[%s] %s: from step %d, %s", self.name, phase.label, step + 1,
+                     phase.trainable_text())
+
     # ------------------------------------------------------------------ training
     def run(self, state: LoopState | None = None, rng: Mapping[str, Any] | None = None,
             seed: int = 0) -> LoopState:
@@ -281,6 +314,9 @@ class TrainingLoop:
 
         hooks = self.hooks
         last_checkpoint = hooks.clock()
+        self.phase = None
+        if state.step < self.total_steps:
+            self._enter_phase(state.step)
 
         def timed_eval(loss: float) -> bool:
             # Evaluation time is not training time: shift the throughput window past it.
@@ -314,7 +350,8 @@ class TrainingLoop:
                 labels = batch["labels"].to(device, non_blocking=True)
                 teacher = _teacher_targets(self.data.teachers.get(task), batch["indices"],
                                            device)
-                loss = task_loss(spec, outputs, labels, teacher, self.kd).total
+                loss = task_loss(spec, outputs, labels, teacher, self.kd,
+                                 self.phase.stage.loss if self.phase else None).total
                 if aux is not None:
                     loss = loss + aux
                 # Data-parallel: a short batch's weight < 1 (see the sampler), so the
@@ -335,6 +372,8 @@ class TrainingLoop:
                                            last_loss])
                 scalars = ({"train/loss": last_loss, "train/lr": backend.learning_rate()}
                            if hooks.on_step else {})
+                if self.phase is not None and hooks.on_step:
+                    scalars["train/stage"] = float(self.phase.index + 1)
                 # Every log_every steps (unless a line went out just now), at least every
                 # 30 s, and at the end.
                 if ((state.step % self.log_every == 0 and not progress.recent(10.0))
@@ -356,6 +395,7 @@ class TrainingLoop:
                     last_checkpoint = hooks.clock()
                 if state.step >= self.total_steps or state.stopped_early:
                     break
+                self._enter_phase(state.step)
             else:  # the epoch ran out: next epoch from its first batch
                 state.epoch, state.position = state.epoch + 1, 0
                 if not eval_every and self.data.dev and state.step != last_eval_step:
@@ -382,8 +422,9 @@ class TrainingLoop:
                 "train/tokens_per_s": window["tok"] / seconds}
 
     def _progress_fields(self, epoch: int, loss: float, rates: dict[str, float]) -> str:
-        """The loop's fields of a progress line."""
-        return (f"epoch {epoch} loss {loss:.4f} lr {self.backend.learning_rate():.2e} | "
+        """The loop's fields of a progress line (staged training: the stage first)."""
+        stage = f"{self.phase.label} " if self.phase is not None else ""
+        return (f"{stage}epoch {epoch} loss {loss:.4f} lr {self.backend.learning_rate():.2e} | "
                 f"{rates['train/examples_per_s']:.1f} ex/s "
                 f"{rates['train/tokens_per_s']:.0f} tok/s")
 

@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 
-def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+def parameter_groups(model: torch.nn.Module, weight_decay: float,
+                     unit: Callable[[str], str | None] | None = None) -> list[dict]:
     """AdamW groups: decayed weights and biases/norm weights without decay (BERT recipe),
     for the shared encoder and separately for each task head (``"task"``: its name, None
     for shared parameters), so a step can leave absent heads alone
-    (:class:`TaskAwareAdamW`)."""
-    groups: dict[tuple[str | None, bool], list[torch.nn.Parameter]] = {}
+    (:class:`TaskAwareAdamW`). ``unit`` (staged training, :mod:`mtkd.training.stages`):
+    the freezing unit of a parameter name (``"layer.3"``, ``"embeddings"``, ...); groups
+    are then split by unit too (``"unit"``), so a step can leave frozen units alone. Without
+    it the groups are those of every run before stages existed (same checkpoints)."""
+    groups: dict[tuple[str | None, str | None, bool], list[torch.nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         task = name.split(".")[1] if name.startswith("heads.") else None
         is_norm_or_bias = param.ndim < 2 or "LayerNorm" in name or "layer_norm" in name
-        groups.setdefault((task, not is_norm_or_bias), []).append(param)
+        key = (task, unit(name) if unit else None, not is_norm_or_bias)
+        groups.setdefault(key, []).append(param)
     return [{"params": params, "weight_decay": weight_decay if decayed else 0.0,
-             "task": task}
-            for (task, decayed), params in groups.items()]
+             "task": task, **({"unit": part} if unit else {})}
+            for (task, part, decayed), params in groups.items()]
 
 
 class TaskAwareAdamW(torch.optim.AdamW):
@@ -41,21 +48,30 @@ class TaskAwareAdamW(torch.optim.AdamW):
         """The tasks of the next step (None: every group steps)."""
         self._tasks = None if tasks is None else set(tasks)
 
+    def set_frozen(self, units: set[str] | frozenset[str]) -> None:
+        """Freezing units (groups' ``"unit"``, :func:`parameter_groups`) that the next
+        steps leave untouched, as absent heads: no update, no weight decay, moments and
+        step counts kept (staged training's frozen layers, :mod:`mtkd.training.stages`)."""
+        self._frozen = frozenset(units)
+
     @torch.no_grad()
     def step(self, closure=None):
         tasks = getattr(self, "_tasks", None)
-        if tasks is None:
+        frozen = getattr(self, "_frozen", frozenset())
+        if tasks is None and not frozen:
             return super().step(closure)
         groups = self.param_groups
-        self.param_groups = [g for g in groups if g.get("task") is None or g["task"] in tasks]
+        self.param_groups = [g for g in groups
+                             if (tasks is None or g.get("task") is None or g["task"] in tasks)
+                             and g.get("unit") not in frozen]
         try:
             return super().step(closure)
         finally:
             self.param_groups = groups
 
 
-def build_adamw(model: torch.nn.Module, learning_rate: float,
-                weight_decay: float) -> TaskAwareAdamW:
+def build_adamw(model: torch.nn.Module, learning_rate: float, weight_decay: float,
+                unit: Callable[[str], str | None] | None = None) -> TaskAwareAdamW:
     """:class:`TaskAwareAdamW` over :func:`parameter_groups`, with torch's fused kernel
     where it exists.
 
@@ -63,13 +79,13 @@ def build_adamw(model: torch.nn.Module, learning_rate: float,
     tensor; measured on the 6-layer MiniLM it is 4x faster than ``foreach=True`` on CPU
     (70 -> 17 ms per step) and lifts bf16 training from 1.44x to 1.55x fp32
     (docs/BENCHMARKS.md, bench/train_step.py). Parameters on other devices or of
-    unsupported dtypes fall back to ``foreach``.
+    unsupported dtypes fall back to ``foreach``. ``unit``: see :func:`parameter_groups`.
     """
     try:
-        return TaskAwareAdamW(parameter_groups(model, weight_decay), lr=learning_rate,
+        return TaskAwareAdamW(parameter_groups(model, weight_decay, unit), lr=learning_rate,
                               fused=True)
     except (RuntimeError, TypeError, ValueError):
-        return TaskAwareAdamW(parameter_groups(model, weight_decay), lr=learning_rate,
+        return TaskAwareAdamW(parameter_groups(model, weight_decay, unit), lr=learning_rate,
                               foreach=True)
 
 

@@ -14,7 +14,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import pytest
 
-from mtkd.config import ExperimentConfig, config_from_dict
+from mtkd.config import ExperimentConfig, StageConfig, StageLoss, config_from_dict
 from mtkd.data.stage import tokenized_lineage
 from mtkd.experiment import (
     ARTIFACTS,
@@ -94,6 +94,7 @@ SPECIAL = {  # keys whose values have a shape no type-driven rule can guess
     "teachers.variation.seed": [1, 2, 3],
     "teachers.variation.encoder": ["/models/a"],
     "student.seeds": [0, 1], "student.kd.hidden_teacher": "m001",
+    "student.stages": [StageConfig("soft", epochs=1.0, loss=StageLoss(soft=1.0))],
     "storage_path": "/elsewhere", "name": "other",
 }
 PRECISION_KEYS = {"teachers.training.precision", "soft_targets.precision",
@@ -175,8 +176,10 @@ def expected_changes(key: str, base: dict[tuple[str, str], str]) -> set[tuple[st
         if (KINDS[kind].per_task and kind in direct and key.startswith("tasks.")
                 and instance != "trec"):
             continue
-        # A baseline never reads the distillation settings (student.stage.run_config).
-        if kind == "student_run" and key.startswith("student.kd.") and instance == "baseline":
+        # A baseline never reads the distillation settings nor the stages
+        # (student.stage.run_config).
+        if (kind == "student_run" and instance == "baseline"
+                and (key.startswith("student.kd.") or key == "student.stages")):
             continue
         expected.add((kind, instance))
     return expected
