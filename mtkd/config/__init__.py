@@ -25,6 +25,7 @@ from mtkd.config.schema import (
     TeachersConfig,
     TrackingConfig,
     TrainingConfig,
+    TransferTextConfig,
     VariationConfig,
 )
 
@@ -45,6 +46,7 @@ __all__ = [
     "TeachersConfig",
     "TrackingConfig",
     "TrainingConfig",
+    "TransferTextConfig",
     "VariationConfig",
     "apply_overrides",
     "config_from_dict",
