@@ -230,9 +230,12 @@ ARTIFACTS: tuple[ArtifactKind, ...] = (
     # scored at; a change re-scores the saved models, it never retrains them
     ArtifactKind("student_scores", "student", content=("report.precision",),
                  inputs=("student_run",)),
+    # unlabelled transfer text (student.kd.transfer_text), tokenized with the student's
+    # tokenizer: its settings, the tokenizer and the raw texts' content
+    ArtifactKind("transfer_text", "prepare", content=("student.kd.transfer_text",)),
     ArtifactKind("student_run", "student",
                  content=("student", "heads", "encoder", "sampling", "seed"),
-                 inputs=("tokenized_task", "soft_targets"),
+                 inputs=("tokenized_task", "soft_targets", "transfer_text"),
                  plan=("student.seeds", "student.baseline", "student.distill")),
     ArtifactKind("report", "report", content=("report",),
                  inputs=("member", "soft_targets", "student_run")),
@@ -247,6 +250,10 @@ LATER_KEYS: dict[str, Any] = {
     "student.kd.hidden_layers": None,
     # staged student training (issue 18 item 3): none, one stage with kd's weights
     "student.stages": [],
+    # task transfer (issue 18 item 4)
+    "student.kd.transfer_text.bundled": None, "student.kd.transfer_text.files": [],
+    "student.kd.transfer_text.max_length": 128,
+    "student.kd.transfer_text.max_examples": None,
 }
 """Keys added after lineages were first recorded, with the value every earlier config
 implicitly had: such a key enters a lineage only when set to something else, so artifacts

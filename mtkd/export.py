@@ -2,6 +2,7 @@
 
 ```
 mtkd export MODEL_DIR OUT_DIR [--task NAME ...] [--onnx | --no-onnx] [--overwrite]
+mtkd export --encoder-only MODEL_DIR OUT_DIR [--overwrite]   (mtkd/export_encoder.py)
 ```
 
 ``MODEL_DIR`` is a folder written by :func:`mtkd.model.io.save_mtdnn` (local or ``s3://``,
@@ -101,6 +102,11 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
                              f"onnxruntime are installed; {ONNX_INSTALL})")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace OUT_DIR if it exists and is not empty")
+    parser.add_argument("--encoder-only", action="store_true",
+                        help="write the shared encoder alone (no heads) as a plain "
+                             "transformers encoder folder for fine-tuning on other tasks "
+                             "(AutoModel, or encoder.path of another experiment); see "
+                             "mtkd/export_encoder.py")
 
 
 def onnx_missing() -> list[str]:
@@ -143,6 +149,11 @@ def _resolve_onnx(wanted: bool | None) -> bool:
 def run_export(args: argparse.Namespace) -> int:
     """The ``mtkd export`` command; returns the exit code (user mistakes raise MtkdError)."""
     from mtkd.predict_cli import local_model_dir, model_specs
+
+    if getattr(args, "encoder_only", False):
+        from mtkd.export_encoder import run_encoder_export
+
+        return run_encoder_export(args)
 
     out = _check_out_dir(args.out_dir, args.overwrite)
     with contextlib.ExitStack() as stack:

@@ -228,9 +228,10 @@ class WithAuxLoss(NamedTuple):
     """What a training-time model wrapper returns instead of bare outputs: the outputs the
     task losses read, and a loss of its own (a float32 scalar, already weighted) that the
     training loop adds to the batch's loss (representation distillation,
-    :mod:`mtkd.student.hidden`)."""
+    :mod:`mtkd.student.hidden`). ``outputs`` None: a batch without a head (unlabelled
+    transfer text, :mod:`mtkd.data.transfer`), whose loss is ``aux_loss`` alone."""
 
-    outputs: Tensor
+    outputs: Tensor | None
     aux_loss: Tensor
 
 

@@ -27,6 +27,7 @@ from mtkd.config.schema import (
     TeachersConfig,
     TrackingConfig,
     TrainingConfig,
+    TransferTextConfig,
     UnfreezeConfig,
     VariationConfig,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "TeachersConfig",
     "TrackingConfig",
     "TrainingConfig",
+    "TransferTextConfig",
     "UnfreezeConfig",
     "VariationConfig",
     "apply_overrides",

@@ -22,6 +22,9 @@ mtkd.tasks.labels for how labels are compared)."""
 TaskType = Literal["classification", "pair_classification", "regression", "ranking"]
 BUNDLED_TASK_NAMES = ("rotten_tomatoes", "boolq", "trec", "vader_movies", "lp50", "sms_spam")
 """Names of the bundled tasks (mtkd.tasks.bundled.BUNDLED; a test keeps them equal)."""
+BUNDLED_TEXT_NAMES = ("rotten_tomatoes_plots",)
+"""Names of the bundled unlabelled text corpora (mtkd.tasks.bundled.BUNDLED_TEXTS; a test
+keeps them equal)."""
 SPLIT_NAMES = ("train", "dev", "test")
 COLUMN_ROLES = ("text", "query", "text_pair", "candidates", "label", "uid")
 """Roles of tasks.N.columns (query is the text role's other name, for ranking)."""
@@ -560,6 +563,51 @@ class SoftTargetsConfig:
 
 
 @dataclass
+class TransferTextConfig:
+    """Unlabelled transfer text for task transfer (XtremeDistilTransformers, Mukherjee,
+    Awadallah, Gao 2021, section 3: distilling on source tasks plus unlabelled text into a
+    task-agnostic small encoder). The texts have no labels and no head: the student sees
+    them only through representation distillation (its hidden states matched to the
+    representation teacher's, kd.hidden_weight > 0, which this requires). prepare
+    tokenizes them once with the student's tokenizer (data/_transfer/); their batches are
+    mixed into the student's epoch by the multi-task sampler like one more task's (the
+    sampling strategy decides their share; max_examples caps it). Off (no texts) unless
+    bundled or files is set; the no-KD baseline never reads them."""
+
+    bundled: str | None = None
+    """A bundled unlabelled corpus: rotten_tomatoes_plots (the 1,083 non-empty plot
+    summaries of the Rotten Tomatoes corpus, which the rotten_tomatoes task excludes
+    because they carry no rotten/fresh label; median 85 words)."""
+    files: list[str] = field(default_factory=list)
+    """UTF-8 text files (local paths or s3:// URIs), one text per line; empty lines are
+    skipped. Used together with bundled when both are set."""
+    max_length: int = 128
+    """Tokens per text (longer texts are cut)."""
+    max_examples: int | None = None
+    """Use at most this many texts (after normalising whitespace and dropping duplicates):
+    those with the smallest content hashes, a fixed pseudo-random subset (null: all)."""
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any transfer text is configured."""
+        return bool(self.bundled or self.files)
+
+    def problems(self, path: str) -> list[Problem]:
+        found: list[Problem] = []
+        if self.bundled is not None and self.bundled not in BUNDLED_TEXT_NAMES:
+            found.append(_unknown(f"{path}.bundled", "bundled text corpus", self.bundled,
+                                  BUNDLED_TEXT_NAMES,
+                                  f"use one of {', '.join(BUNDLED_TEXT_NAMES)}, or files"))
+        for i, name in enumerate(self.files):
+            if not str(name).strip():
+                found.append(Problem(f"{path}.files.{i}", "is empty",
+                                     "give a text file's path (one text per line)"))
+        _at_least(found, f"{path}.max_length", self.max_length, 8)
+        _at_least(found, f"{path}.max_examples", self.max_examples, 1)
+        return found
+
+
+@dataclass
 class KDConfig:
     """The distillation loss: per task with a teacher, a weighted mean of the hard-label
     and soft-target objectives."""
@@ -594,6 +642,9 @@ class KDConfig:
     """The layer map: for each student layer (1..S), the teacher layer (0 = embeddings,
     1..T) it is matched to. null: uniform, student layer i <- teacher layer
     round(i * T / S) (the last to the last)."""
+    transfer_text: TransferTextConfig = field(default_factory=TransferTextConfig)
+    """Unlabelled text the student also distils its representations on (task transfer);
+    needs hidden_weight > 0 (with student.stages: loss.hidden > 0 in every stage)."""
 
     def problems(self, path: str) -> list[Problem]:
         found: list[Problem] = []
@@ -861,6 +912,27 @@ class StudentConfig:
             seen.add(stage.name)
         return found
 
+    def _transfer_problems(self, path: str) -> list[Problem]:
+        """Transfer text has no labels and no head: every step that may draw it must train
+        the representation term (a batch of it in a stage without that term would be an
+        optimizer step on a zero loss, still moving the weights through Adam's momentum
+        and weight decay)."""
+        if not self.kd.transfer_text.enabled:
+            return []
+        why = ("transfer text has no labels and no head, the student learns from it only "
+               "through representation distillation")
+        if not self.stages:
+            if self.kd.hidden_weight > 0:
+                return []
+            return [Problem(f"{path}.kd.transfer_text", f"is set but {path}.kd.hidden_weight "
+                            f"is {self.kd.hidden_weight}: {why}",
+                            f"set {path}.kd.hidden_weight > 0 (e.g. 1.0), or remove "
+                            f"{path}.kd.transfer_text")]
+        return [Problem(f"{path}.stages.{i}.loss.hidden", f"is {stage.loss.hidden} but "
+                        f"{path}.kd.transfer_text is set: {why}, in every stage",
+                        f"give every stage loss.hidden > 0, or remove {path}.kd.transfer_text")
+                for i, stage in enumerate(self.stages) if stage.loss.hidden <= 0]
+
     def problems(self, path: str) -> list[Problem]:
         found: list[Problem] = []
         _at_least(found, f"{path}.num_layers", self.num_layers, 1)
@@ -871,6 +943,7 @@ class StudentConfig:
                                  "baseline learns from hard labels only)",
                                  f"set {path}.distill: true, or {path}.kd.hidden_weight: 0"))
         found += self._stage_problems(path)
+        found += self._transfer_problems(path)
         _at_least(found, f"{path}.num_workers", self.num_workers, 1)
         _at_least(found, f"{path}.checkpoint_every", self.checkpoint_every, 1)
         _at_least(found, f"{path}.checkpoint_minutes", self.checkpoint_minutes, 0.0)

@@ -35,6 +35,7 @@ from mtkd.config import ExperimentConfig
 from mtkd.data.prepared import read_prepared, read_task_spec, task_lineages
 from mtkd.data.sampler import MultiTaskBatchSampler, padding_fraction
 from mtkd.data.tokenize import load_tokenizer, split_is_pair, tokenize_split
+from mtkd.data.transfer import TRANSFER, load_transfer, prepare_transfer, transfer_lineage
 from mtkd.experiment import (
     TASK_RECORD,
     StageContext,
@@ -83,7 +84,7 @@ def _write_parquet(store: Storage, rel: str, split: datasets.Dataset) -> str:
     return digest(buffer.getvalue())
 
 
-def _prepare_task(loaded: LoadedTask, tokenizer: Any, store: Storage, task_lineage: str,
+def prepare_task(loaded: LoadedTask, tokenizer: Any, store: Storage, task_lineage: str,
                   seed: int) -> TaskRecord:
     """Tokenize and write one task; returns its record (meta.json)."""
     spec = loaded.spec
@@ -125,9 +126,19 @@ def tokenized_lineage(config: ExperimentConfig, index: int, tokenizer: str,
                    inputs={"tokenizer": tokenizer, "content": content})
 
 
-def check_prepare(ctx: StageContext) -> list[LoadedTask]:
-    """Load and check every task before anything is written: a DataError (bad file, row,
-    label, column) refuses the run with nothing written under the experiment."""
+@dataclasses.dataclass
+class PrepareInputs:
+    """What :func:`check_prepare` loaded: every task (in config order) and the transfer
+    text (None when ``student.kd.transfer_text`` is off)."""
+
+    tasks: list[LoadedTask]
+    transfer: LoadedTask | None = None
+
+
+def check_prepare(ctx: StageContext) -> PrepareInputs:
+    """Load and check every task and the transfer text before anything is written: a
+    DataError (bad file, row, label, column) refuses the run with nothing written under
+    the experiment."""
     for path in encoders_in_use(ctx.config):  # fetched to the cache, not the experiment
         resolve_encoder_dir(path)
     # (every encoder's positions and depth were checked by the pipeline before this;
@@ -137,7 +148,7 @@ def check_prepare(ctx: StageContext) -> list[LoadedTask]:
     for task in loaded:
         for split in task.splits.values():
             split_is_pair(split, task.spec)  # one encoding per split, or an error
-    return loaded
+    return PrepareInputs(loaded, load_transfer(ctx.config))
 
 
 def tokenizers_in_use(config: ExperimentConfig) -> tuple[str, dict[str, list[str]],
@@ -158,7 +169,8 @@ def run_prepare(ctx: StageContext) -> dict[str, Any]:
     """Load, check and tokenize every task once per distinct tokenizer; reuse the
     tokenizations whose inputs did not change."""
     config = ctx.config
-    all_loaded = ctx.checked if ctx.checked is not None else check_prepare(ctx)
+    checked = ctx.checked if ctx.checked is not None else check_prepare(ctx)
+    all_loaded = checked.tasks
     default_fp, by_fp, dirs = tokenizers_in_use(config)
     summary: dict[str, Any] = {}
     others: dict[str, Any] = {}
@@ -184,9 +196,22 @@ def run_prepare(ctx: StageContext) -> dict[str, Any]:
     lineages = {k: v["lineage"] for k, v in summary.items()}
     for fp, info in others.items():  # absent with one tokenizer: the fingerprint as before
         lineages.update({f"{task}@{fp}": v["lineage"] for task, v in info["tasks"].items()})
-    return {"tasks": summary, "tokenizer": default_fp, "tokenizations": others,
-            "encoders": {path: fp for fp, paths in by_fp.items() for path in paths},
-            "output_fingerprint": outputs_fingerprint(lineages)}
+    result = {"tasks": summary, "tokenizer": default_fp, "tokenizations": others,
+              "encoders": {path: fp for fp, paths in by_fp.items() for path in paths}}
+    if checked.transfer is not None:  # absent without transfer text: the fingerprint as before
+        result["transfer"] = _prepare_transfer(ctx, checked.transfer)
+        lineages[TRANSFER] = result["transfer"]["lineage"]
+    return {**result, "output_fingerprint": outputs_fingerprint(lineages)}
+
+
+def _prepare_transfer(ctx: StageContext, loaded: LoadedTask) -> dict[str, Any]:
+    """The transfer text in the student's tokenization (only the student reads it)."""
+    config = ctx.config
+    folder = resolve_encoder_dir(config.student.encoder or config.encoder.path)
+    fp = tokenizer_fingerprint(folder)
+    content = {"train": rows_fingerprint(loaded.splits["train"])}
+    return prepare_transfer(loaded, ctx.store, load_tokenizer(folder),
+                            transfer_lineage(config, fp, content), config.seed, ctx.rebuild)
 
 
 def _prepare_one(ctx: StageContext, loaded: LoadedTask, tokenizer: Any, index: int,
@@ -200,7 +225,7 @@ def _prepare_one(ctx: StageContext, loaded: LoadedTask, tokenizer: Any, index: i
         log.info("[prepare] %-16s unchanged, reusing %s", what, task_store.uri)
         meta = old
     else:
-        meta = _prepare_task(loaded, tokenizer, task_store, task_lineage, ctx.config.seed)
+        meta = prepare_task(loaded, tokenizer, task_store, task_lineage, ctx.config.seed)
     for note in meta.notes if tokenization is None else ():
         log.info("[prepare] %s", note)
     train = meta.splits["train"]

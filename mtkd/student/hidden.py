@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mtkd.data.transfer import TRANSFER
 from mtkd.errors import MtkdError
 from mtkd.experiment import TEACHERS_SUMMARY, member_dir
 from mtkd.losses import WithAuxLoss, hidden_state_loss
@@ -104,21 +105,29 @@ class RepresentationDistillation(nn.Module):
                 token_type_ids: torch.Tensor | None = None,
                 candidate_mask: torch.Tensor | None = None) -> torch.Tensor | WithAuxLoss:
         """Eval mode: the student's outputs. Train mode: WithAuxLoss(outputs, weight x
-        hidden-state loss over the real tokens of the rows the encoder reads)."""
+        hidden-state loss over the real tokens of the rows the encoder reads). A batch of
+        unlabelled transfer text (``task`` :data:`~mtkd.data.transfer.TRANSFER`, which has
+        no head; input_ids [B, T]) gives WithAuxLoss(None, weight x hidden-state loss):
+        the loop trains on the representation loss alone."""
         student, teacher = self._models
-        if not self.training:
+        if task == TRANSFER and self.training:
+            _, states = student.encode(input_ids, attention_mask, token_type_ids,
+                                       all_layers=True)
+            outputs, ids, mask, types = None, input_ids, attention_mask, token_type_ids
+        elif not self.training:
             return student(task, input_ids, attention_mask, token_type_ids, candidate_mask)
-        if self.weight == 0:  # a stage without the term: no teacher forward
+        elif self.weight == 0:  # a stage without the term: no teacher forward
             outputs = student(task, input_ids, attention_mask, token_type_ids, candidate_mask)
             projection = getattr(self, PROJECTION, None)
             # the projection still gets a (zero) gradient: DeepSpeed reduces every parameter
             zero = (sum(p.sum() for p in projection.parameters()) * 0.0 if projection
                     is not None else outputs.new_zeros((), dtype=torch.float32))
             return WithAuxLoss(outputs, zero)
-        outputs, states = student.forward_with_hidden(task, input_ids, attention_mask,
-                                                      token_type_ids, candidate_mask)
-        ids, mask, types = student.encoder_rows(task, input_ids, attention_mask,
-                                                token_type_ids, candidate_mask)
+        else:
+            outputs, states = student.forward_with_hidden(task, input_ids, attention_mask,
+                                                          token_type_ids, candidate_mask)
+            ids, mask, types = student.encoder_rows(task, input_ids, attention_mask,
+                                                    token_type_ids, candidate_mask)
         if next(teacher.parameters()).device != ids.device:
             teacher.to(ids.device)
         with torch.no_grad(), autocast(ids.device, self.precision):

@@ -34,6 +34,7 @@ from mtkd.data.prepared import (
     read_prepared,
     task_lineages,
 )
+from mtkd.data.transfer import recorded_transfer
 from mtkd.errors import MtkdError
 from mtkd.experiment import (
     STUDENT_TRAIN_RUNS,
@@ -107,13 +108,17 @@ def run_config(config: ExperimentConfig, run: StudentRun) -> ExperimentConfig:
 
 
 def run_lineage(config: ExperimentConfig, run: StudentRun, data: dict[str, str],
-                soft: dict[str, str] | None, hidden: str | None = None) -> str:
+                soft: dict[str, str] | None, hidden: str | None = None,
+                transfer: str | None = None) -> str:
     """A student run's lineage: the declared student settings, the lineages of every
-    task's tokenized data and, when it distils, of every task's soft targets and (with
-    representation distillation) the lineage of its representation teacher, ``hidden``."""
+    task's tokenized data and, when it distils, of every task's soft targets, (with
+    representation distillation) the lineage of its representation teacher, ``hidden``,
+    and (with transfer text) the lineage of the tokenized transfer text, ``transfer``."""
     inputs: dict[str, Any] = {"data": data, "soft": soft if run.distill else None}
     if run.distill and hidden is not None:
         inputs["hidden_teacher"] = hidden
+    if run.distill and transfer is not None:
+        inputs["transfer_text"] = transfer
     return lineage("student_run", run_config(config, run), inputs=inputs,
                    instance=dataclasses.asdict(run))
 
@@ -286,6 +291,11 @@ def run_student(ctx: StageContext) -> dict[str, Any]:
     if hidden is not None:
         log.info("[student] representation teacher: member %s (dev average %.2f)",
                  hidden["name"], hidden["average"])
+    transfer = recorded_transfer(store) if config.student.kd.transfer_text.enabled else None
+    if config.student.kd.transfer_text.enabled and transfer is None:
+        raise MtkdError("student.kd.transfer_text is set but the last prepare run did not "
+                        "tokenize it (fix: run prepare again: `mtkd run CONFIG` without "
+                        "--only/--from)")
     summaries: dict[str, StudentRecord] = {}
     checked = False
 
@@ -297,7 +307,8 @@ def run_student(ctx: StageContext) -> dict[str, Any]:
         "student", "report.precision", config.report.precision, device()))
 
     for run in plan_runs(config):
-        expected = run_lineage(config, run, data, soft, hidden["lineage"] if hidden else None)
+        expected = run_lineage(config, run, data, soft, hidden["lineage"] if hidden else None,
+                               transfer)
         record = (None if ctx.rebuild else
                   reusable(store, student_record(run.name), expected, StudentRecord))
         if record is not None:

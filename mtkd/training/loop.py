@@ -3,7 +3,8 @@
 Each micro-batch comes from one task (MT-DNN); the loss is the task's hard loss, or, for
 a task with teacher targets, the weighted mean of hard and soft losses, plus the model's
 own term when its forward returns :class:`~mtkd.losses.WithAuxLoss` (representation
-distillation). With a :class:`~mtkd.training.stages.StagePlan` (staged training) the loss
+distillation; a batch of unlabelled transfer text has no outputs and trains on that term
+alone). With a :class:`~mtkd.training.stages.StagePlan` (staged training) the loss
 weights and the trainable layers follow the stage of every step. The loop owns
 progress (steps, epochs, position in the epoch, RNG), dev evaluation, keep-best and early
 stopping; a :class:`~mtkd.training.backend.Backend` owns the optimizer step. Everything
@@ -347,13 +348,16 @@ class TrainingLoop:
                 aux = None
                 if isinstance(outputs, WithAuxLoss):  # a training wrapper's own loss term
                     outputs, aux = outputs
-                labels = batch["labels"].to(device, non_blocking=True)
-                teacher = _teacher_targets(self.data.teachers.get(task), batch["indices"],
-                                           device)
-                loss = task_loss(spec, outputs, labels, teacher, self.kd,
-                                 self.phase.stage.loss if self.phase else None).total
-                if aux is not None:
-                    loss = loss + aux
+                if outputs is None:  # unlabelled transfer text: the wrapper's term alone
+                    loss = aux
+                else:
+                    labels = batch["labels"].to(device, non_blocking=True)
+                    teacher = _teacher_targets(self.data.teachers.get(task),
+                                               batch["indices"], device)
+                    loss = task_loss(spec, outputs, labels, teacher, self.kd,
+                                     self.phase.stage.loss if self.phase else None).total
+                    if aux is not None:
+                        loss = loss + aux
                 # Data-parallel: a short batch's weight < 1 (see the sampler), so the
                 # shards' averaged gradient is the mean over the global batch's examples.
                 weight = batch.get("weight", 1.0)

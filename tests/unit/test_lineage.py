@@ -95,6 +95,8 @@ SPECIAL = {  # keys whose values have a shape no type-driven rule can guess
     "teachers.variation.encoder": ["/models/a"],
     "student.seeds": [0, 1], "student.kd.hidden_teacher": "m001",
     "student.stages": [StageConfig("soft", epochs=1.0, loss=StageLoss(soft=1.0))],
+    "student.kd.transfer_text.bundled": "rotten_tomatoes_plots",
+    "student.kd.transfer_text.files": ["texts.txt"],
     "storage_path": "/elsewhere", "name": "other",
 }
 PRECISION_KEYS = {"teachers.training.precision", "soft_targets.precision",

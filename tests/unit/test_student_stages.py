@@ -25,11 +25,11 @@ from mtkd.config import (
 from mtkd.data.sampler import MultiTaskBatchSampler
 from mtkd.errors import ConfigError
 from mtkd.losses import TeacherTargets, hard_loss, soft_loss, task_loss
+from mtkd.model.infer import model_inputs
 from mtkd.model.mtdnn import build_mtdnn
 from mtkd.tasks.spec import TaskSpec
 from mtkd.training.backend import TorchBackend
 from mtkd.training.data import CollateFn, MultiTaskRows, TeacherArrays, epoch_loader
-from mtkd.training.evaluate import model_inputs
 from mtkd.training.loop import LoopData, LoopHooks, LoopState, TrainingLoop
 from mtkd.training.stages import StagePlan, parameter_unit
 
