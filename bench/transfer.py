@@ -23,13 +23,15 @@ The figure is the mean over seeds of (transferred - truncated) average target sc
 printed too. Everything goes through mtkd's public API (``mtkd.run``, the records it writes,
 :func:`mtkd.export_encoder.export_encoder`).
 
-    python bench/transfer.py [--quick] [--seeds 0 1 2] [--sources ...] [--targets ...]
-                             [--storage DIR] [--keep]
+    python bench/transfer.py [--size quick|medium|full] [--seeds 0 1 2] [--sources ...]
+                             [--targets ...] [--storage DIR] [--keep]
 
-``--quick`` is a smoke run of every step (a few hundred examples, one epoch, one seed,
-one target: a few minutes on 2 cores); its number means nothing. The full size (three source
-tasks of up to 4,000 examples, teachers of 2 members, three targets, three seeds) takes
-hours on a 2-core CPU.
+Sizes (:data:`SIZES`): ``quick`` (also ``--quick``) is a smoke run of every step (a few
+hundred examples, one epoch, one seed, one target: a few minutes on 2 cores); its number
+means nothing. ``medium`` (about 40 minutes on 2 cores): two sources of up to 1,500
+examples plus all 1,083 plot summaries, four held-out targets of up to 1,000 examples at
+128 tokens, three seeds. ``full``: three sources of up to 4,000 examples, three targets of
+up to 3,000 at 256 tokens where texts are long, three seeds: hours on a 2-core CPU.
 
 Ends with ``RESULT transfer_gain <test points>`` and ``RESULT transfer_gain_dev <dev
 points>``.
@@ -43,6 +45,7 @@ import logging
 import statistics
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,35 +54,64 @@ from common import begin, bench_parser, markdown_table, parse, result, scratch
 
 ENCODER = "bundled:all-MiniLM-L6-v2"
 LAYERS = 3
-SOURCES = ("rotten_tomatoes", "trec", "vader_movies")
-TARGETS = ("sms_spam", "lp50", "boolq")
-MAX_LENGTH = {"boolq": 256, "lp50": 256}
-"""Longer than the default 64 where texts are long (passages, news documents)."""
 
 
-def task_entries(names: Sequence[str], train: int, dev: int) -> list[dict[str, Any]]:
-    return [{"name": n, "max_length": MAX_LENGTH.get(n, 64), "max_train_examples": train,
-             "max_dev_examples": dev} for n in names]
+@dataclass(frozen=True)
+class Size:
+    """One size of the benchmark: tasks, how many examples, epochs, members and seeds."""
+
+    sources: tuple[str, ...]
+    targets: tuple[str, ...]
+    source_train: int
+    source_dev: int
+    target_train: int
+    target_dev: int
+    long_length: int
+    """max_length of the long-text tasks (boolq passages, lp50 news documents); others 64."""
+    members: int
+    member_epochs: int
+    epochs: int
+    """Epochs of the distilled student and of each fine-tuning."""
+    transfer_examples: int | None
+    seeds: tuple[int, ...]
+
+
+SIZES = {
+    "quick": Size(("rotten_tomatoes",), ("sms_spam",), 300, 100, 200, 100, 128, 1, 1, 1, 200,
+                  (0,)),
+    "medium": Size(("rotten_tomatoes", "vader_movies"), ("trec", "sms_spam", "lp50", "boolq"),
+                   1500, 500, 1000, 500, 128, 2, 1, 3, None, (0, 1, 2)),
+    "full": Size(("rotten_tomatoes", "trec", "vader_movies"), ("sms_spam", "lp50", "boolq"),
+                 4000, 1000, 3000, 1000, 256, 2, 2, 3, None, (0, 1, 2)),
+}
+LONG = ("boolq", "lp50")
+
+
+def task_entries(names: Sequence[str], train: int, dev: int, long_length: int
+                 ) -> list[dict[str, Any]]:
+    return [{"name": n, "max_length": long_length if n in LONG else 64,
+             "max_train_examples": train, "max_dev_examples": dev} for n in names]
 
 
 def source_config(args: argparse.Namespace, storage: Path) -> dict[str, Any]:
     """The distillation experiment: teachers, soft targets, the 3-layer student with
     representation distillation on the sources and the transfer text."""
-    quick = args.quick
+    size = SIZES[args.size]
     return {
         "name": "transfer-source", "storage_path": str(storage), "seed": 0,
         "encoder": {"path": ENCODER},
-        "tasks": task_entries(args.sources, 300 if quick else 4000, 100 if quick else 1000),
-        "teachers": {"size": 1 if quick else 2, "max_concurrent": 1,
+        "tasks": task_entries(args.sources, size.source_train, size.source_dev,
+                              size.long_length),
+        "teachers": {"size": size.members, "max_concurrent": 1,
                      "variation": {"strategy": "grid", "seed": [1, 2]},
-                     "training": {"epochs": 1 if quick else 2, "batch_size": 32,
+                     "training": {"epochs": size.member_epochs, "batch_size": 32,
                                   "learning_rate": 5e-5}},
         "student": {"num_layers": LAYERS, "distill": True, "baseline": False,
                     "kd": {"soft_weight": 0.5, "hidden_weight": 1.0,
                            "transfer_text": {"bundled": "rotten_tomatoes_plots",
                                              "max_length": 128,
-                                             "max_examples": 200 if quick else None}},
-                    "training": {"epochs": 1 if quick else 3, "batch_size": 16,
+                                             "max_examples": size.transfer_examples}},
+                    "training": {"epochs": size.epochs, "batch_size": 16,
                                  "learning_rate": 3e-4},
                     "checkpoint_every": 1000, "seeds": [0]},
         "report": {"plot": False, "speed_examples": 32, "bootstrap_samples": 0},
@@ -90,13 +122,14 @@ def target_config(args: argparse.Namespace, storage: Path, name: str, encoder: s
                   layers: int | None) -> dict[str, Any]:
     """Fine-tuning on the targets with hard labels only (student.distill: false), one run
     per seed; only the encoder differs between the two variants."""
-    quick = args.quick
+    size = SIZES[args.size]
     return {
         "name": name, "storage_path": str(storage), "seed": 0,
         "encoder": {"path": encoder},
-        "tasks": task_entries(args.targets, 200 if quick else 3000, 100 if quick else 1000),
+        "tasks": task_entries(args.targets, size.target_train, size.target_dev,
+                              size.long_length),
         "student": {"num_layers": layers, "distill": False, "baseline": True,
-                    "training": {"epochs": 1 if quick else 3, "batch_size": 16,
+                    "training": {"epochs": size.epochs, "batch_size": 16,
                                  "learning_rate": 1e-4},
                     "checkpoint_every": 1000, "seeds": list(args.seeds)},
         "report": {"plot": False, "speed_examples": 32, "bootstrap_samples": 0},
@@ -115,16 +148,19 @@ def scores(storage: Path, name: str, seeds: Sequence[int]) -> dict[int, dict[str
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = bench_parser(__doc__)
-    parser.add_argument("--quick", action="store_true", help="a smoke run of every step")
+    parser.add_argument("--size", choices=sorted(SIZES), default="full")
+    parser.add_argument("--quick", action="store_true", help="--size quick")
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--sources", nargs="+", default=None)
     parser.add_argument("--targets", nargs="+", default=None)
     parser.add_argument("--storage", default=None, help="experiments here (default: scratch)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     args = parse(parser, argv)
-    args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
-    args.sources = args.sources or (["rotten_tomatoes"] if args.quick else list(SOURCES))
-    args.targets = args.targets or (["sms_spam"] if args.quick else list(TARGETS))
+    args.size = "quick" if args.quick else args.size
+    size = SIZES[args.size]
+    args.seeds = args.seeds or list(size.seeds)
+    args.sources = args.sources or list(size.sources)
+    args.targets = args.targets or list(size.targets)
     overlap = set(args.sources) & set(args.targets)
     if overlap:
         parser.error(f"targets must be held out of the sources: {', '.join(sorted(overlap))}")
@@ -158,7 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                           "test truncated"], rows))
     print(f"sources {', '.join(args.sources)} + transfer text rotten_tomatoes_plots; "
           f"targets {', '.join(args.targets)}; {len(args.seeds)} seed(s)"
-          + ("; --quick: a smoke run, not a measurement" if args.quick else ""))
+          + f"; size {args.size}"
+          + (": a smoke run, not a measurement" if args.size == "quick" else ""))
     result("transfer_gain", statistics.fmean(gains["test"]),
            "test, points, mean over seeds; goal > 0", digits=2)
     result("transfer_gain_dev", statistics.fmean(gains["dev"]), "dev, points", digits=2)

@@ -69,7 +69,7 @@ def test_distil_with_transfer_text_export_the_encoder_and_fine_tune(tmp_path: Pa
 
     # the encoder alone, as a plain transformers encoder
     store.download_dir("student/student/final", tmp_path / "final")
-    exported = export_encoder(tmp_path / "final", tmp_path / "encoder")
+    exported = export_encoder(tmp_path / "final", tmp_path / "exported-encoder")
     student, tokenizer = load_mtdnn(tmp_path / "final")
     plain = AutoModel.from_pretrained(str(exported.path), add_pooling_layer=False).eval()
     batch = tokenizer(["the film was very good", "who"], padding=True, return_tensors="pt")
