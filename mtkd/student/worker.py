@@ -173,8 +173,7 @@ def student_worker(loop_config: dict[str, Any]) -> None:
     stages = (StagePlan(student.stages, len(sampler), training.grad_accum,
                         int(model.encoder.config.num_hidden_layers), training.max_steps)
               if student.stages and run["distill"] else None)
-    total_steps = (stages.total_steps if stages is not None
-                   else total_optimizer_steps(training, len(sampler)))
+    total_steps = total_optimizer_steps(training, len(sampler), stages)
     backend = DeepSpeedBackend(model, student, total_steps, world, device=device,
                                resolved=resolved, freezable=stages is not None)
     times = StepTimes()  # checkpoint, save and report seconds; steps with step_timing

@@ -169,8 +169,12 @@ def restore_rng(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def total_optimizer_steps(config: TrainingConfig, batches_per_epoch: int) -> int:
-    """Optimizer steps of the whole run: epochs × batches / accumulation, capped by max_steps."""
+def total_optimizer_steps(config: TrainingConfig, batches_per_epoch: int,
+                          stages: StagePlan | None = None) -> int:
+    """Optimizer steps of the whole run: epochs × batches / accumulation, capped by max_steps;
+    with staged training the stages' sum (:attr:`StagePlan.total_steps`, capped the same)."""
+    if stages is not None:
+        return stages.total_steps
     steps = math.ceil(config.epochs * batches_per_epoch / config.grad_accum)
     return max(1, min(steps, config.max_steps) if config.max_steps else steps)
 
@@ -210,8 +214,7 @@ class TrainingLoop:
         self.rows = MultiTaskRows(data.train)
         self.collate = CollateFn(data.specs, pad_id)
         self.stages = stages
-        self.total_steps = (stages.total_steps if stages is not None
-                            else total_optimizer_steps(config, len(sampler)))
+        self.total_steps = total_optimizer_steps(config, len(sampler), stages)
         self.freezer = (Freezer(backend.model, backend.optimizer) if stages is not None
                         else None)
         self.phase: Phase | None = None
